@@ -1,0 +1,677 @@
+"""Every host message and failure path, over a real socket, with in-process workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import betterproto2
+import pytest
+from conftest import arun
+from workers import Indexing, Scenarios, SyncScenarios
+
+import workerkit
+from workerkit import FunctionMetadata, HttpRequest, WorkerOptions
+from workerkit._generated import AzureFunctionsRpcMessages as pb
+from workerkit.testing import HostConnection, InProcessWorker, TestHost, binding, http_bindings
+
+SUCCESS, FAILURE, CANCELLED = (pb.StatusResultStatus(n) for n in (1, 0, 2))
+HTTP_REQUEST = HttpRequest("POST", "http://127.0.0.1/api/echo", body=b"ping")
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    worker: workerkit.Worker, **host_options: Any
+) -> AsyncIterator[tuple[HostConnection, InProcessWorker]]:
+    async with TestHost(**host_options) as host:
+        started = await host.start_worker(worker)
+        init = await started.connection.init()
+        assert init.result.status == SUCCESS
+        yield started.connection, started
+
+
+async def load(conn: HostConnection, name: str, **kwargs: Any) -> str:
+    function_id = f"id-{name}"
+    reply = await conn.load(function_id, name, **kwargs)
+    assert reply.function_id == function_id
+    assert reply.result.status == SUCCESS, reply.result
+    return function_id
+
+
+def responses_for(conn: HostConnection, invocation_id: str) -> list[pb.InvocationResponse]:
+    return [r for r in conn.replies("invocation_response") if r.invocation_id == invocation_id]
+
+
+# -- handshake -----------------------------------------------------------------------------
+
+
+def test_start_stream_then_init_reports_truthful_capabilities() -> None:
+    async def scenario() -> None:
+        async with TestHost() as host:
+            args = host.host_args(request_id="request-42")
+            task = asyncio.create_task(Scenarios().serve(args))
+            conn = await host.connection(args.worker_id)
+            assert conn.worker_id == args.worker_id
+            assert conn.start_request_id == "request-42"
+            init = await conn.init(log_categories={"Default": pb.RpcLogLevel.Warning})
+            assert init.result.status == SUCCESS
+            for capability in (
+                "RpcHttpBodyOnly",
+                "RawHttpBodyBytes",
+                "TypedDataCollection",
+                "UseNullableValueDictionaryForHttp",
+                "WorkerStatus",
+                "HandlesWorkerTerminateMessage",
+                "HandlesInvocationCancelMessage",
+                "HandlesWorkerWarmupMessage",
+            ):
+                assert init.capabilities[capability] == "true"
+            assert init.capabilities["CustomThing"] == "yes"  # from on_init
+            assert "SupportsLoadResponseCollection" not in init.capabilities
+            assert "SharedMemoryDataTransfer" not in init.capabilities
+            meta = init.worker_metadata
+            assert meta.runtime_name == "workerkit" and meta.worker_version
+            assert meta.custom_properties == {"k": "v"}
+            await conn.terminate(1)
+            assert await asyncio.wait_for(task, 10) == 0
+
+    arun(scenario())
+
+
+def test_init_failure_is_reported_not_raised() -> None:
+    class FailingInit(Scenarios):
+        def on_init(self, request: workerkit.InitRequest) -> workerkit.InitResult:
+            raise OSError("runtime not found")
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            started = await host.start_worker(FailingInit())
+            init = await started.connection.init()
+            assert init.result.status == FAILURE
+            assert "runtime not found" in init.result.exception.message
+            await started.connection.status()  # still serving
+
+    arun(scenario())
+
+
+def test_requests_sent_before_init_completes_wait_for_it() -> None:
+    class SlowInit(Scenarios):
+        async def on_init(self, request: workerkit.InitRequest) -> None:  # type: ignore[override]
+            await asyncio.sleep(0.3)
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            started = await host.start_worker(SlowInit())
+            conn = started.connection
+            init = asyncio.create_task(conn.init())
+            await asyncio.sleep(0.05)
+            status = await conn.status(timeout=5)  # answered while init is still running
+            assert status == pb.WorkerStatusResponse()
+            assert not init.done()
+            loaded = await conn.load("id-echo", "echo", bindings=http_bindings())
+            assert init.done() and loaded.result.status == SUCCESS
+            kinds = [betterproto2.which_one_of(m, "content")[0] for m in conn.messages]
+            assert kinds.index("worker_init_response") < kinds.index("function_load_response")
+
+    arun(scenario())
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def test_load_failures_are_per_function_and_invocations_of_them_fail_clearly() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, _):
+            echo = await load(conn, "echo", bindings=http_bindings())
+            broken = await conn.load("id-broken", "broken-one")
+            assert broken.result.status == FAILURE
+            assert broken.result.exception.message == "cannot load broken-one: no such module"
+            crashing = await conn.load("id-crash", "crashing-load")
+            assert crashing.result.status == FAILURE
+            assert crashing.result.exception.is_user_exception
+            assert "ZeroDivisionError" in crashing.result.exception.stack_trace
+
+            reply = await conn.invoke("id-broken", {})
+            assert reply.result.status == FAILURE
+            assert "failed to load: cannot load broken-one" in reply.result.exception.message
+            reply = await conn.invoke("no-such-id", {})
+            assert reply.result.status == FAILURE
+            assert "no function with id 'no-such-id'" in reply.result.exception.message
+            reply = await conn.invoke(echo, {"req": HTTP_REQUEST})
+            assert reply.result.status == SUCCESS
+
+    arun(scenario())
+
+
+def test_load_collection_is_answered_with_one_collection() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, _):
+            requests = [
+                conn.load_request("id-a", "echo", bindings=http_bindings()),
+                conn.load_request("id-b", "broken-b"),
+            ]
+            reply = await conn.load_collection(requests)
+            by_id = {r.function_id: r.result.status for r in reply.function_load_responses}
+            assert by_id == {"id-a": SUCCESS, "id-b": FAILURE}
+            assert (await conn.invoke("id-a", {"req": HTTP_REQUEST})).result.status == SUCCESS
+
+    arun(scenario())
+
+
+def test_function_info_carries_the_host_metadata() -> None:
+    async def scenario() -> None:
+        worker = Scenarios()
+        async with serving(worker) as (conn, _):
+            await load(
+                conn,
+                "echo",
+                bindings={**http_bindings(), "blob": binding("blob", "in", "binary")},
+                script_file="/app/echo/run.fn",
+                entry_point="main",
+                directory="/app/echo",
+                properties={"worker_indexed": "False"},
+            )
+            info = worker.loaded["id-echo"]
+            assert (info.name, info.script_file, info.entry_point) == (
+                "echo",
+                "/app/echo/run.fn",
+                "main",
+            )
+            assert info.trigger is not None and info.trigger.name == "req"
+            assert info.bindings["blob"].data_type == "binary"
+            assert set(info.output_bindings) == {"$return"}
+            assert info.properties["FunctionId"] == "id-echo"
+
+    arun(scenario())
+
+
+# -- worker indexing -------------------------------------------------------------------------
+
+
+def test_worker_indexing_reports_valid_and_invalid_functions() -> None:
+    async def scenario() -> None:
+        worker = Indexing()
+        async with serving(worker) as (conn, _):
+            reply = await conn.functions_metadata("/app")
+            assert reply.result.status == SUCCESS
+            assert not reply.use_default_metadata_indexing
+            found = {m.name: m for m in reply.function_metadata_results}
+            hello = found["hello"]
+            expected = FunctionMetadata(name="hello", script_file="hello.fn", bindings=[])
+            assert hello.function_id == expected.function_id  # derived from the name
+            assert hello.status is None
+            assert hello.script_file == "hello.fn" and hello.directory == "/app"
+            assert [json.loads(b)["name"] for b in hello.raw_bindings] == ["req", "$return"]
+            assert hello.properties["worker_indexed"] == "True"
+            assert found["Bad_binding"].status.status == FAILURE
+            assert "'my_req'" in found["Bad_binding"].status.exception.message
+            problems = found["no-trigger"].status.exception.message
+            assert "script_file" in problems and "exactly one trigger" in problems
+
+            loaded = await conn.load(hello.function_id, "hello", properties=dict(hello.properties))
+            assert loaded.result.status == SUCCESS
+            reply = await conn.invoke(hello.function_id, {})
+            assert reply.return_value.string == "hello.fn"
+            assert worker.index_calls == 1
+
+    arun(scenario())
+
+
+def test_a_restarted_worker_indexes_itself_on_its_first_load() -> None:
+    async def scenario() -> None:
+        worker = Indexing()
+        async with serving(worker) as (conn, _):
+            function_id = FunctionMetadata("hello", "hello.fn", []).function_id
+            for _ in range(2):
+                loaded = await conn.load(
+                    function_id, "hello", properties={"worker_indexed": "True"}
+                )
+                assert loaded.result.status == SUCCESS
+            assert worker.index_calls == 1
+            assert worker.loads[0].indexed is not None
+            reply = await conn.invoke(function_id, {})
+            assert reply.return_value.string == "hello.fn"
+
+    arun(scenario())
+
+
+def test_without_an_index_hook_the_host_indexes() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, _):
+            reply = await conn.functions_metadata()
+            assert reply.result.status == SUCCESS
+            assert reply.use_default_metadata_indexing
+            assert reply.function_metadata_results == []
+
+    arun(scenario())
+
+
+# -- invocations ---------------------------------------------------------------------------
+
+
+def test_http_echo_and_response_shape() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, _):
+            function_id = await load(conn, "echo", bindings=http_bindings())
+            reply = await conn.invoke(function_id, {"req": HTTP_REQUEST})
+            assert reply.result.status == SUCCESS
+            http = reply.return_value.http
+            assert http.status_code == "200"
+            assert http.body.bytes == b"ping"
+            assert http.headers == {"x-echo": "1"}
+            assert reply.output_data == []
+
+    arun(scenario())
+
+
+def test_named_outputs_and_return_value() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, _):
+            bindings = {
+                "trigger": binding("queueTrigger"),
+                "queueOut": binding("queue", "out"),
+                "blobOut": binding("blob", "out", "binary"),
+                "$return": binding("queue", "out"),
+            }
+            function_id = await load(conn, "outputs", bindings=bindings)
+            reply = await conn.invoke(function_id, {"trigger": "job"})
+            assert reply.result.status == SUCCESS
+            assert json.loads(reply.return_value.json) == {"ok": True}
+            outputs = {b.name: b.data for b in reply.output_data}
+            assert outputs == {
+                "queueOut": pb.TypedData(string="message"),
+                "blobOut": pb.TypedData(bytes=b"\x00\x01"),
+            }
+
+            function_id = await load(conn, "bad-output", bindings=bindings)
+            reply = await conn.invoke(function_id, {"trigger": "job"})
+            assert reply.result.status == FAILURE
+            assert "'nosuch'" in reply.result.exception.message
+            assert "queueOut" in reply.result.exception.message
+
+            function_id = await load(conn, "unsendable", bindings=bindings)
+            reply = await conn.invoke(function_id, {"trigger": "job"})
+            assert reply.result.status == FAILURE
+            assert "'set'" in reply.result.exception.message
+
+    arun(scenario())
+
+
+def test_http_response_goes_to_a_named_http_output() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, _):
+            function_id = await load(conn, "echo", bindings=http_bindings(output="res"))
+            reply = await conn.invoke(function_id, {"req": HTTP_REQUEST})
+            assert reply.return_value is None
+            [output] = reply.output_data
+            assert output.name == "res" and output.data.http.body.bytes == b"ping"
+
+    arun(scenario())
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("raises", "RuntimeError"), ("exits", "SystemExit"), ("interrupts", "KeyboardInterrupt")],
+)
+def test_user_exceptions_fail_the_invocation_and_the_worker_keeps_serving(
+    name: str, kind: str
+) -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, started):
+            function_id = await load(conn, name)
+            reply = await conn.invoke(function_id, {})
+            assert reply.result.status == FAILURE
+            error = reply.result.exception
+            assert error.is_user_exception and kind in error.message
+            assert error.stack_trace and error.source == name
+            echo = await load(conn, "echo", bindings=http_bindings())
+            assert (await conn.invoke(echo, {"req": HTTP_REQUEST})).result.status == SUCCESS
+            assert not started.task.done()
+
+    arun(scenario())
+
+
+def test_sys_exit_in_a_sync_hook_is_a_failure_too() -> None:
+    async def scenario() -> None:
+        async with serving(SyncScenarios()) as (conn, started):
+            function_id = await load(conn, "exits")
+            reply = await conn.invoke(function_id, {})
+            assert reply.result.status == FAILURE
+            assert "SystemExit: 4" in reply.result.exception.message
+            await conn.status()
+            assert not started.task.done()
+
+    arun(scenario())
+
+
+def test_inputs_that_cannot_be_converted_fail_only_that_invocation() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, _):
+            function_id = await load(conn, "value")
+            reply = await conn.invoke(function_id, {"value": pb.TypedData(json="{not json")})
+            assert reply.result.status == FAILURE
+            message = reply.result.exception.message
+            assert "cannot read input 'value'" in message and "value" in message
+            shared = pb.ParameterBinding(
+                name="value", rpc_shared_memory=pb.RpcSharedMemory(name="map", count=3)
+            )
+            request = pb.InvocationRequest(
+                invocation_id="shm-1", function_id=function_id, input_data=[shared]
+            )
+            await conn.send(pb.StreamingMessage(invocation_request=request))
+            reply = await conn.invoke(function_id, {"value": 7})
+            assert reply.return_value.int == 7
+            [shm] = responses_for(conn, "shm-1")
+            assert shm.result.status == FAILURE
+            assert "shared memory" in shm.result.exception.message
+
+    arun(scenario())
+
+
+def test_overlapping_invocations_are_matched_by_id() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, _):
+            function_id = await load(conn, "sleep")
+            delays = [0.01 * (20 - i) for i in range(20)]
+            pending = [await conn.start_invocation(function_id, {"seconds": d}) for d in delays]
+            replies = await asyncio.gather(*(p.result() for p in pending))
+            for delay, reply, sent in zip(delays, replies, pending, strict=True):
+                assert reply.invocation_id == sent.invocation_id
+                assert reply.result.status == SUCCESS
+                assert reply.return_value.double == delay
+            order = [r.invocation_id for r in conn.replies("invocation_response")]
+            assert order != [p.invocation_id for p in pending]  # finished out of order
+            assert sorted(order) == sorted(p.invocation_id for p in pending)
+
+    arun(scenario())
+
+
+def test_a_duplicate_invocation_id_gets_its_own_failure() -> None:
+    async def scenario() -> None:
+        worker = Scenarios()
+        async with serving(worker) as (conn, _):
+            function_id = await load(conn, "wait")
+            first = await conn.start_invocation(function_id, invocation_id="dup")
+            await asyncio.to_thread(worker.started.acquire)
+            request = pb.InvocationRequest(invocation_id="dup", function_id=function_id)
+            await conn.send(pb.StreamingMessage(invocation_request=request))
+            while len(responses_for(conn, "dup")) < 1:
+                await asyncio.sleep(0.01)
+            [refused] = responses_for(conn, "dup")
+            assert "already running" in refused.result.exception.message
+            worker.release.set()
+            assert (await first).invocation_id == "dup"
+            while len(responses_for(conn, "dup")) < 2:
+                await asyncio.sleep(0.01)
+            statuses = sorted(r.result.status for r in responses_for(conn, "dup"))
+            assert statuses == [FAILURE, SUCCESS]
+
+    arun(scenario())
+
+
+# -- cancellation --------------------------------------------------------------------------
+
+
+def test_cancel_during_an_async_invocation() -> None:
+    async def scenario() -> None:
+        worker = Scenarios()
+        async with serving(worker) as (conn, _):
+            function_id = await load(conn, "wait")
+            pending = await conn.start_invocation(function_id)
+            await asyncio.to_thread(worker.started.acquire)
+            await conn.cancel(pending.invocation_id)
+            reply = await pending
+            assert reply.result.status == CANCELLED
+            assert worker.cancelled == [pending.invocation_id]
+            assert len(responses_for(conn, pending.invocation_id)) == 1
+
+    arun(scenario())
+
+
+def test_cancel_before_start_while_queued() -> None:
+    async def scenario() -> None:
+        worker = Scenarios(options=WorkerOptions(max_in_flight=1))
+        async with serving(worker) as (conn, _):
+            function_id = await load(conn, "wait")
+            running = await conn.start_invocation(function_id)
+            await asyncio.to_thread(worker.started.acquire)
+            queued = await conn.start_invocation(function_id)
+            await conn.cancel(queued.invocation_id)
+            assert (await queued).result.status == CANCELLED
+            assert worker.cancelled == []  # never started
+            worker.release.set()
+            assert (await running).result.status == SUCCESS
+
+    arun(scenario())
+
+
+def test_cancel_after_completion_and_of_unknown_ids_is_harmless() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, _):
+            function_id = await load(conn, "value")
+            reply = await conn.invoke(function_id, {"value": "done"})
+            await conn.cancel(reply.invocation_id)
+            await conn.cancel("never-seen")
+            await conn.status()
+            assert len(responses_for(conn, reply.invocation_id)) == 1
+            assert conn.unmatched == []
+
+    arun(scenario())
+
+
+def test_cancel_of_a_blocked_sync_hook_answers_at_once_and_flags_it() -> None:
+    async def scenario() -> None:
+        worker = SyncScenarios()
+        async with serving(worker) as (conn, _):
+            function_id = await load(conn, "block")
+            pending = await conn.start_invocation(function_id)
+            await asyncio.to_thread(worker.started.acquire)
+            await conn.cancel(pending.invocation_id)
+            assert (await pending).result.status == CANCELLED
+            for _ in range(100):  # the thread notices the flag and returns by itself
+                if worker.cancelled:
+                    break
+                await asyncio.sleep(0.01)
+            assert worker.cancelled == [pending.invocation_id]
+
+    arun(scenario())
+
+
+def test_status_is_answered_while_every_thread_is_blocked() -> None:
+    async def scenario() -> None:
+        worker = SyncScenarios(options=WorkerOptions(threads=2))
+        async with serving(worker) as (conn, _):
+            function_id = await load(conn, "block")
+            pending = [await conn.start_invocation(function_id) for _ in range(3)]
+            for _ in range(2):
+                await asyncio.to_thread(worker.started.acquire)
+            for _ in range(5):
+                assert await conn.status(timeout=5) == pb.WorkerStatusResponse()
+            worker.release.set()
+            for p in pending:
+                await conn.cancel(p.invocation_id)
+            assert [(await p).result.status for p in pending] == [CANCELLED] * 3
+
+    arun(scenario())
+
+
+# -- terminate, stream loss ------------------------------------------------------------------
+
+
+def test_terminate_drains_in_flight_invocations_then_exits_zero() -> None:
+    async def scenario() -> None:
+        worker = SyncScenarios()
+        async with serving(worker) as (conn, started):
+            slow = await load(conn, "slow")
+            block = await load(conn, "block")
+            finishing = await conn.start_invocation(slow, {"seconds": 0.3})
+            stuck = await conn.start_invocation(block)
+            await asyncio.to_thread(worker.started.acquire)
+            await conn.terminate(grace_period=2.0)
+            late = await conn.start_invocation(slow, {"seconds": 0})
+            assert (await late).result.status == FAILURE
+            assert "shutting down" in (await late).result.exception.message
+            assert (await finishing).result.status == SUCCESS
+            assert (await stuck).result.status == CANCELLED
+            assert await started.wait(5) == 0
+            await conn.wait_closed(5)
+            for invocation_id in (finishing.invocation_id, stuck.invocation_id):
+                assert len(responses_for(conn, invocation_id)) == 1
+            [shutdown] = worker.shutdowns
+            assert 0 < shutdown.grace_period <= 2.0
+            assert "WorkerTerminate" in shutdown.reason
+
+    arun(scenario())
+
+
+def test_stream_loss_cancels_work_and_returns_non_zero() -> None:
+    async def scenario() -> None:
+        worker = Scenarios()
+        async with serving(worker) as (conn, started):
+            function_id = await load(conn, "wait")
+            await conn.start_invocation(function_id)
+            await asyncio.to_thread(worker.started.acquire)
+            conn.close()
+            assert await started.wait(5) == 1
+            assert len(worker.cancelled) == 1
+
+    arun(scenario())
+
+
+# -- other host messages -------------------------------------------------------------------
+
+
+def test_environment_reload_applies_environment_and_directory_before_the_hook(
+    tmp_path: Path,
+) -> None:
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+
+    async def scenario() -> None:
+        worker = SyncScenarios()
+        async with serving(worker) as (conn, _):
+            environment = {**saved_env, "WK_TEST": "42"}
+            reply = await conn.reload_environment(environment, str(tmp_path))
+            assert reply.result.status == SUCCESS
+            assert reply.capabilities["WorkerStatus"] == "true"
+            assert reply.worker_metadata.runtime_name == "workerkit"
+            assert worker.reloads == [("42", str(tmp_path))]
+            missing = await conn.reload_environment(environment, str(tmp_path / "nope"))
+            assert missing.result.status == FAILURE
+            assert "nope" in missing.result.exception.message
+
+    try:
+        arun(scenario())
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+
+
+def test_warmup_shared_memory_file_change_and_unknown_kinds() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, started):
+            assert (await conn.warmup("/workers/x")).result.status == SUCCESS
+            closed = await conn.close_shared_memory(["map-a", "map-b"])
+            assert closed.close_map_results == {"map-a": False, "map-b": False}
+            change = pb.FileChangeEventRequest(full_path="/app/x.txt", name="x.txt")
+            await conn.send(pb.StreamingMessage(file_change_event_request=change))
+            await conn.send(pb.StreamingMessage(request_id="no-content"))
+            # A newer host's message kind: field 99 of StreamingMessage, unknown to us.
+            await conn.send(b"\x9a\x06\x02\x08\x01")
+            await conn.send(b"\xff\xff\xff")  # not protobuf at all
+            await conn.send(pb.StreamingMessage(worker_heartbeat=pb.WorkerHeartbeat()))
+            assert await conn.status() == pb.WorkerStatusResponse()
+            assert not started.task.done()
+            system = [entry.message for entry in conn.logs if not entry.invocation_id]
+            assert any("file change" in m for m in system)
+            assert any("does not know" in m for m in system)
+            assert any("malformed" in m for m in system)
+
+    arun(scenario())
+
+
+def test_an_oversized_result_becomes_a_failure_and_oversized_input_is_refused() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios(), max_message_length=64 * 1024) as (conn, _):
+            function_id = await load(conn, "big")
+            reply = await conn.invoke(function_id, {"size": 100_000})
+            assert reply.result.status == FAILURE
+            assert "limit of 65536 bytes" in reply.result.exception.message
+            small = await conn.invoke(function_id, {"size": 1000})
+            assert small.result.status == SUCCESS and len(small.return_value.string) == 1000
+            too_big = pb.InvocationRequest(
+                invocation_id="huge",
+                function_id=function_id,
+                input_data=[
+                    pb.ParameterBinding(name="size", data=pb.TypedData(string="1" * 70_000))
+                ],
+            )
+            await conn.send(pb.StreamingMessage(invocation_request=too_big))
+            assert await conn.status() == pb.WorkerStatusResponse()
+            assert any("over the host's limit" in entry.message for entry in conn.logs)
+
+    arun(scenario())
+
+
+# -- logging -------------------------------------------------------------------------------
+
+
+def test_logs_are_attributed_categorised_and_sent_before_the_response() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, _):
+            function_id = await load(conn, "logs")
+            reply = await conn.invoke(function_id, {})
+            assert reply.return_value.string == "logged"
+            mine = conn.logs_for(reply.invocation_id)
+            assert [entry.message for entry in mine] == ["first line", "with traceback"]
+            user = pb.RpcLogRpcLogCategory.User
+            assert all(entry.log_category == user for entry in mine)
+            assert mine[0].level == pb.RpcLogLevel.Information
+            assert mine[1].level == pb.RpcLogLevel.Error
+            assert "logged failure" in mine[1].exception.message
+            assert "ValueError" in mine[1].exception.stack_trace
+            [sdk] = [entry for entry in conn.logs if entry.message == "an sdk line"]
+            assert sdk.log_category == pb.RpcLogRpcLogCategory.System
+            assert sdk.invocation_id == ""
+            kinds = [betterproto2.which_one_of(m, "content") for m in conn.messages]
+            response_at = next(i for i, (k, b) in enumerate(kinds) if k == "invocation_response")
+            log_positions = [
+                i for i, (k, b) in enumerate(kinds)
+                if k == "rpc_log" and b.invocation_id == reply.invocation_id
+            ]  # fmt: skip
+            assert max(log_positions) < response_at
+
+    arun(scenario())
+
+
+def test_host_log_levels_are_respected() -> None:
+    async def scenario() -> None:
+        async with TestHost() as host:
+            started = await host.start_worker(Scenarios())
+            conn = started.connection
+            await conn.init(log_categories={"Default": pb.RpcLogLevel.Debug})
+            function_id = await load(conn, "logs")
+            reply = await conn.invoke(function_id, {})
+            messages = [entry.message for entry in conn.logs_for(reply.invocation_id)]
+            assert messages == ["first line", "with traceback", "debug line"]
+
+    arun(scenario())
+
+
+def test_logs_from_a_sync_hook_thread_are_attributed() -> None:
+    async def scenario() -> None:
+        async with serving(SyncScenarios()) as (conn, _):
+            function_id = await load(conn, "thread-logs")
+            replies = await asyncio.gather(*[conn.invoke(function_id, {}) for _ in range(8)])
+            for reply in replies:
+                thread = reply.return_value.string
+                assert thread.startswith("workerkit-hook")
+                [entry] = conn.logs_for(reply.invocation_id)
+                assert entry.message == f"from {thread}"
+
+    arun(scenario())

@@ -1,0 +1,385 @@
+"""Tests for the class checks of workerkit.Worker and for WorkerOptions validation."""
+
+import math
+from typing import Any
+
+import pytest
+
+import workerkit
+from workerkit import Worker, WorkerOptions
+from workerkit.worker import HOOKS
+
+ALL_HOOKS = {
+    "on_init",
+    "on_functions_metadata",
+    "on_function_load",
+    "on_invocation",
+    "on_cancel",
+    "on_environment_reload",
+    "on_warmup",
+    "on_shutdown",
+}
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORKERKIT_MAX_IN_FLIGHT", raising=False)
+    monkeypatch.delenv("WORKERKIT_THREADS", raising=False)
+
+
+def test_hook_set_is_the_documented_one() -> None:
+    assert set(HOOKS) == ALL_HOOKS
+
+
+# -- definition-time checks -----------------------------------------------------------------
+
+
+def test_misspelled_hook_rejected_with_suggestion() -> None:
+    with pytest.raises(TypeError) as info:
+
+        class TypoWorker(Worker):
+            def on_function_load(self, function: Any) -> None:
+                return None
+
+            def on_invokation(self, invocation: Any) -> None:
+                return None
+
+    message = str(info.value)
+    assert "TypoWorker" in message
+    assert "on_invokation" in message
+    assert "did you mean 'on_invocation'" in message
+
+
+@pytest.mark.parametrize(
+    ("typo", "suggestion"),
+    [
+        ("on_invoke", "on_invocation"),
+        ("on_functionload", "on_function_load"),
+        ("on_function_metadata", "on_functions_metadata"),
+        ("on_shut_down", "on_shutdown"),
+        ("on_warm_up", "on_warmup"),
+        ("on_cancelled", "on_cancel"),
+        ("on_environment_reloaded", "on_environment_reload"),
+    ],
+)
+def test_other_typos_get_the_right_suggestion(typo: str, suggestion: str) -> None:
+    def hook(self: Any, arg: Any) -> None:
+        return None
+
+    with pytest.raises(TypeError, match=f"did you mean '{suggestion}'"):
+        type("Typo", (Worker,), {typo: hook})
+
+
+def test_on_method_with_no_close_match_rejected_without_suggestion() -> None:
+    with pytest.raises(TypeError) as info:
+
+        class OddWorker(Worker):
+            def on_xyzzy_frobnicate(self, thing: Any) -> None:
+                return None
+
+    message = str(info.value)
+    assert "OddWorker" in message
+    assert "on_xyzzy_frobnicate" in message
+    assert "not a workerkit hook" in message
+    assert "did you mean" not in message
+    # The message lists the real hooks so the author can pick one.
+    assert all(hook in message for hook in ALL_HOOKS)
+
+
+def test_async_misspelled_hook_also_rejected() -> None:
+    with pytest.raises(TypeError, match=r"on_invocations.*did you mean 'on_invocation'"):
+
+        class AsyncTypo(Worker):
+            async def on_invocations(self, invocation: Any) -> None:
+                return None
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "def on_invocation(self): pass",
+        "def on_invocation(self, a, b): pass",
+        "async def on_invocation(self, a, b, c): pass",
+        "def on_function_load(self): pass",
+        "def on_init(self, request, extra): pass",
+        "async def on_cancel(self): pass",
+        "def on_shutdown(self, a, b=None): pass",
+    ],
+)
+def test_hook_with_wrong_arity_rejected_at_definition(source: str) -> None:
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)
+    name = next(n for n in namespace if n.startswith("on_"))
+    with pytest.raises(TypeError) as info:
+        type("ArityWorker", (Worker,), {name: namespace[name]})
+    message = str(info.value)
+    assert f"ArityWorker.{name}" in message
+    assert "exactly one argument" in message
+
+
+def test_wrong_arity_rejected_even_if_class_is_never_instantiated() -> None:
+    # The error happens at the class statement, not at construction.
+    defined = False
+    with pytest.raises(TypeError, match="exactly one argument"):
+
+        class Never(Worker):
+            def on_function_load(self, function: Any) -> None:
+                return None
+
+            def on_invocation(self) -> None:
+                return None
+
+        defined = True
+    assert not defined
+
+
+# -- construction-time checks ---------------------------------------------------------------
+
+
+def test_missing_on_invocation_rejected_at_construction() -> None:
+    class LoadOnly(Worker):
+        def on_function_load(self, function: Any) -> None:
+            return None
+
+    with pytest.raises(TypeError) as info:
+        LoadOnly()
+    message = str(info.value)
+    assert "LoadOnly" in message
+    assert "on_invocation" in message
+    assert "on_function_load" not in message
+
+
+def test_missing_on_function_load_rejected_at_construction() -> None:
+    class InvokeOnly(Worker):
+        async def on_invocation(self, invocation: Any) -> None:
+            return None
+
+    with pytest.raises(TypeError) as info:
+        InvokeOnly()
+    message = str(info.value)
+    assert "InvokeOnly" in message
+    assert "on_function_load" in message
+    assert "on_invocation" not in message
+
+
+def test_missing_both_hooks_names_both() -> None:
+    class Empty(Worker):
+        pass
+
+    with pytest.raises(TypeError) as info:
+        Empty()
+    message = str(info.value)
+    assert "Empty" in message
+    assert "on_function_load" in message and "on_invocation" in message
+
+
+def test_base_class_itself_cannot_be_constructed() -> None:
+    with pytest.raises(TypeError, match="must implement"):
+        Worker()
+
+
+# -- correct subclasses ---------------------------------------------------------------------
+
+
+class MixedWorker(Worker):
+    runtime_name = "mixed"
+    runtime_version = "9.9"
+    greeting = "hello"
+
+    def helper(self, a: int, b: int, c: int) -> int:
+        return a + b + c
+
+    def on_function_load(self, function: Any) -> None:
+        return None
+
+    async def on_invocation(self, invocation: Any) -> str:
+        return self.greeting
+
+    async def on_cancel(self, invocation: Any) -> None:
+        return None
+
+    def on_init(self, request: Any) -> None:
+        return None
+
+    def on_shutdown(self, shutdown: Any) -> None:
+        return None
+
+
+def test_mixed_async_and_sync_worker_constructs() -> None:
+    worker = MixedWorker()
+    assert isinstance(worker, Worker)
+    assert isinstance(worker.options, WorkerOptions)
+    assert worker.options == WorkerOptions()
+    assert worker.helper(1, 2, 3) == 6
+    assert (worker.runtime_name, worker.runtime_version) == ("mixed", "9.9")
+
+
+def test_async_hooks_are_exactly_the_async_ones() -> None:
+    assert frozenset({"on_invocation", "on_cancel"}) == MixedWorker._async_hooks
+    assert Worker._async_hooks == frozenset()
+
+
+def test_async_hooks_follow_inheritance() -> None:
+    class SyncInvoke(MixedWorker):
+        def on_invocation(self, invocation: Any) -> str:
+            return "sync"
+
+        async def on_warmup(self, warmup: Any) -> None:
+            return None
+
+    assert frozenset({"on_cancel", "on_warmup"}) == SyncInvoke._async_hooks
+    assert frozenset({"on_invocation", "on_cancel"}) == MixedWorker._async_hooks
+    SyncInvoke()
+
+
+def test_all_sync_worker_has_no_async_hooks() -> None:
+    class Plain(Worker):
+        def on_function_load(self, function: Any) -> None:
+            return None
+
+        def on_invocation(self, invocation: Any) -> None:
+            return None
+
+    assert Plain._async_hooks == frozenset()
+    Plain()
+
+
+def test_every_hook_may_be_overridden() -> None:
+    async def ahook(self: Any, arg: Any) -> None:
+        return None
+
+    def shook(self: Any, arg: Any) -> None:
+        return None
+
+    async_names = {"on_invocation", "on_warmup", "on_functions_metadata"}
+    attrs = {name: ahook if name in async_names else shook for name in ALL_HOOKS}
+    cls = type("Full", (Worker,), attrs)
+    assert cls._async_hooks == frozenset(async_names)
+    assert isinstance(cls(), Worker)
+
+
+def test_non_hook_members_are_fine() -> None:
+    class Helpers(Worker):
+        runtime_name = "custom"
+        worker_version = "2.0"
+        one_thing = 3
+        only_prefix = "on"  # not "on_"
+
+        def helper(self) -> None:
+            return None
+
+        def handle_invocation(self, a: Any, b: Any) -> None:
+            return None
+
+        @staticmethod
+        def util(x: int) -> int:
+            return x
+
+        @classmethod
+        def build(cls) -> "Helpers":
+            return cls()
+
+        @property
+        def answer(self) -> int:
+            return 42
+
+        def on_function_load(self, function: Any) -> None:
+            return None
+
+        def on_invocation(self, invocation: Any) -> None:
+            return None
+
+    worker = Helpers.build()
+    assert worker.answer == 42
+    assert Helpers.util(5) == 5
+    assert Helpers.runtime_name == "custom"
+    assert Helpers._async_hooks == frozenset()
+
+
+def test_constructor_takes_options() -> None:
+    options = WorkerOptions(max_in_flight=4, threads=2, shutdown_grace=0.5, send_queue=8)
+    assert MixedWorker(options=options).options is options
+
+
+def test_worker_exported_from_package() -> None:
+    assert workerkit.Worker is Worker
+    assert workerkit.WorkerOptions is WorkerOptions
+
+
+# -- WorkerOptions --------------------------------------------------------------------------
+
+
+def test_worker_options_defaults() -> None:
+    options = WorkerOptions()
+    assert options.max_in_flight == 256
+    assert options.threads == 32
+    assert options.shutdown_grace == 5.0
+    assert options.send_queue == 1024
+
+
+@pytest.mark.parametrize("field", ["threads", "max_in_flight", "send_queue"])
+@pytest.mark.parametrize("value", [0, -1, -1000, 2.5, 1.0, "4", None])
+def test_worker_options_rejects_bad_counts(field: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=f"WorkerOptions.{field}"):
+        WorkerOptions(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["threads", "max_in_flight", "send_queue"])
+def test_worker_options_accepts_one(field: str) -> None:
+    assert getattr(WorkerOptions(**{field: 1}), field) == 1
+
+
+@pytest.mark.parametrize("value", [-0.001, -1, -5.0, math.nan])
+def test_worker_options_rejects_negative_grace(value: float) -> None:
+    with pytest.raises(ValueError, match="shutdown_grace"):
+        WorkerOptions(shutdown_grace=value)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 0.25, 30])
+def test_worker_options_accepts_non_negative_grace(value: float) -> None:
+    assert WorkerOptions(shutdown_grace=value).shutdown_grace == value
+
+
+def test_worker_options_read_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKERKIT_MAX_IN_FLIGHT", "7")
+    monkeypatch.setenv("WORKERKIT_THREADS", " 3 ")
+    options = WorkerOptions()
+    assert (options.max_in_flight, options.threads) == (7, 3)
+    # Explicit values win over the environment.
+    assert WorkerOptions(max_in_flight=9, threads=1).max_in_flight == 9
+
+
+def test_worker_options_environment_read_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKERKIT_THREADS", "5")
+    assert WorkerOptions().threads == 5
+    monkeypatch.setenv("WORKERKIT_THREADS", "6")
+    assert WorkerOptions().threads == 6
+    monkeypatch.setenv("WORKERKIT_THREADS", "")
+    assert WorkerOptions().threads == 32
+
+
+def test_worker_reads_environment_through_default_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WORKERKIT_MAX_IN_FLIGHT", "11")
+    assert MixedWorker().options.max_in_flight == 11
+
+
+@pytest.mark.parametrize("variable", ["WORKERKIT_MAX_IN_FLIGHT", "WORKERKIT_THREADS"])
+@pytest.mark.parametrize("text", ["lots", "2.5", "1e3", "0x10"])
+def test_worker_options_non_number_in_environment(
+    monkeypatch: pytest.MonkeyPatch, variable: str, text: str
+) -> None:
+    monkeypatch.setenv(variable, text)
+    with pytest.raises(ValueError, match=variable):
+        WorkerOptions()
+
+
+@pytest.mark.parametrize("variable", ["WORKERKIT_MAX_IN_FLIGHT", "WORKERKIT_THREADS"])
+@pytest.mark.parametrize("text", ["0", "-3"])
+def test_worker_options_too_small_in_environment(
+    monkeypatch: pytest.MonkeyPatch, variable: str, text: str
+) -> None:
+    monkeypatch.setenv(variable, text)
+    with pytest.raises(ValueError, match=variable):
+        WorkerOptions()

@@ -1,0 +1,141 @@
+"""Forwarding `logging` records to the host as `RpcLog` messages.
+
+Attribution: the id of the invocation being served lives in a `ContextVar`; workerkit sets it
+before calling `on_invocation` and runs plain-`def` hooks with a copy of the context, so a
+record logged anywhere inside the hook, also from the worker thread, carries that id.
+
+Category: records of the ``workerkit`` loggers are *System* (the host's worker log); records
+of any other logger logged inside an invocation are *User* (the function's log). A user record
+outside any invocation would be dropped by the host, so it goes as System instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+
+from ._generated import AzureFunctionsRpcMessages as pb
+from .errors import rpc_exception
+
+__all__ = ["current_invocation_id"]
+
+SDK_LOGGER = "workerkit"
+log = logging.getLogger(SDK_LOGGER)
+
+#: The invocation being served in this context ("" outside invocations).
+current_invocation_id: ContextVar[str] = ContextVar("workerkit_invocation_id", default="")
+
+_Level = pb.RpcLogLevel
+_LEVELS: tuple[tuple[int, pb.RpcLogLevel], ...] = (
+    (logging.CRITICAL, _Level.Critical),
+    (logging.ERROR, _Level.Error),
+    (logging.WARNING, _Level.Warning),
+    (logging.INFO, _Level.Information),
+    (logging.DEBUG, _Level.Debug),
+)
+# The host's levels (WorkerInitRequest.log_categories values) as logging levels.
+_HOST_LEVELS: dict[int, int] = {
+    _Level.Trace: 5,
+    _Level.Debug: logging.DEBUG,
+    _Level.Information: logging.INFO,
+    _Level.Warning: logging.WARNING,
+    _Level.Error: logging.ERROR,
+    _Level.Critical: logging.CRITICAL,
+    _Level.None_: logging.CRITICAL + 10,
+}
+
+
+def rpc_level(levelno: int) -> pb.RpcLogLevel:
+    for threshold, level in _LEVELS:
+        if levelno >= threshold:
+            return level
+    return _Level.Trace
+
+
+def host_level(level: int) -> int | None:
+    """A host `RpcLogLevel` as a `logging` level, or None for a value we do not know."""
+    return _HOST_LEVELS.get(int(level))
+
+
+def is_sdk_record(record: logging.LogRecord) -> bool:
+    name = record.name
+    return name == SDK_LOGGER or name.startswith(SDK_LOGGER + ".")
+
+
+def to_rpc_log(record: logging.LogRecord, invocation_id: str) -> pb.RpcLog:
+    """`record` as an `RpcLog`; the caller has decided the category by `invocation_id`."""
+    try:
+        message = record.getMessage()
+    except Exception as error:  # a bad format string must not lose the record
+        message = f"{record.msg!r} (could not format arguments: {error})"
+    user = bool(invocation_id) and not is_sdk_record(record)
+    entry = pb.RpcLog(
+        invocation_id=invocation_id if user else "",
+        category=record.name,
+        level=rpc_level(record.levelno),
+        message=message,
+        log_category=pb.RpcLogRpcLogCategory.User if user else pb.RpcLogRpcLogCategory.System,
+    )
+    if record.exc_info and record.exc_info[1] is not None:
+        entry.exception = rpc_exception(record.exc_info[1], user=user)
+    return entry
+
+
+class RpcLogHandler(logging.Handler):
+    """Sends records to the host through `sink`; before there is a sink, SDK records go to
+    stderr with the ``LanguageWorkerConsoleLog`` prefix the host recognises.
+
+    `sink` must be safe to call from any thread and must never block (it may drop the
+    record when the send buffer is full, and counts what it drops).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.sink: Callable[[pb.RpcLog], None] | None = None
+        self._category_levels: dict[str, int] = {}
+        self._default_level = logging.INFO
+
+    def apply_host_levels(self, categories: Mapping[str, pb.RpcLogLevel]) -> None:
+        """Honour the host's ``log_categories`` (category -> minimum level); a category
+        named ``Default`` (or empty) sets the level of every other category. Replaces
+        whatever an earlier init asked for."""
+        self._category_levels = {}
+        self._default_level = logging.INFO
+        for category, value in categories.items():
+            level = host_level(value)
+            if level is None:
+                continue
+            if category.lower() in ("default", ""):
+                self._default_level = level
+            else:
+                self._category_levels[category] = level
+
+    def _threshold(self, name: str) -> int:
+        levels = self._category_levels
+        while levels:
+            if name in levels:
+                return levels[name]
+            if "." not in name:
+                break
+            name = name.rpartition(".")[0]
+        return self._default_level
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < self._threshold(record.name):
+            return
+        sink = self.sink
+        if sink is None:
+            if is_sdk_record(record) or record.levelno >= logging.WARNING:
+                try:
+                    sys.stderr.write(
+                        f"LanguageWorkerConsoleLog{record.levelname}: {record.getMessage()}\n"
+                    )
+                except Exception:  # stderr closed: nowhere left to say it
+                    pass
+            return
+        try:
+            sink(to_rpc_log(record, current_invocation_id.get()))
+        except Exception:
+            self.handleError(record)

@@ -1,0 +1,682 @@
+"""The protocol state machine: a message from the host in, exactly one reply out.
+
+The reader hands every message to `Session.dispatch` on the event loop. Control messages
+(status, cancel, terminate) are answered there and then, so they never wait behind user
+code; anything that runs a hook becomes its own task. Hooks go through `Session.call`, which
+awaits ``async def`` hooks and runs plain ones in the thread pool with the caller's context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import os
+import platform
+import threading
+from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import betterproto2
+
+from ._generated import AzureFunctionsRpcMessages as pb
+from ._logs import RpcLogHandler, current_invocation_id
+from ._transport import Message, Transport
+from ._types import (
+    EnvironmentReload,
+    FunctionInfo,
+    FunctionMetadata,
+    InitRequest,
+    InitResult,
+    Invocation,
+    InvocationResult,
+    MetadataRequest,
+    RetryContext,
+    Shutdown,
+    TraceContext,
+    Warmup,
+)
+from .cli import HostArgs
+from .convert import ConversionError, HttpResponse, decode, encode
+from .errors import (
+    InvocationCancelled,
+    MessageTooLarge,
+    cancelled,
+    failure,
+    rpc_exception,
+    success,
+)
+from .worker import HOOKS, Worker
+
+log = logging.getLogger("workerkit")
+
+#: What workerkit implements, advertised on every init (HOST_PROTOCOL §4.2). Not advertised:
+#: SupportsLoadResponseCollection (the host's handling is broken for N > 1), shared memory
+#: and HttpUri (not implemented).
+CAPABILITIES: Mapping[str, str] = {
+    "RpcHttpBodyOnly": "true",
+    "RawHttpBodyBytes": "true",
+    "RpcHttpTriggerMetadataRemoved": "true",
+    "UseNullableValueDictionaryForHttp": "true",
+    "TypedDataCollection": "true",
+    "IncludeEmptyEntriesInMessagePayload": "true",
+    "WorkerStatus": "true",
+    "HandlesWorkerTerminateMessage": "true",
+    "HandlesInvocationCancelMessage": "true",
+    "HandlesWorkerWarmupMessage": "true",
+    "EnableUserCodeException": "true",
+}
+DEFAULT_TERMINATE_GRACE = 5.0
+#: Property the worker puts on indexed functions; the host echoes it on every load.
+WORKER_INDEXED = "worker_indexed"
+
+_handler = RpcLogHandler()
+
+
+@dataclass(eq=False)
+class _Running:
+    """An invocation between its request and its response."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    task: asyncio.Task[None] | None = None
+    #: The task has begun: cancelling it now raises inside `_invoke`'s handlers. (A task
+    #: cancelled before its first step would end without running them, and without a reply.)
+    started: bool = False
+    invocation: Invocation | None = None
+
+
+class Session:
+    """One worker process's conversation with the host."""
+
+    def __init__(self, worker: Worker, args: HostArgs) -> None:
+        self.worker = worker
+        self.args = args
+        self.options = worker.options
+        self.exit_code = 1
+        self._closed = False
+        cls = type(worker)
+        self._async_hooks = cls._async_hooks
+        self._overridden = {n for n in HOOKS if getattr(cls, n) is not getattr(Worker, n)}
+        self._functions: dict[str, FunctionInfo] = {}
+        self._load_errors: dict[str, str] = {}
+        self._loading: dict[str, asyncio.Event] = {}
+        self._index: dict[str, FunctionMetadata] | None = None
+        self._index_lock = asyncio.Lock()
+        self._running: dict[str, _Running] = {}
+        self._invocations: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._capabilities: dict[str, str] = dict(CAPABILITIES)
+        self._init_result = InitResult()
+        self._initialized = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._shutdown: asyncio.Task[None] | None = None
+        self._terminating = False
+        self._pool = ThreadPoolExecutor(self.options.threads, thread_name_prefix="workerkit-hook")
+        self._slots = asyncio.Semaphore(self.options.max_in_flight)
+        self._loop = asyncio.get_running_loop()
+        self._handlers: dict[str, Callable[[str, Any], None]] = {
+            "worker_init_request": self._spawner(self._init),
+            "functions_metadata_request": self._spawner(self._metadata),
+            "function_load_request": self._spawner(self._load_one),
+            "function_load_request_collection": self._spawner(self._load_collection),
+            "invocation_request": self._invocation_request,
+            "invocation_cancel": self._invocation_cancel,
+            "worker_status_request": self._status,
+            "worker_terminate": self._terminate,
+            "function_environment_reload_request": self._spawner(self._environment_reload),
+            "worker_warmup_request": self._spawner(self._warmup),
+            "close_shared_memory_resources_request": self._spawner(self._close_shared_memory),
+            "file_change_event_request": self._file_change,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def run(self) -> int:
+        self.transport = Transport(self.args, queue_size=self.options.send_queue)
+        root = logging.getLogger()
+        if log.level == logging.NOTSET:  # our own logger; the root logger is left alone
+            log.setLevel(logging.INFO)
+        previous_sink = _handler.sink
+        if _handler not in root.handlers:
+            root.addHandler(_handler)
+        _handler.sink = self.transport.offer_log
+        first = Message(
+            request_id=self.args.request_id,
+            start_stream=pb.StartStream(worker_id=self.args.worker_id),
+        )
+        try:
+            reason = await self.transport.run(first, self.dispatch, self._replace, self._stop)
+        finally:
+            self._closed = True
+            _handler.sink = previous_sink
+            if previous_sink is None:
+                root.removeHandler(_handler)
+            await self._abandon()
+        if self.exit_code != 0:
+            log.error("worker stopping: %s", reason)
+        return self.exit_code
+
+    def request_shutdown(self, reason: str, grace: float | None = None) -> None:
+        """Stop taking work, drain within `grace` seconds, then end the stream (exit 0)."""
+        if self._shutdown is None:
+            self._terminating = True
+            limit = self.options.shutdown_grace if grace is None else grace
+            self._shutdown = self._spawn(self._drain_and_stop(reason, limit))
+
+    async def _drain_and_stop(self, reason: str, grace: float) -> None:
+        log.info("shutting down (%s), %d invocations in flight", reason, len(self._invocations))
+        deadline = self._loop.time() + grace
+        # Keep a margin of the grace period for cancelling, on_shutdown and flushing.
+        budget = max(grace * 0.6, grace - 2.0, 0.0)
+        if self._invocations:
+            _, pending = await asyncio.wait(set(self._invocations), timeout=budget)
+            for running in list(self._running.values()):
+                self._cancel(running)
+            if pending:
+                await asyncio.wait(pending, timeout=max(deadline - self._loop.time() - 1.0, 0.1))
+        if "on_shutdown" in self._overridden:
+            remaining = max(deadline - self._loop.time() - 0.5, 0.1)
+            try:
+                await asyncio.wait_for(
+                    self.call("on_shutdown", Shutdown(remaining, reason)), remaining
+                )
+            except Exception as exc:
+                log.error("on_shutdown failed: %s", exc, exc_info=True)
+        self.exit_code = 0
+        self._stop.set()
+
+    async def _abandon(self) -> None:
+        """The stream is over: cancel what is left; replies could not be sent anyway."""
+        for task in list(self._tasks):
+            task.cancel()
+        for running in self._running.values():
+            running.cancel.set()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=1.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _spawner(
+        self, handler: Callable[[str, Any], Coroutine[Any, Any, None]]
+    ) -> Callable[[str, Any], None]:
+        def spawn(request_id: str, body: Any) -> None:
+            self._spawn(handler(request_id, body))
+
+        return spawn
+
+    def _reply(self, request_id: str, **content: Any) -> None:
+        self._spawn(self.transport.send(Message(request_id=request_id, **content)))
+
+    async def call(self, hook: str, arg: Any) -> Any:
+        """Run a worker hook: await it when async, otherwise in the pool with our context."""
+        method = getattr(self.worker, hook)
+        if hook in self._async_hooks:
+            return await method(arg)
+        if hook not in self._overridden:
+            return method(arg)  # the base class's defaults are trivial
+        context = contextvars.copy_context()
+        return await self._loop.run_in_executor(self._pool, context.run, method, arg)
+
+    def dispatch(self, message: Message) -> None:
+        kind, body = betterproto2.which_one_of(message, "content")
+        handler = self._handlers.get(kind)
+        if handler is not None:
+            handler(message.request_id, body)
+        elif kind:
+            log.warning("ignoring %s: the host does not send it to workers", kind)
+        else:
+            log.warning("ignoring a message of a kind this worker does not know (newer host?)")
+
+    def _replace(self, message: Message, problem: Exception) -> Message | None:
+        """What to send instead of a message the writer cannot send as it is: a Failure
+        for an invocation's response (so it still gets exactly one), a shortened log."""
+        kind, body = betterproto2.which_one_of(message, "content")
+        assert body is not None
+        if kind == "invocation_response":
+            invocation_id = body.invocation_id
+            log.error("the response of invocation %s cannot be sent: %s", invocation_id, problem)
+            return Message(
+                request_id=message.request_id,
+                invocation_response=pb.InvocationResponse(
+                    invocation_id=invocation_id,
+                    result=failure(f"the function's result cannot be sent to the host: {problem}"),
+                ),
+            )
+        if kind == "rpc_log" and isinstance(problem, MessageTooLarge):
+            keep = max(problem.limit // 2 - 1024, 0)
+            body.message = body.message[:keep] + " [truncated: over the message size limit]"
+            body.exception = None
+            return message
+        log.error("dropped a %s that cannot be sent: %s", kind, problem)
+        return None
+
+    # -- handshake ---------------------------------------------------------------------------
+    async def _init(self, request_id: str, request: pb.WorkerInitRequest) -> None:
+        try:
+            _handler.apply_host_levels(request.log_categories)
+            result = await self.call(
+                "on_init",
+                InitRequest(
+                    host_version=request.host_version,
+                    worker_directory=request.worker_directory,
+                    function_app_directory=request.function_app_directory,
+                    capabilities=dict(request.capabilities),
+                    log_categories=dict(request.log_categories),
+                ),
+            )
+            if result is not None:
+                if not isinstance(result, InitResult):
+                    raise TypeError(f"on_init must return InitResult or None, not {result!r}")
+                self._init_result = result
+                self._capabilities.update(result.capabilities)
+            status = success()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            log.error("on_init failed: %s", exc, exc_info=True)
+            status = failure(exc, user=True, source="on_init")
+        self._initialized.set()
+        await self.transport.send(
+            Message(
+                request_id=request_id,
+                worker_init_response=pb.WorkerInitResponse(
+                    worker_version=self._init_result.worker_version or self.worker.worker_version,
+                    capabilities=dict(self._capabilities),
+                    worker_metadata=self._worker_metadata(),
+                    result=status,
+                ),
+            )
+        )
+
+    def _worker_metadata(self) -> pb.WorkerMetadata:
+        result, worker = self._init_result, self.worker
+        return pb.WorkerMetadata(
+            runtime_name=result.runtime_name or worker.runtime_name,
+            runtime_version=result.runtime_version or worker.runtime_version,
+            worker_version=result.worker_version or worker.worker_version,
+            worker_bitness=platform.machine(),
+            custom_properties=dict(result.custom_properties),
+        )
+
+    async def _metadata(self, request_id: str, request: pb.FunctionsMetadataRequest) -> None:
+        await self._initialized.wait()
+        response = pb.FunctionMetadataResponse(result=success())
+        try:
+            found = await self._build_index(request.function_app_directory)
+            if found is None:
+                response.use_default_metadata_indexing = True
+            else:
+                response.function_metadata_results = [
+                    _rpc_metadata(entry, request.function_app_directory) for entry in found.values()
+                ]
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            log.error("on_functions_metadata failed: %s", exc, exc_info=True)
+            response = pb.FunctionMetadataResponse(
+                result=failure(exc, user=True, source="on_functions_metadata")
+            )
+        await self.transport.send(
+            Message(request_id=request_id, function_metadata_response=response)
+        )
+
+    async def _build_index(self, directory: str) -> dict[str, FunctionMetadata] | None:
+        found = await self.call("on_functions_metadata", MetadataRequest(directory))
+        if found is None:
+            return None
+        index: dict[str, FunctionMetadata] = {}
+        for entry in found:
+            if not isinstance(entry, FunctionMetadata):
+                raise TypeError(
+                    f"on_functions_metadata must return FunctionMetadata items, not {entry!r}"
+                )
+            index[entry.function_id] = entry
+        self._index = index
+        return index
+
+    # -- loading -----------------------------------------------------------------------------
+    async def _load_one(self, request_id: str, request: pb.FunctionLoadRequest) -> None:
+        response = await self._load(request)
+        await self.transport.send(Message(request_id=request_id, function_load_response=response))
+
+    async def _load_collection(
+        self, request_id: str, request: pb.FunctionLoadRequestCollection
+    ) -> None:
+        responses = await asyncio.gather(*(self._load(r) for r in request.function_load_requests))
+        await self.transport.send(
+            Message(
+                request_id=request_id,
+                function_load_response_collection=pb.FunctionLoadResponseCollection(
+                    function_load_responses=list(responses)
+                ),
+            )
+        )
+
+    async def _load(self, request: pb.FunctionLoadRequest) -> pb.FunctionLoadResponse:
+        function_id = request.function_id
+        done = self._loading.setdefault(function_id, asyncio.Event())
+        try:
+            await self._initialized.wait()
+            if not function_id:
+                raise ValueError("the FunctionLoadRequest has no function_id")
+            info = FunctionInfo.from_rpc(function_id, request.metadata or pb.RpcFunctionMetadata())
+            info = await self._with_index(info)
+            await self.call("on_function_load", info)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            log.error("function %s failed to load: %s", function_id, exc)
+            self._load_errors[function_id] = rpc_exception(exc).message
+            self._functions.pop(function_id, None)
+            status = failure(exc, user=True, source="on_function_load")
+        else:
+            self._functions[function_id] = info
+            self._load_errors.pop(function_id, None)
+            status = success()
+        finally:
+            done.set()
+            self._loading.pop(function_id, None)
+        return pb.FunctionLoadResponse(function_id=function_id, result=status)
+
+    async def _with_index(self, info: FunctionInfo) -> FunctionInfo:
+        """Attach the worker's own index entry; a restarted worker, which the host never
+        asks for metadata, indexes itself on its first load of a worker-indexed function."""
+        if "on_functions_metadata" not in self._overridden:
+            return info
+        if self._index is None and info.properties.get(WORKER_INDEXED):
+            async with self._index_lock:
+                if self._index is None:
+                    # The host starts workers in the function app's root directory.
+                    await self._build_index(os.getcwd())
+        entry = (self._index or {}).get(info.function_id)
+        return replace(info, indexed=entry) if entry is not None else info
+
+    # -- invocations -------------------------------------------------------------------------
+    def _invocation_request(self, request_id: str, request: pb.InvocationRequest) -> None:
+        invocation_id = request.invocation_id
+        refusal = ""
+        if self._terminating:
+            refusal = "the worker is shutting down and takes no new invocations"
+        elif not invocation_id:
+            refusal = "the InvocationRequest has no invocation_id"
+        elif invocation_id in self._running:
+            refusal = f"invocation id {invocation_id} is already running on this worker"
+        if refusal:
+            log.error("refused invocation %r: %s", invocation_id, refusal)
+            self._reply(
+                request_id,
+                invocation_response=pb.InvocationResponse(
+                    invocation_id=invocation_id, result=failure(refusal)
+                ),
+            )
+            return
+        running = _Running()
+        self._running[invocation_id] = running
+        task = self._spawn(self._invoke(request_id, request, running))
+        running.task = task
+        self._invocations.add(task)
+        task.add_done_callback(self._invocations.discard)
+
+    async def _invoke(
+        self, request_id: str, request: pb.InvocationRequest, running: _Running
+    ) -> None:
+        invocation_id = request.invocation_id
+        running.started = True
+        try:
+            try:
+                if running.cancel.is_set():  # cancelled before this task first ran
+                    raise asyncio.CancelledError
+                async with self._slots:
+                    response = await self._execute(request, running)
+            except asyncio.CancelledError:
+                if self._closed:  # the stream is gone: nobody to answer
+                    raise
+                response = pb.InvocationResponse(invocation_id=invocation_id, result=cancelled())
+        finally:
+            self._running.pop(invocation_id, None)
+        await self.transport.send(Message(request_id=request_id, invocation_response=response))
+
+    async def _execute(
+        self, request: pb.InvocationRequest, running: _Running
+    ) -> pb.InvocationResponse:
+        invocation_id = request.invocation_id
+        function_id = request.function_id
+        loading = self._loading.get(function_id)
+        if loading is not None:
+            await loading.wait()
+        function = self._functions.get(function_id)
+        if function is None:
+            error = self._load_errors.get(function_id)
+            message = (
+                f"function {function_id} failed to load: {error}"
+                if error is not None
+                else f"no function with id {function_id!r} is loaded on this worker"
+            )
+            return pb.InvocationResponse(invocation_id=invocation_id, result=failure(message))
+        try:
+            invocation = _invocation(request, function, running.cancel)
+        except ConversionError as exc:
+            return pb.InvocationResponse(
+                invocation_id=invocation_id,
+                result=failure(f"function {function.name}: {exc}"),
+            )
+        running.invocation = invocation
+        current_invocation_id.set(invocation_id)
+        try:
+            result = await self.call("on_invocation", invocation)
+            return _response(function, invocation_id, result)
+        except asyncio.CancelledError:
+            raise
+        except InvocationCancelled:
+            return pb.InvocationResponse(invocation_id=invocation_id, result=cancelled())
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt from user code too
+            log.error("function %s failed: %s", function.name, exc, exc_info=True)
+            return pb.InvocationResponse(
+                invocation_id=invocation_id, result=failure(exc, user=True, source=function.name)
+            )
+
+    def _invocation_cancel(self, request_id: str, request: pb.InvocationCancel) -> None:
+        running = self._running.get(request.invocation_id)
+        if running is None:
+            log.debug("cancel of %s: not running (finished or unknown)", request.invocation_id)
+            return
+        self._cancel(running)
+
+    def _cancel(self, running: _Running) -> None:
+        running.cancel.set()
+        if running.task is not None and running.started:
+            running.task.cancel()
+        if running.invocation is not None and "on_cancel" in self._overridden:
+            self._spawn(self._quietly("on_cancel", running.invocation))
+
+    async def _quietly(self, hook: str, arg: Any) -> None:
+        try:
+            await self.call(hook, arg)
+        except Exception as exc:
+            log.error("%s failed: %s", hook, exc, exc_info=True)
+
+    # -- control -----------------------------------------------------------------------------
+    def _status(self, request_id: str, request: pb.WorkerStatusRequest) -> None:
+        self._reply(request_id, worker_status_response=pb.WorkerStatusResponse())
+
+    def _terminate(self, request_id: str, request: pb.WorkerTerminate) -> None:
+        grace = request.grace_period
+        self.request_shutdown(
+            "the host sent WorkerTerminate",
+            grace.total_seconds() if grace is not None else DEFAULT_TERMINATE_GRACE,
+        )
+
+    async def _environment_reload(
+        self, request_id: str, request: pb.FunctionEnvironmentReloadRequest
+    ) -> None:
+        await self._initialized.wait()
+        try:
+            environment = dict(request.environment_variables)
+            if environment:
+                os.environ.clear()
+                os.environ.update(environment)
+            if request.function_app_directory:
+                os.chdir(request.function_app_directory)
+            await self.call(
+                "on_environment_reload",
+                EnvironmentReload(environment, request.function_app_directory),
+            )
+            status = success()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            log.error("environment reload failed: %s", exc, exc_info=True)
+            status = failure(exc, user=True, source="on_environment_reload")
+        await self.transport.send(
+            Message(
+                request_id=request_id,
+                function_environment_reload_response=pb.FunctionEnvironmentReloadResponse(
+                    worker_metadata=self._worker_metadata(),
+                    capabilities=dict(self._capabilities),
+                    result=status,
+                ),
+            )
+        )
+
+    async def _warmup(self, request_id: str, request: pb.WorkerWarmupRequest) -> None:
+        try:
+            await self.call("on_warmup", Warmup(request.worker_directory))
+            status = success()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            status = failure(exc, user=True, source="on_warmup")
+        await self.transport.send(
+            Message(request_id=request_id, worker_warmup_response=pb.WorkerWarmupResponse(status))
+        )
+
+    async def _close_shared_memory(
+        self, request_id: str, request: pb.CloseSharedMemoryResourcesRequest
+    ) -> None:
+        # This worker never creates shared memory maps, so there is nothing to close.
+        results = dict.fromkeys(request.map_names, False)
+        await self.transport.send(
+            Message(
+                request_id=request_id,
+                close_shared_memory_resources_response=pb.CloseSharedMemoryResourcesResponse(
+                    close_map_results=results
+                ),
+            )
+        )
+
+    def _file_change(self, request_id: str, request: pb.FileChangeEventRequest) -> None:
+        log.info("file change reported by the host: %s %s", request.type, request.full_path)
+
+
+def _invocation(
+    request: pb.InvocationRequest, function: FunctionInfo, cancel: threading.Event
+) -> Invocation:
+    inputs: dict[str, Any] = {}
+    raw: dict[str, pb.TypedData] = {}
+    for binding in request.input_data:
+        name = binding.name
+        if binding.rpc_shared_memory is not None:
+            raise ConversionError(
+                f"input {name!r} came through shared memory, which this worker does not support"
+            )
+        data = binding.data if binding.data is not None else pb.TypedData()
+        raw[name] = data
+        try:
+            inputs[name] = decode(data)
+        except ConversionError as exc:
+            raise ConversionError(f"cannot read input {name!r}: {exc}") from None
+    metadata: dict[str, Any] = {}
+    for key, data in request.trigger_metadata.items():
+        try:
+            metadata[key] = decode(data)
+        except ConversionError:  # metadata is informational: keep what the host sent
+            metadata[key] = data
+    trace = request.trace_context
+    retry = request.retry_context
+    return Invocation(
+        invocation_id=request.invocation_id,
+        function=function,
+        inputs=inputs,
+        raw_inputs=raw,
+        trigger_metadata=metadata,
+        trace_context=TraceContext(trace.trace_parent, trace.trace_state, dict(trace.attributes))
+        if trace is not None
+        else TraceContext(),
+        retry_context=RetryContext(
+            retry.retry_count,
+            retry.max_retry_count,
+            retry.exception.message if retry.exception is not None else "",
+        )
+        if retry is not None
+        else None,
+        _cancel=cancel,
+    )
+
+
+def _response(function: FunctionInfo, invocation_id: str, result: Any) -> pb.InvocationResponse:
+    """The InvocationResponse for what `on_invocation` returned (a user error if invalid)."""
+    if isinstance(result, InvocationResult):
+        value, outputs = result.return_value, dict(result.outputs)
+    else:
+        value, outputs = result, {}
+    if "$return" in outputs:
+        if value is not None:
+            raise ValueError("both return_value and outputs['$return'] are set; use one")
+        value = outputs.pop("$return")
+    bindings = function.bindings
+    if isinstance(value, HttpResponse) and "$return" not in bindings:
+        # An HTTP response returned from a function whose HTTP output is named: put it there.
+        http_outputs = [b.name for b in bindings.values() if b.type == "http" and b.is_output]
+        if len(http_outputs) == 1 and http_outputs[0] not in outputs:
+            outputs[http_outputs[0]] = value
+            value = None
+    if bindings:
+        unknown = [name for name in outputs if name not in bindings or not bindings[name].is_output]
+        if unknown:
+            declared = ", ".join(n for n, b in bindings.items() if b.is_output) or "none"
+            raise ValueError(
+                f"outputs {', '.join(map(repr, unknown))} are not output bindings of function "
+                f"{function.name} (its output bindings: {declared})"
+            )
+    response = pb.InvocationResponse(invocation_id=invocation_id, result=success())
+    try:
+        response.output_data = [
+            pb.ParameterBinding(name=name, data=encode(data)) for name, data in outputs.items()
+        ]
+        if value is not None:
+            response.return_value = encode(value)
+    except ConversionError as exc:
+        raise ConversionError(
+            f"cannot send the result of function {function.name}: {exc}"
+        ) from None
+    return response
+
+
+def _rpc_metadata(entry: FunctionMetadata, app_directory: str) -> pb.RpcFunctionMetadata:
+    problems = entry.problems()
+    raw_bindings: list[str] = []
+    for binding in entry.bindings:
+        try:
+            raw_bindings.append(json.dumps(dict(binding), separators=(",", ":")))
+        except (TypeError, ValueError) as exc:
+            problems.append(f"binding {binding.get('name')!r} is not JSON: {exc}")
+    metadata = pb.RpcFunctionMetadata(
+        name=entry.name,
+        function_id=entry.function_id,
+        directory=entry.directory or app_directory,
+        script_file=entry.script_file,
+        entry_point=entry.entry_point,
+        raw_bindings=raw_bindings,
+        properties={**entry.properties, WORKER_INDEXED: "True"},
+    )
+    if problems:
+        metadata.status = failure(f"function {entry.name!r}: " + "; ".join(problems))
+    return metadata

@@ -1,0 +1,264 @@
+"""The one `EventStream` call to the host: a grpclib channel, one reader and one writer.
+
+Everything the worker sends goes through one bounded queue drained by a single writer task,
+so frames never interleave and a host that stops reading slows the worker down instead of
+letting memory grow. Replies wait for room in the queue; log records never wait: when the
+queue is full they are dropped and counted, and the count is reported once there is room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from grpclib.client import Channel
+from grpclib.config import Configuration
+from grpclib.const import Cardinality
+from grpclib.encoding.base import CodecBase
+
+from ._generated import AzureFunctionsRpcMessages as pb
+from .cli import HostArgs
+from .errors import MessageTooLarge
+
+__all__ = ["EVENT_STREAM_PATH", "Codec", "Transport"]
+
+EVENT_STREAM_PATH = "/AzureFunctionsRpcMessages.FunctionRpc/EventStream"
+log = logging.getLogger("workerkit.transport")
+
+Message = pb.StreamingMessage
+#: Given a message that cannot be sent as it is (over the size limit, or not serialisable)
+#: and why, return a stand-in to send instead, or None to drop it.
+Replace = Callable[[Message, Exception], "Message | None"]
+
+
+class DecodeError(ValueError):
+    """A frame from the peer is not a valid `StreamingMessage`."""
+
+
+class Codec(CodecBase):
+    """Protobuf framing for betterproto2 messages, with the host's size limit applied on
+    receipt. Already-serialised ``bytes`` pass through `encode` untouched, so the writer can
+    measure a message before sending it."""
+
+    __content_subtype__ = "proto"
+
+    def __init__(self, max_message_length: int) -> None:
+        self.max_message_length = max_message_length
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if isinstance(message, bytes):
+            return message
+        return bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        if len(data) > self.max_message_length:
+            raise MessageTooLarge(len(data), self.max_message_length, "received message")
+        try:
+            check_fields(data)
+            return message_type.parse(data)
+        except Exception as exc:
+            name = message_type.__name__
+            raise DecodeError(f"malformed {name} ({len(data)} bytes): {exc}") from None
+
+
+def _varint(data: bytes, pos: int) -> int:
+    """The end of the varint starting at `pos`."""
+    end = min(pos + 10, len(data))
+    while pos < end:
+        if data[pos] < 0x80:
+            return pos + 1
+        pos += 1
+    raise ValueError("truncated or overlong varint")
+
+
+def check_fields(data: bytes) -> None:
+    """Reject bytes that are not a sequence of well-formed top-level protobuf fields.
+
+    betterproto2's parser is lenient: it accepts truncated frames and invalid wire types,
+    returning half-filled messages. Walking the top-level tags and lengths (a StreamingMessage
+    has two: request_id and the content) catches truncation and garbage cheaply.
+    """
+    pos, size = 0, len(data)
+    while pos < size:
+        start = pos
+        pos = _varint(data, pos)
+        key = _decode_varint(data[start:pos])
+        wire_type, field_number = key & 7, key >> 3
+        if field_number == 0:
+            raise ValueError(f"field number 0 at byte {start}")
+        if wire_type == 0:
+            pos = _varint(data, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 2:
+            length_start = pos
+            pos = _varint(data, pos)
+            pos += _decode_varint(data[length_start:pos])
+        else:
+            raise ValueError(f"invalid wire type {wire_type} at byte {start}")
+        if pos > size:
+            raise ValueError(f"field {field_number} runs past the end of the frame")
+
+
+def _decode_varint(raw: bytes) -> int:
+    value = 0
+    for shift, byte in enumerate(raw):
+        value |= (byte & 0x7F) << (7 * shift)
+    return value
+
+
+class Transport:
+    """Connects to the host and shuttles `StreamingMessage`s both ways."""
+
+    def __init__(self, args: HostArgs, *, queue_size: int = 1024) -> None:
+        self.args = args
+        self.dropped_logs = 0
+        self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=queue_size)
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._closing = False
+
+    # -- sending ----------------------------------------------------------------------------
+    async def send(self, message: Message) -> None:
+        """Queue a reply; waits while the queue is full (backpressure from the host)."""
+        await self._queue.put(message)
+
+    def offer_log(self, entry: pb.RpcLog) -> None:
+        """Queue a log record from any thread without ever blocking (dropped when full)."""
+        if threading.get_ident() == self._loop_thread:
+            self._offer(Message(rpc_log=entry))
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self._offer, Message(rpc_log=entry))
+            except RuntimeError:  # the loop is closed: the stream is gone with it
+                pass
+
+    def _offer(self, message: Message) -> None:
+        if self._closing:
+            return
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.dropped_logs += 1
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far has been handed to HTTP/2."""
+        await self._queue.join()
+
+    # -- the call ---------------------------------------------------------------------------
+    async def run(
+        self,
+        first: Message,
+        on_message: Callable[[Message], None],
+        replace: Replace,
+        stop: asyncio.Event,
+    ) -> str:
+        """Open the stream, send `first`, feed each received message to `on_message` until
+        the host ends the stream or `stop` is set. Returns why it ended."""
+        limit = self.args.max_message_length
+        window = min(max(limit, 65_535), 16 * 1024 * 1024)
+        # Bigger HTTP/2 windows than grpclib's defaults help large bodies on loopback.
+        config = Configuration(http2_connection_window_size=window, http2_stream_window_size=window)
+        channel = Channel(self.args.host, self.args.port, codec=Codec(limit), config=config)
+        try:
+            async with channel.request(
+                EVENT_STREAM_PATH, Cardinality.STREAM_STREAM, Message, Message
+            ) as stream:
+                await stream.send_request()
+                await stream.send_message(bytes(first))  # type: ignore[arg-type]
+                writer = asyncio.create_task(self._write(stream, replace), name="workerkit-writer")
+                reader = asyncio.create_task(
+                    self._read(stream, on_message), name="workerkit-reader"
+                )
+                stopper = asyncio.create_task(stop.wait())
+                done, _ = await asyncio.wait(
+                    {writer, reader, stopper}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if stopper in done:
+                    reason = "stopped"
+                    await asyncio.wait({writer, reader}, timeout=0)
+                    if not writer.done():
+                        await self._flush(writer)
+                    try:
+                        await asyncio.wait_for(stream.end(), 1.0)
+                    except Exception:  # the host may already be gone
+                        pass
+                elif reader in done:
+                    reason = reader.result()
+                else:
+                    reason = f"writer failed: {writer.exception()!r}"
+                self._closing = True
+                for task in (writer, reader, stopper):
+                    task.cancel()
+                await asyncio.gather(writer, reader, stopper, return_exceptions=True)
+                return reason
+        except (TimeoutError, OSError) as exc:
+            return f"cannot reach the host at {self.args.host}:{self.args.port}: {exc}"
+        except Exception as exc:
+            return f"stream broke: {exc!r}"
+        finally:
+            self._closing = True
+            channel.close()
+
+    def _serialise(self, message: Message, replace: Replace) -> bytes | None:
+        limit = self.args.max_message_length
+        for _attempt in range(2):
+            try:
+                data = bytes(message)
+            except Exception as exc:  # e.g. a str with lone surrogates from user code
+                problem: Exception = ValueError(f"cannot serialise the message: {exc}")
+            else:
+                if len(data) <= limit:
+                    return data
+                problem = MessageTooLarge(len(data), limit)
+            stand_in = replace(message, problem)
+            if stand_in is None:
+                return None
+            message = stand_in
+        log.error("dropped a message that could not be sent: %s", problem)
+        return None
+
+    async def _flush(self, writer: asyncio.Task[None]) -> None:
+        try:
+            await asyncio.wait_for(self._queue.join(), 2.0)
+        except TimeoutError:
+            log.warning("gave up flushing %d queued messages", self._queue.qsize())
+
+    async def _read(self, stream: Any, on_message: Callable[[Message], None]) -> str:
+        while True:
+            try:
+                message = await stream.recv_message()
+            except (DecodeError, MessageTooLarge) as exc:
+                log.error("ignored a message from the host: %s", exc)
+                continue
+            except Exception as exc:
+                return f"stream broke: {exc!r}"
+            if message is None:
+                return "the host ended the stream"
+            on_message(message)
+
+    async def _write(self, stream: Any, replace: Replace) -> None:
+        queue = self._queue
+        while True:
+            message = await queue.get()
+            try:
+                data = self._serialise(message, replace)
+                if data is None:
+                    continue
+                await stream.send_message(data)
+                if self.dropped_logs and not queue.full():
+                    count, self.dropped_logs = self.dropped_logs, 0
+                    note = pb.RpcLog(
+                        category="workerkit",
+                        level=pb.RpcLogLevel.Warning,
+                        message=f"dropped {count} log records: the send buffer was full",
+                        log_category=pb.RpcLogRpcLogCategory.System,
+                    )
+                    await stream.send_message(bytes(Message(rpc_log=note)))
+            finally:
+                queue.task_done()

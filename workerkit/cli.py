@@ -1,0 +1,151 @@
+"""The command line the Functions host starts a worker with, parsed into one object.
+
+The host appends its connection arguments to every launch, under two spellings at once::
+
+    --host 127.0.0.1 --port P --workerId W --requestId R --grpcMaxMessageLength N
+    --functions-uri http://127.0.0.1:P/ --functions-worker-id W --functions-request-id R
+    --functions-grpc-max-message-length N
+
+Precedence, decided here and nowhere else: a ``--functions-*`` value wins over its older
+spelling when both are given (the host's own comment asks workers to prefer them); the older
+spelling is the fallback. ``--functions-uri`` supplies both host and port. Arguments we do not
+know (from ``worker.config.json`` or a future host) are ignored. A missing required value is a
+one-line error on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+__all__ = ["HostArgs", "HostArgsError", "parse_host_args"]
+
+#: The host always passes ``int.MaxValue``; used when neither spelling gives a length.
+DEFAULT_MAX_MESSAGE_LENGTH = 2_147_483_647
+
+# option name -> (field, is the preferred spelling)
+_OPTIONS: dict[str, tuple[str, bool]] = {
+    "--host": ("host", False),
+    "--port": ("port", False),
+    "--workerId": ("worker_id", False),
+    "--requestId": ("request_id", False),
+    "--grpcMaxMessageLength": ("max_message_length", False),
+    "--functions-uri": ("uri", True),
+    "--functions-worker-id": ("worker_id", True),
+    "--functions-request-id": ("request_id", True),
+    "--functions-grpc-max-message-length": ("max_message_length", True),
+}
+
+
+class HostArgsError(ValueError):
+    """The host's command line is incomplete or malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostArgs:
+    """Where the host listens and who this worker is, from the host's command line."""
+
+    host: str
+    port: int
+    worker_id: str
+    request_id: str
+    max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH
+
+    def to_argv(self) -> list[str]:
+        """The argv the real host would pass for these values (both spellings, host order)."""
+        length = str(self.max_message_length)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return [
+            "--host", self.host, "--port", str(self.port),
+            "--workerId", self.worker_id, "--requestId", self.request_id,
+            "--grpcMaxMessageLength", length,
+            "--functions-uri", f"http://{host}:{self.port}/",
+            "--functions-worker-id", self.worker_id,
+            "--functions-request-id", self.request_id,
+            "--functions-grpc-max-message-length", length,
+        ]  # fmt: skip
+
+
+def parse_host_args(argv: Sequence[str]) -> HostArgs:
+    """Parse the host's arguments (without the program name); raise `HostArgsError`."""
+    preferred: dict[str, str] = {}
+    fallback: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, inline = arg.partition("=")
+        option = _OPTIONS.get(name)
+        if option is None:  # not ours: worker.config.json arguments or a newer host
+            i += 1
+            continue
+        if eq:
+            value = inline
+            i += 1
+        elif i + 1 < len(argv):
+            value = argv[i + 1]
+            i += 2
+        else:
+            raise HostArgsError(f"{name} needs a value")
+        field, is_preferred = option
+        (preferred if is_preferred else fallback)[field] = value
+
+    values = {**fallback, **{k: v for k, v in preferred.items() if k != "uri"}}
+    if "uri" in preferred:
+        host, port = _split_uri(preferred["uri"])
+        values["host"], values["port"] = host, str(port)
+
+    missing = [
+        spelling
+        for field, spelling in (
+            ("host", "--functions-uri or --host"),
+            ("port", "--functions-uri or --port"),
+            ("worker_id", "--functions-worker-id or --workerId"),
+        )
+        if not values.get(field)
+    ]
+    if missing:
+        raise HostArgsError("missing " + ", ".join(missing))
+    return HostArgs(
+        host=values["host"],
+        port=_int("port", values["port"], 1, 65535),
+        worker_id=values["worker_id"],
+        request_id=values.get("request_id", ""),
+        max_message_length=_int(
+            "max message length",
+            values.get("max_message_length", str(DEFAULT_MAX_MESSAGE_LENGTH)),
+            1,
+            DEFAULT_MAX_MESSAGE_LENGTH,
+        ),
+    )
+
+
+def parse_host_args_or_exit(argv: Sequence[str], prog: str = "worker") -> HostArgs:
+    """`parse_host_args`, turning an error into one line on stderr and exit status 2."""
+    try:
+        return parse_host_args(argv)
+    except HostArgsError as exc:
+        print(f"LanguageWorkerConsoleLog{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _split_uri(uri: str) -> tuple[str, int]:
+    try:
+        parts = urlsplit(uri)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise HostArgsError(f"--functions-uri {uri!r} is not a valid URI: {exc}") from None
+    if not host or port is None:
+        raise HostArgsError(f"--functions-uri {uri!r} must look like http://127.0.0.1:PORT/")
+    return host, port
+
+
+def _int(what: str, text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise HostArgsError(f"{what} {text!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise HostArgsError(f"{what} {value} is outside {low}..{high}")
+    return value

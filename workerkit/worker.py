@@ -1,0 +1,250 @@
+"""The `Worker` base class: the only code a language author writes is a subclass of it."""
+
+import asyncio
+import contextlib
+import difflib
+import inspect
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ._types import (
+    EnvironmentReload,
+    FunctionInfo,
+    FunctionMetadata,
+    InitRequest,
+    InitResult,
+    Invocation,
+    MetadataRequest,
+    Shutdown,
+    Warmup,
+)
+from .cli import HostArgs, parse_host_args_or_exit
+
+__all__ = ["Worker", "WorkerOptions", "run"]
+
+#: Every hook name; an ``on_*`` method outside this set is taken for a typo.
+HOOKS: frozenset[str] = frozenset(
+    {
+        "on_init",
+        "on_functions_metadata",
+        "on_function_load",
+        "on_invocation",
+        "on_cancel",
+        "on_environment_reload",
+        "on_warmup",
+        "on_shutdown",
+    }
+)
+_ABSTRACT = ("on_function_load", "on_invocation")
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={text!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"environment variable {name}={value} must be at least 1")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """Tuning knobs, each with a safe default.
+
+    `max_in_flight`: invocations running at once; further ones wait in arrival order
+    (default ``WORKERKIT_MAX_IN_FLIGHT`` or 256). `threads`: size of the pool that runs
+    plain-``def`` hooks (default ``WORKERKIT_THREADS`` or 32). `shutdown_grace`: seconds to
+    drain on SIGTERM/SIGINT (the host's `WorkerTerminate` carries its own). `send_queue`:
+    messages buffered towards the host before replies wait and log records are dropped.
+    """
+
+    max_in_flight: int = field(default_factory=lambda: _env_int("WORKERKIT_MAX_IN_FLIGHT", 256))
+    threads: int = field(default_factory=lambda: _env_int("WORKERKIT_THREADS", 32))
+    shutdown_grace: float = 5.0
+    send_queue: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_in_flight", "threads", "send_queue"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"WorkerOptions.{name} must be a whole number >= 1, not {value!r}")
+        if not self.shutdown_grace >= 0:
+            raise ValueError(
+                f"WorkerOptions.shutdown_grace must be >= 0, not {self.shutdown_grace}"
+            )
+
+
+class Worker:
+    """Base class of a language worker. Subclass it and implement two hooks.
+
+    Every hook takes one input object and may be ``async def`` (runs on the event loop; it
+    must not block) or plain ``def`` (runs in a thread pool, so the worker keeps answering
+    the host meanwhile). Hooks never see the stream: they return values or raise, and
+    workerkit sends exactly one reply for every request. An exception from a hook becomes a
+    Failure reply with its message and stack trace; the worker keeps serving.
+
+    Class attributes `runtime_name`, `runtime_version` and `worker_version` are reported to
+    the host in `WorkerMetadata`.
+    """
+
+    runtime_name: ClassVar[str] = "workerkit"
+    runtime_version: ClassVar[str] = f"{sys.version_info.major}.{sys.version_info.minor}"
+    worker_version: ClassVar[str] = "0.1.0"
+
+    #: Hooks implemented with ``async def``; filled when the subclass is defined.
+    _async_hooks: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, value in vars(cls).items():
+            if not name.startswith("on_") or not callable(value):
+                continue
+            if name not in HOOKS:
+                close = difflib.get_close_matches(name, HOOKS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise TypeError(
+                    f"{cls.__qualname__}.{name} is not a workerkit hook{hint} "
+                    f"(hooks: {', '.join(sorted(HOOKS))})"
+                )
+            params = [
+                p
+                for p in inspect.signature(value).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+            if len(params) != 2:
+                raise TypeError(
+                    f"{cls.__qualname__}.{name} must take exactly one argument besides self"
+                    f" (it takes {len(params) - 1})"
+                )
+        cls._async_hooks = frozenset(
+            name for name in HOOKS if inspect.iscoroutinefunction(getattr(cls, name, None))
+        )
+
+    def __init__(self, *, options: WorkerOptions | None = None) -> None:
+        missing = [name for name in _ABSTRACT if getattr(type(self), name) is getattr(Worker, name)]
+        if missing:
+            raise TypeError(
+                f"{type(self).__qualname__} must implement {' and '.join(missing)} "
+                "(see the workerkit.Worker docstring)"
+            )
+        self.options = options if options is not None else WorkerOptions()
+
+    # -- the two hooks every worker writes --------------------------------------------------
+    def on_function_load(self, function: FunctionInfo) -> None:
+        """Prepare `function` for invocation (import it, compile it, check its bindings).
+
+        Called once per function id, before any invocation of it; loads of different
+        functions may overlap. Raise (ideally `FunctionLoadError`) to refuse the function:
+        the host is told it failed to load, its invocations fail with your message, and
+        the other functions are unaffected. The return value is ignored.
+        """
+        raise NotImplementedError
+
+    def on_invocation(self, invocation: Invocation) -> Any:
+        """Run one invocation and return its result.
+
+        Invocations overlap (up to `WorkerOptions.max_in_flight`). `invocation.inputs` maps
+        binding names to Python values (`HttpRequest` for HTTP triggers). Return the value
+        for ``$return`` (an `HttpResponse` for HTTP), or an `InvocationResult` to set named
+        output bindings too. Raise to fail the invocation. On cancel, an ``async def`` hook
+        is cancelled (`asyncio.CancelledError`); a plain ``def`` hook sees
+        `invocation.cancelled` turn true and should return soon; either way the host is
+        answered Cancelled at once.
+        """
+        raise NotImplementedError
+
+    # -- optional hooks with working defaults ------------------------------------------------
+    def on_init(self, request: InitRequest) -> InitResult | None:
+        """The host's first request. Return extra capabilities or metadata, or None.
+
+        The default returns None: the worker advertises what workerkit implements. Must
+        finish within the host's ``initializationTimeout`` (10 s unless worker.config.json
+        says otherwise). Raising answers Failure, and the host restarts the worker.
+        """
+        return None
+
+    def on_functions_metadata(self, request: MetadataRequest) -> Sequence[FunctionMetadata] | None:
+        """Worker indexing: list the app's functions, or return None to let the host read
+        ``function.json`` files itself (the default).
+
+        Only called when worker.config.json has ``"workerIndexing": "true"``. Function ids
+        are derived from names, so restarted workers load the same ids. Invalid entries are
+        reported to the host as failed functions; the valid ones still load.
+        """
+        return None
+
+    def on_cancel(self, invocation: Invocation) -> None:
+        """The host cancelled `invocation` (already flagged and being cancelled). The default
+        does nothing; override to interrupt work workerkit cannot see (a child process)."""
+        return None
+
+    def on_environment_reload(self, reload: EnvironmentReload) -> None:
+        """Specialization: the environment variables and working directory were already
+        replaced by the host's; re-read settings here. The default does nothing."""
+        return None
+
+    def on_warmup(self, warmup: Warmup) -> None:
+        """The host warms up a placeholder worker; do costly imports now. Default: nothing."""
+        return None
+
+    def on_shutdown(self, shutdown: Shutdown) -> None:
+        """The worker is stopping (host terminate, SIGTERM or SIGINT) after in-flight
+        invocations drained. Release resources; bounded by the remaining grace period."""
+        return None
+
+    # -- running -----------------------------------------------------------------------------
+    async def serve(self, args: HostArgs) -> int:
+        """Connect to the host and serve until terminated; return the exit status: 0 after
+        a terminate, non-zero when the stream ended or broke (so the host restarts us)."""
+        from ._session import Session
+
+        return await Session(self, args).run()
+
+    @classmethod
+    def main(cls, argv: Sequence[str] | None = None) -> None:
+        """Entry point for ``if __name__ == "__main__": MyWorker.main()``."""
+        run(cls, argv)
+
+
+def run(worker: type[Worker] | Worker, argv: Sequence[str] | None = None) -> None:
+    """Parse the host's argv, serve until terminated, and exit the process.
+
+    Exits 0 after `WorkerTerminate`, SIGTERM or SIGINT (after draining), 1 when the stream
+    to the host ended or broke, 2 for a bad command line.
+    """
+    args = parse_host_args_or_exit(sys.argv[1:] if argv is None else argv)
+    instance = worker() if isinstance(worker, type) else worker
+
+    async def main() -> int:
+        from ._session import Session
+
+        loop = asyncio.get_running_loop()
+        session = Session(instance, args)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            # Not available off the main thread or on some platforms: the host still
+            # has WorkerTerminate.
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(
+                    signum, session.request_shutdown, signal.Signals(signum).name
+                )
+        return await session.run()
+
+    code = asyncio.run(main())
+    # A plain-def hook that never returns keeps a pool thread alive, and interpreter exit
+    # would wait for it forever: leave without waiting once our own work is done.
+    if threading.active_count() > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
