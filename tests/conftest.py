@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google_pb2 import Pb2, compile_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -19,6 +19,7 @@ def arun(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-@pytest.fixture
-def python() -> str:
-    return sys.executable
+@pytest.fixture(scope="session")
+def pb2(tmp_path_factory: pytest.TempPathFactory) -> Pb2:
+    """Google's protobuf classes for our proto/, compiled once per session."""
+    return compile_pb2(tmp_path_factory)

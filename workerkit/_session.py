@@ -146,16 +146,17 @@ class Session:
             request_id=self.args.request_id,
             start_stream=pb.StartStream(worker_id=self.args.worker_id),
         )
+        reason = "cancelled"
         try:
             reason = await self.transport.run(first, self.dispatch, self._replace, self._stop)
         finally:
             self._closed = True
-            _handler.sink = previous_sink
+            _handler.sink = previous_sink  # None: SDK records go to stderr, host-readable
+            if self.exit_code != 0:
+                log.error("worker stopping: %s", reason)
             if previous_sink is None:
                 root.removeHandler(_handler)
             await self._abandon()
-        if self.exit_code != 0:
-            log.error("worker stopping: %s", reason)
         return self.exit_code
 
     def request_shutdown(self, reason: str, grace: float | None = None) -> None:
