@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 test: $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check workerkit tests examples benchmarks proto
-	$(VENV)/bin/ruff format --check workerkit tests examples benchmarks proto
+	$(VENV)/bin/ruff check workerkit tests examples proto
+	$(VENV)/bin/ruff format --check workerkit tests examples proto
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy workerkit

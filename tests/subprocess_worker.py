@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import workers  # noqa: E402
+import workers
 
 if __name__ == "__main__":
     getattr(workers, os.environ.get("WK_WORKER", "Scenarios")).main()

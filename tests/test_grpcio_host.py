@@ -56,11 +56,13 @@ class GrpcioHost:
                 break
             self.received.append(message)
             kind = message.WhichOneof("content")
-            key = {
-                "invocation_response": lambda: message.invocation_response.invocation_id,
-                "function_load_response": lambda: message.function_load_response.function_id,
-                "worker_status_response": lambda: message.request_id,
-            }.get(kind, lambda: "")()
+            key = ""
+            if kind == "invocation_response":
+                key = message.invocation_response.invocation_id
+            elif kind == "function_load_response":
+                key = message.function_load_response.function_id
+            elif kind == "worker_status_response":
+                key = message.request_id
             future = self.waiting.pop((kind, key), None)
             if future is not None:
                 future.set_result(message)
