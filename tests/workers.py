@@ -175,3 +175,36 @@ class Indexing(workerkit.Worker):
     def on_invocation(self, invocation: Invocation) -> Any:
         indexed = invocation.function.indexed
         return indexed.script_file if indexed else None
+
+
+class Tolerant(workerkit.Worker):
+    """For fuzzing: loads any function whose name has no 'x'; answers with its input names."""
+
+    def on_function_load(self, function: FunctionInfo) -> None:
+        if "x" in function.name:
+            raise FunctionLoadError("names with x are refused")
+
+    async def on_invocation(self, invocation: Invocation) -> Any:
+        return sorted(invocation.inputs)
+
+
+class Flood(workerkit.Worker):
+    """Echo, payload generator and log flood, for load and backpressure scenarios."""
+
+    def on_function_load(self, function: FunctionInfo) -> None:
+        pass
+
+    async def on_invocation(self, invocation: Invocation) -> Any:
+        name = invocation.function.name
+        if name == "echo":
+            return invocation.inputs.get("value")
+        if name == "payload":
+            return "p" * int(invocation.inputs["size"])
+        if name == "chatty":
+            for i in range(int(invocation.inputs["lines"])):
+                user_log.info("line %d", i)
+            return "said"
+        if name == "blocker":
+            time.sleep(float(invocation.inputs["seconds"]))  # blocks the loop on purpose
+            return "unblocked"
+        raise LookupError(name)

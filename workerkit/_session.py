@@ -39,6 +39,7 @@ from ._types import (
     TraceContext,
     Warmup,
 )
+from ._watchdog import LoopWatchdog
 from .cli import HostArgs
 from .convert import ConversionError, HttpResponse, decode, encode
 from .errors import (
@@ -147,9 +148,15 @@ class Session:
             start_stream=pb.StartStream(worker_id=self.args.worker_id),
         )
         reason = "cancelled"
+        watchdog = None
+        if self.options.loop_block_warning > 0:
+            watchdog = LoopWatchdog(self._loop, self.options.loop_block_warning, self._describe)
+            watchdog.start()
         try:
             reason = await self.transport.run(first, self.dispatch, self._replace, self._stop)
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             self._closed = True
             _handler.sink = previous_sink  # None: SDK records go to stderr, host-readable
             if self.exit_code != 0:
@@ -158,6 +165,14 @@ class Session:
                 root.removeHandler(_handler)
             await self._abandon()
         return self.exit_code
+
+    def _describe(self, task: asyncio.Task[Any] | None) -> str:
+        """Who is running in `task`: the function and invocation, when it is one."""
+        for invocation_id, running in list(self._running.items()):
+            if running.task is task and running.invocation is not None:
+                name = running.invocation.function.name
+                return f"function {name!r} (invocation {invocation_id})"
+        return f"task {task.get_name()!r}" if task is not None else "code outside any task"
 
     def request_shutdown(self, reason: str, grace: float | None = None) -> None:
         """Stop taking work, drain within `grace` seconds, then end the stream (exit 0)."""
@@ -431,19 +446,34 @@ class Session:
     ) -> None:
         invocation_id = request.invocation_id
         running.started = True
+        holding = False
         try:
             try:
                 if running.cancel.is_set():  # cancelled before this task first ran
                     raise asyncio.CancelledError
-                async with self._slots:
-                    response = await self._execute(request, running)
+                await self._slots.acquire()
+                holding = True
+                response = await self._execute(request, running)
             except asyncio.CancelledError:
                 if self._closed:  # the stream is gone: nobody to answer
                     raise
                 response = pb.InvocationResponse(invocation_id=invocation_id, result=cancelled())
+            except Exception as exc:  # a workerkit bug must still cost only this invocation
+                log.exception("internal error in invocation %s", invocation_id)
+                response = pb.InvocationResponse(
+                    invocation_id=invocation_id,
+                    result=failure(f"workerkit internal error: {exc!r}"),
+                )
+            finally:
+                self._running.pop(invocation_id, None)
+            # The slot is held until the response is on the wire: with a host that reads
+            # slowly, at most `max_in_flight` responses wait in memory.
+            await self.transport.send_and_wait(
+                Message(request_id=request_id, invocation_response=response)
+            )
         finally:
-            self._running.pop(invocation_id, None)
-        await self.transport.send(Message(request_id=request_id, invocation_response=response))
+            if holding:
+                self._slots.release()
 
     async def _execute(
         self, request: pb.InvocationRequest, running: _Running

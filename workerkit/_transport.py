@@ -118,7 +118,10 @@ class Transport:
     def __init__(self, args: HostArgs, *, queue_size: int = 1024) -> None:
         self.args = args
         self.dropped_logs = 0
-        self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=queue_size)
+        # Each entry: a message and, for `send_and_wait`, the future told once it is sent.
+        self._queue: asyncio.Queue[tuple[Message, asyncio.Future[None] | None]] = asyncio.Queue(
+            maxsize=queue_size
+        )
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._closing = False
@@ -126,7 +129,14 @@ class Transport:
     # -- sending ----------------------------------------------------------------------------
     async def send(self, message: Message) -> None:
         """Queue a reply; waits while the queue is full (backpressure from the host)."""
-        await self._queue.put(message)
+        await self._queue.put((message, None))
+
+    async def send_and_wait(self, message: Message) -> None:
+        """Queue a reply and return once it has been handed to HTTP/2 (or dropped). Callers
+        that hold a resource until then bound the memory replies can pin."""
+        sent = self._loop.create_future()
+        await self._queue.put((message, sent))
+        await sent
 
     def offer_log(self, entry: pb.RpcLog) -> None:
         """Queue a log record from any thread without ever blocking (dropped when full)."""
@@ -142,7 +152,7 @@ class Transport:
         if self._closing:
             return
         try:
-            self._queue.put_nowait(message)
+            self._queue.put_nowait((message, None))
         except asyncio.QueueFull:
             self.dropped_logs += 1
 
@@ -245,12 +255,15 @@ class Transport:
     async def _write(self, stream: Any, replace: Replace) -> None:
         queue = self._queue
         while True:
-            message = await queue.get()
+            message, sent = await queue.get()
             try:
                 data = self._serialise(message, replace)
-                if data is None:
-                    continue
-                await stream.send_message(data)
+                del message  # let a large reply go as soon as it is serialised
+                if data is not None:
+                    await stream.send_message(data)
+                    del data
+                if sent is not None and not sent.done():
+                    sent.set_result(None)
                 if self.dropped_logs and not queue.full():
                     count, self.dropped_logs = self.dropped_logs, 0
                     note = pb.RpcLog(

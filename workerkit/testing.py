@@ -101,6 +101,8 @@ class HostConnection:
         self._keyed: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self._done = asyncio.Event()
         self._close = asyncio.Event()
+        self._reading = asyncio.Event()
+        self._reading.set()
 
     # -- plumbing ----------------------------------------------------------------------------
     async def send(self, message: Message | bytes) -> None:
@@ -170,6 +172,14 @@ class HostConnection:
     def close(self) -> None:
         """End the stream from the host's side."""
         self._close.set()
+
+    def pause_reading(self) -> None:
+        """Stop reading the worker's messages (HTTP/2 flow control then holds the worker
+        back), to test how a worker copes with a host that does not keep up."""
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
 
     def replies(self, kind: str) -> list[Any]:
         """Every message of `kind` (e.g. ``"invocation_response"``) received so far."""
@@ -590,6 +600,7 @@ class TestHost:
     async def _read(stream: Stream[Message, Message], connection: HostConnection) -> None:
         try:
             async for message in stream:
+                await connection._reading.wait()
                 connection._receive(message)
         except Exception as exc:
             print(f"TestHost: stream from {connection.worker_id} broke: {exc!r}", file=sys.stderr)

@@ -66,18 +66,27 @@ class WorkerOptions:
     plain-``def`` hooks (default ``WORKERKIT_THREADS`` or 32). `shutdown_grace`: seconds to
     drain on SIGTERM/SIGINT (the host's `WorkerTerminate` carries its own). `send_queue`:
     messages buffered towards the host before replies wait and log records are dropped.
+    `loop_block_warning`: seconds an ``async def`` hook may block the event loop before the
+    worker reports it with the function's name (0: never).
     """
 
     max_in_flight: int = field(default_factory=lambda: _env_int("WORKERKIT_MAX_IN_FLIGHT", 256))
     threads: int = field(default_factory=lambda: _env_int("WORKERKIT_THREADS", 32))
     shutdown_grace: float = 5.0
     send_queue: int = 1024
+    #: Warn (naming the function) when an async hook blocks the event loop this many
+    #: seconds; 0 turns the watchdog off.
+    loop_block_warning: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("max_in_flight", "threads", "send_queue"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"WorkerOptions.{name} must be a whole number >= 1, not {value!r}")
+        if not self.loop_block_warning >= 0:
+            raise ValueError(
+                f"WorkerOptions.loop_block_warning must be >= 0, not {self.loop_block_warning}"
+            )
         if not self.shutdown_grace >= 0:
             raise ValueError(
                 f"WorkerOptions.shutdown_grace must be >= 0, not {self.shutdown_grace}"
