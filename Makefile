@@ -15,11 +15,12 @@ $(STAMP): pyproject.toml
 test: $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check workerkit tests examples proto
-	$(VENV)/bin/ruff format --check workerkit tests examples proto
+	$(VENV)/bin/ruff check workerkit tests examples proto benchmarks
+	$(VENV)/bin/ruff format --check workerkit tests examples proto benchmarks
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy workerkit
+	$(VENV)/bin/mypy benchmarks
 
 pytest: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -30,6 +31,11 @@ proto: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/templates/demo.py
+
+# Not part of `make test`. The official-worker baseline needs a prepared checkout:
+# WORKERKIT_OFFICIAL_WORKER=DIR (see benchmarks/README.md); BENCH_ARGS=--quick for a smoke run.
+bench: $(STAMP)
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

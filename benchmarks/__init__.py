@@ -1,0 +1,1 @@
+"""workerkit's benchmark suite: ``make bench`` or ``python -m benchmarks.run --help``."""

@@ -1,0 +1,58 @@
+"""The benchmark driver still runs: its quickest mode against the bare grpclib baseline.
+
+Asserts the shape of the output (JSON lines, summary, ratios, the skip note for an absent
+official worker), never speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+EXPECTED_SCENARIOS = {"echo", "echolog", "payload_1MiB", "payload_16MiB"}
+
+
+def test_quick_run_against_bare_grpclib() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "WORKERKIT_OFFICIAL_WORKER"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--targets", "bare-grpclib,official"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    kinds = {r["kind"] for r in records}
+    assert {"machine", "target", "cold_launch", "memory", "run", "summary", "ratio"} <= kinds
+    assert records[-1]["kind"] == "done"
+
+    (skipped,) = [r for r in records if r["kind"] == "skipped"]
+    assert skipped["note"].startswith("official: skipped")
+    assert [r["target"] for r in records if r["kind"] == "target"] == ["bare-grpclib"]
+
+    launches = [r for r in records if r["kind"] == "cold_launch"]
+    assert len(launches) == 3
+    assert all(0 < r["start_ms"] <= r["ready_ms"] for r in launches)
+
+    runs = [r for r in records if r["kind"] == "run"]
+    assert {r["scenario"] for r in runs} == EXPECTED_SCENARIOS
+    assert {r["in_flight"] for r in runs if r["scenario"] == "echo"} == {1, 32, 128}
+    for run in runs:
+        assert run["errors"] == 0, run
+        assert run["per_second"] > 0 and run["p50_ms"] <= run["p99_ms"]
+
+    (summary,) = [r for r in records if r["kind"] == "summary"]
+    for key in ("ready_ms", "echo32_per_s", "echo1_p50_ms", "log_per_s", "payload16_mb_s"):
+        assert summary[key] is not None, key
+    assert summary["rss_idle_mib"] > 0
+    assert summary["peak_after_payloads_mib"] >= summary["rss_idle_mib"]
+
+    ratios = [r for r in records if r["kind"] == "ratio"]
+    assert ratios and all(r["verdict"] == "n/a" for r in ratios if r["numerator"] == "workerkit")
+    assert "spawn → ready" in done.stderr and "ratios" in done.stderr
