@@ -29,8 +29,14 @@ pytest: $(STAMP)
 proto: $(STAMP)
 	$(PY) proto/generate.py workerkit/_generated
 
+# The template worker under `workerkit host` (Ctrl-C to stop). Its worker.config.json says
+# python3; the host's own override points it at .venv's interpreter. DEMO_ARGS=--port 0
+# if 7071 is taken.
 demo: $(STAMP)
-	$(PY) examples/templates/demo.py
+	@echo "Try:  curl 'http://127.0.0.1:7071/api/hello?name=Ada'"
+	@echo "      curl http://127.0.0.1:7071/api/sum/3/4"
+	languageWorkers__templates__defaultExecutablePath=$(abspath $(PY)) \
+		$(PY) -m workerkit host examples/templates/app --worker examples/templates $(DEMO_ARGS)
 
 # Not part of `make test`. The official-worker baseline needs a prepared checkout:
 # WORKERKIT_OFFICIAL_WORKER=DIR (see benchmarks/README.md); BENCH_ARGS=--quick for a smoke run.

@@ -12,7 +12,9 @@ import sys
 from collections.abc import Sequence
 
 #: subcommand -> module implementing it
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "host": "workerkit.emulator.cli",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

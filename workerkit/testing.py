@@ -23,7 +23,7 @@ import datetime
 import os
 import sys
 import uuid
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 import betterproto2
@@ -103,12 +103,19 @@ class HostConnection:
         self._close = asyncio.Event()
         self._reading = asyncio.Event()
         self._reading.set()
+        #: Called with ``(message, outgoing)`` for every message sent or received, before any
+        #: reply is matched (e.g. to print the conversation). It must not raise.
+        self.observer: Callable[[Message, bool], None] | None = None
+        #: Keep received messages in `messages` and `logs`; a long-running host sets it False.
+        self.record = True
 
     # -- plumbing ----------------------------------------------------------------------------
     async def send(self, message: Message | bytes) -> None:
         """Send one message (or raw, possibly malformed, bytes) to the worker."""
         async with self._send_lock:
             await self._stream.send_message(message)  # type: ignore[arg-type]
+        if self.observer is not None and isinstance(message, Message):
+            self.observer(message, True)
 
     def _expect(self, kind: str, key: str | None = None) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -119,11 +126,15 @@ class HostConnection:
         return future
 
     def _receive(self, message: Message) -> None:
-        self.messages.append(message)
+        if self.observer is not None:
+            self.observer(message, False)
+        if self.record:
+            self.messages.append(message)
         kind, found = betterproto2.which_one_of(message, "content")
         body: Any = found
         if kind == "rpc_log":
-            self.logs.append(body)
+            if self.record:
+                self.logs.append(body)
             return
         future: asyncio.Future[Any] | None
         key: str | None = None
@@ -442,12 +453,23 @@ class TestHost:
     __test__ = False  # not a pytest test class despite the name
 
     def __init__(
-        self, *, host: str = "127.0.0.1", max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH
+        self,
+        *,
+        host: str = "127.0.0.1",
+        max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
+        on_connection: Callable[[HostConnection], None] | None = None,
     ) -> None:
+        """Args:
+        host: loopback address to listen on.
+        max_message_length: the gRPC message size limit, as the host passes it to workers.
+        on_connection: called with each accepted `HostConnection` before its first message
+            is read (e.g. to set `HostConnection.observer`).
+        """
         if host not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError(f"TestHost listens on loopback only, not {host!r}")
         self.host = host
         self.max_message_length = max_message_length
+        self.on_connection = on_connection
         self.port = 0
         #: StartStream messages refused: (worker id, first message kind).
         self.refused: list[tuple[str, str]] = []
@@ -584,6 +606,8 @@ class TestHost:
             self.refused.append((worker_id, kind))
             return  # what the real host does: end the call, say nothing
         connection = HostConnection(stream, first)
+        if self.on_connection is not None:
+            self.on_connection(connection)
         future = self._connections.setdefault(worker_id, asyncio.get_running_loop().create_future())
         if not future.done():
             future.set_result(connection)

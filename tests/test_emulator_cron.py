@@ -1,0 +1,151 @@
+"""Six-field NCRONTAB schedules (with seconds) and TimeSpan schedules, as timers read them."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workerkit.emulator import CronSchedule, IntervalSchedule, ScheduleError, parse_schedule
+
+PROPERTY = settings(max_examples=150, deadline=None)
+T = datetime.datetime
+
+
+@pytest.mark.parametrize(
+    ("expression", "after", "expected"),
+    [
+        ("*/5 * * * * *", T(2024, 5, 1, 10, 0, 3), T(2024, 5, 1, 10, 0, 5)),
+        ("*/5 * * * * *", T(2024, 5, 1, 10, 0, 5), T(2024, 5, 1, 10, 0, 10)),
+        ("0 */5 * * * *", T(2024, 5, 1, 10, 1, 0), T(2024, 5, 1, 10, 5, 0)),
+        ("0 30 9 * * 1-5", T(2024, 5, 3, 10, 0, 0), T(2024, 5, 6, 9, 30, 0)),  # Fri -> Mon
+        ("0 0 0 1 Jan *", T(2024, 5, 1), T(2025, 1, 1)),
+        ("0 0 12 * * sun", T(2024, 5, 1), T(2024, 5, 5, 12)),
+        ("0 0 0 29 2 *", T(2023, 3, 1), T(2024, 2, 29)),
+        ("0 0 0 13 * 5", T(2024, 1, 1), T(2024, 9, 13)),  # day AND weekday (Friday the 13th)
+        ("10-5 0 0 * * *", T(2024, 1, 1, 0, 0, 4), T(2024, 1, 1, 0, 0, 5)),  # reversed range
+        ("5/20 * * * * *", T(2024, 1, 1, 0, 0, 6), T(2024, 1, 1, 0, 0, 25)),  # N/step = N-max/step
+        ("1,2,30 * * * * *", T(2024, 1, 1, 0, 0, 2), T(2024, 1, 1, 0, 0, 30)),
+        ("59 59 23 31 12 *", T(2024, 12, 31, 23, 59, 59), T(2025, 12, 31, 23, 59, 59)),
+    ],
+)
+def test_next_occurrence(expression: str, after: T, expected: T) -> None:
+    assert CronSchedule.parse(expression).next_after(after) == expected
+
+
+def test_a_schedule_that_never_fires() -> None:
+    assert CronSchedule.parse("0 0 0 30 2 *").next_after(T(2024, 1, 1)) is None
+
+
+@pytest.mark.parametrize(
+    ("expression", "reason"),
+    [
+        ("* * * * *", "needs 6"),
+        ("* * * * * * *", "needs 6"),
+        ("60 * * * * *", "outside 0-59"),
+        ("* * 24 * * *", "outside 0-23"),
+        ("* * * 0 * *", "outside 1-31"),
+        ("* * * * 13 *", "outside 1-12"),
+        ("* * * * * 7", "outside 0-6"),
+        ("*/x * * * * *", "step"),
+        ("a * * * * *", "is not a number"),
+        ("1a * * * * *", "is not a number"),
+        ("* * * * Foo *", "not a known value name"),
+        ("1,,2 * * * * *", "cannot be empty"),
+        ("-5 * * * * *", "not a number"),
+    ],
+)
+def test_invalid_expressions(expression: str, reason: str) -> None:
+    with pytest.raises(ScheduleError) as info:
+        CronSchedule.parse(expression)
+    assert reason in str(info.value)
+
+
+def test_timespan_schedules_and_the_fallback_message() -> None:
+    schedule = parse_schedule("00:00:30")
+    assert isinstance(schedule, IntervalSchedule)
+    assert schedule.next_after(T(2024, 1, 1)) == T(2024, 1, 1, 0, 0, 30)
+    assert isinstance(parse_schedule("*/2 * * * * *"), CronSchedule)
+    with pytest.raises(
+        ScheduleError, match="not recognized as a valid cron expression or timespan"
+    ):
+        parse_schedule("every minute")
+    with pytest.raises(ScheduleError, match="must be positive"):
+        parse_schedule("00:00:00")
+
+
+# -- properties ------------------------------------------------------------------------------
+def field(low: int, high: int) -> st.SearchStrategy[tuple[str, set[int]]]:
+    """A random field expression and the set of values it stands for (reference semantics)."""
+    values = st.integers(low, high)
+    single = values.map(lambda v: (str(v), {v}))
+    star = st.integers(1, 30).map(lambda s: (f"*/{s}", set(range(low, high + 1, s))))
+    ranged = st.tuples(values, values, st.integers(1, 10)).map(
+        lambda t: (
+            f"{t[0]}-{t[1]}/{t[2]}",
+            set(range(min(t[0], t[1]), max(t[0], t[1]) + 1, t[2])),
+        )
+    )
+    part = st.one_of(single, star, ranged, st.just(("*", set(range(low, high + 1)))))
+    return st.lists(part, min_size=1, max_size=3).map(
+        lambda parts: (",".join(p[0] for p in parts), set().union(*(p[1] for p in parts)))
+    )
+
+
+BOUNDS = [(0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 6)]
+moments = st.datetimes(min_value=T(2000, 1, 1), max_value=T(2090, 1, 1))
+
+
+@PROPERTY
+@given(st.tuples(*(field(low, high) for low, high in BOUNDS)))
+def test_parsed_fields_equal_the_reference_sets(fields: tuple[tuple[str, set[int]], ...]) -> None:
+    schedule = CronSchedule.parse(" ".join(text for text, _ in fields))
+    parsed = (
+        schedule.seconds,
+        schedule.minutes,
+        schedule.hours,
+        schedule.days,
+        schedule.months,
+        schedule.weekdays,
+    )
+    assert [set(p) for p in parsed] == [values for _, values in fields]
+
+
+@PROPERTY
+@given(st.tuples(field(0, 59), field(0, 59), field(0, 23)), moments)
+def test_next_is_the_first_match_after(fields: tuple[tuple[str, set[int]], ...], when: T) -> None:
+    schedule = CronSchedule.parse(" ".join(text for text, _ in fields) + " * * *")
+    found = schedule.next_after(when)
+    assert found is not None
+    assert found > when and found.microsecond == 0
+    assert schedule.matches(found)
+    # nothing in between matches (checked second by second, skipping hours that cannot match)
+    probe = when.replace(microsecond=0) + datetime.timedelta(seconds=1)
+    steps = 0
+    while probe < found and steps < 5000:
+        assert not schedule.matches(probe)
+        if probe.hour in schedule.hours:
+            probe += datetime.timedelta(seconds=1)
+        else:
+            probe = probe.replace(minute=0, second=0) + datetime.timedelta(hours=1)
+        steps += 1
+
+
+@PROPERTY
+@given(st.tuples(*(field(low, high) for low, high in BOUNDS)), moments)
+def test_next_always_matches_every_field(fields: tuple[tuple[str, set[int]], ...], when: T) -> None:
+    schedule = CronSchedule.parse(" ".join(text for text, _ in fields))
+    found = schedule.next_after(when)
+    if found is not None:
+        assert found > when and schedule.matches(found)
+
+
+@PROPERTY
+@given(st.text(max_size=30))
+def test_any_text_parses_or_is_a_schedule_error(text: str) -> None:
+    try:
+        parse_schedule(text)
+    except ScheduleError:
+        pass

@@ -1,0 +1,696 @@
+"""``worker.config.json``, read and validated the way the Functions host reads it.
+
+HOST_PROTOCOL.md §1.2, §2.3, §2.4. The steps, in the host's order:
+
+1. parse the JSON (property names case-insensitive); ``description`` is required;
+2. apply the first ``profiles`` entry whose conditions all match (the result keeps only
+   ``arguments``, ``defaultExecutablePath``, ``defaultWorkerPath``, ``extensions``,
+   ``language``, ``workerDirectory`` and ``isDisabled``: like the host, everything else is lost);
+3. apply the ``languageWorkers:<language>:*`` settings from the environment
+   (``defaultExecutablePath``, ``defaultRuntimeVersion`` replace; ``arguments`` is split on
+   whitespace and appended); the ``__`` spelling and any letter case are accepted, as .NET
+   configuration does;
+4. join a relative ``defaultWorkerPath`` to the worker directory; require ``language`` and
+   ``defaultExecutablePath``; skip a disabled config; require ``language`` to match
+   ``FUNCTIONS_WORKER_RUNTIME`` when that is set;
+5. fill ``{os}``, ``{architecture}`` and ``%FUNCTIONS_WORKER_RUNTIME_VERSION%`` in the worker
+   path (checked against the ``supported*`` lists), ``{workerDirectoryPath}`` in arguments;
+6. require the worker path to exist (before ``%VAR%`` expansion, as the host checks it), then
+   expand ``%VAR%`` in the executable and worker path from the environment;
+7. read ``processOptions`` (TimeSpans as ``"hh:mm:ss"``) and the process count.
+
+Anything the host would reject raises `WorkerConfigError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from workerkit.cli import HostArgs
+
+__all__ = [
+    "CONFIG_FILE_NAME",
+    "WorkerConfig",
+    "WorkerConfigError",
+    "parse_timespan",
+    "read_worker_config",
+    "split_dotnet_arguments",
+]
+
+CONFIG_FILE_NAME: Final = "worker.config.json"
+#: The host version the emulator reports (init request, profile conditions).
+HOST_VERSION: Final = "4.1037.0"
+
+_RUNTIME_VERSION_PLACEHOLDER: Final = "%FUNCTIONS_WORKER_RUNTIME_VERSION%"
+_OS_PLACEHOLDER: Final = "{os}"
+_ARCH_PLACEHOLDER: Final = "{architecture}"
+_WORKER_DIR_PLACEHOLDER: Final = "{workerDirectoryPath}"
+_ENV_TOKEN: Final = re.compile(r"%([^%]+)%")
+_LEFTOVER_TOKEN: Final = re.compile(r"%(.+?)%")
+_TIMESPAN: Final = re.compile(
+    r"^\s*(?P<sign>-)?(?:(?P<days>\d+)\.)?(?P<h>\d+):(?P<m>\d+)(?::(?P<s>\d+)(?:\.(?P<f>\d{1,7}))?)?\s*$"
+)
+_DAYS_ONLY: Final = re.compile(r"^\s*(?P<sign>-)?(?P<days>\d+)\s*$")
+
+
+class WorkerConfigError(Exception):
+    """A ``worker.config.json`` the host would reject (or that cannot be read).
+
+    ``str(error)`` is ``"<path>: <reason>"``.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """A worker as the host would launch it, from its ``worker.config.json``.
+
+    Timeouts and intervals are in seconds. `arguments` are the config's ``arguments``
+    (already ``{workerDirectoryPath}``-formatted, with the ``languageWorkers`` setting's
+    appended); like the host, each element is pasted into one command string, so one
+    element may carry several argv tokens (see `command`).
+    """
+
+    path: Path
+    language: str
+    worker_directory: Path
+    executable: str
+    arguments: tuple[str, ...] = ()
+    worker_path: Path | None = None
+    extensions: tuple[str, ...] = ()
+    worker_indexing: bool = False
+    use_stderr_for_errors_only: bool = False
+    default_runtime_version: str = ""
+    profile: str | None = None
+    process_count: int = 1
+    max_process_count: int = 10
+    startup_interval: float = 10.0
+    startup_timeout: float = 60.0
+    init_timeout: float = 10.0
+    env_reload_timeout: float = 30.0
+    restart_interval: float = 10.0
+    shutdown_timeout: float = 10.0
+    #: Accepted by the host but worth telling the author (e.g. a profile dropped a field).
+    warnings: tuple[str, ...] = ()
+    #: The environment the config was read with; `command` expands ``%VAR%`` from it.
+    host_environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def command(self, host_args: HostArgs, *, app_dir: Path | None = None) -> list[str]:
+        """The worker's argv, exactly as the host builds it (HOST_PROTOCOL §1.2).
+
+        ``<executable> <arguments…> "<worker path>" <connection arguments>``: the arguments
+        are ``%VAR%``-expanded from `host_environment` and joined into one string with the
+        worker path in double quotes and `HostArgs.to_argv` (both spellings) last; the
+        host's own variables (``FUNCTIONS_WORKER_DIRECTORY``, ``FUNCTIONS_APPLICATION_DIRECTORY``,
+        ``FUNCTIONS_WORKER_RUNTIME_VERSION``) replace their ``%KEY%`` tokens in the executable
+        and the string; any ``%…%`` left in the string is deleted; the string is split the way
+        .NET splits a command line (`split_dotnet_arguments`).
+
+        Args:
+            host_args: where the gRPC server listens and the worker's ids.
+            app_dir: the function app root (``FUNCTIONS_APPLICATION_DIRECTORY``); default: cwd.
+        """
+        text = "".join(
+            " " + _expand(argument, self.host_environment) for argument in self.arguments
+        )
+        if self.worker_path is not None:
+            text += f' "{self.worker_path}"'
+        text += " " + " ".join(host_args.to_argv())
+        executable = self.executable
+        for key, value in self._injected(app_dir or Path.cwd()).items():
+            executable = executable.replace(f"%{key}%", value)
+            text = text.replace(f"%{key}%", value)
+        for token in _LEFTOVER_TOKEN.findall(text):
+            text = text.replace(f"%{token}%", "")
+        return [executable, *split_dotnet_arguments(text)]
+
+    def environment(self, app_dir: Path, base_env: Mapping[str, str]) -> dict[str, str]:
+        """The worker's environment: `base_env` plus what the host adds (HOST_PROTOCOL §1.3).
+
+        `base_env` is what the host process would have (its environment with the app
+        settings, i.e. ``local.settings.json`` ``Values``, already merged in). Added:
+        ``FUNCTIONS_WORKER_DIRECTORY``, ``FUNCTIONS_APPLICATION_DIRECTORY``,
+        ``FUNCTIONS_WORKER_RUNTIME_VERSION`` (when set), ``FUNCTIONS_WORKER_RUNTIME`` (the
+        config's language, unless set), and the host's concurrency defaults for python and
+        powershell.
+        """
+        env = dict(base_env)
+        env.setdefault("FUNCTIONS_WORKER_RUNTIME", self.language)
+        for key, value in self._injected(app_dir).items():
+            if value or key != "FUNCTIONS_WORKER_RUNTIME_VERSION":
+                env[key] = value
+        runtime = env.get("FUNCTIONS_WORKER_RUNTIME", "").lower()
+        if runtime == "python" and not env.get("PYTHON_THREADPOOL_THREAD_COUNT"):
+            env["PYTHON_THREADPOOL_THREAD_COUNT"] = "1000"
+        elif runtime == "powershell" and not env.get("PSWorkerInProcConcurrencyUpperBound"):
+            env["PSWorkerInProcConcurrencyUpperBound"] = "1000"
+        return env
+
+    def _injected(self, app_dir: Path) -> dict[str, str]:
+        return {
+            "FUNCTIONS_WORKER_DIRECTORY": str(self.worker_directory),
+            "FUNCTIONS_APPLICATION_DIRECTORY": str(app_dir),
+            "FUNCTIONS_WORKER_RUNTIME_VERSION": self.host_environment.get(
+                "FUNCTIONS_WORKER_RUNTIME_VERSION", ""
+            ),
+        }
+
+    def resolve_executable(self, command: Sequence[str], env: Mapping[str, str]) -> str | None:
+        """Where the OS would find ``command[0]``: a path, or None when it cannot be found.
+
+        A bare name is looked up on the worker environment's PATH; a relative path is taken
+        from the current directory (the .NET host resolves it against its own directory,
+        not the app root).
+        """
+        executable = command[0]
+        if os.sep in executable or (os.altsep and os.altsep in executable):
+            path = Path(executable)
+            if not path.is_absolute():
+                path = Path.cwd() / path
+            return str(path) if path.is_file() else None
+        return shutil.which(executable, path=env.get("PATH", os.defpath))
+
+
+def read_worker_config(worker_dir: Path, environ: Mapping[str, str]) -> WorkerConfig:
+    """Read ``<worker_dir>/worker.config.json`` as the host does (module docstring).
+
+    Args:
+        worker_dir: the directory holding ``worker.config.json``.
+        environ: the host's environment including app settings (``local.settings.json``
+            ``Values``): ``%VAR%`` values, ``languageWorkers:*`` overrides,
+            ``FUNCTIONS_WORKER_RUNTIME`` and its version, ``FUNCTIONS_WORKER_PROCESS_COUNT``.
+
+    Raises:
+        WorkerConfigError: the file is missing or unreadable, or the host would reject it.
+    """
+    worker_dir = Path(os.path.abspath(worker_dir))
+    path = worker_dir / CONFIG_FILE_NAME
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise WorkerConfigError(path, "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkerConfigError(path, f"cannot read it: {exc}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkerConfigError(path, f"not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise WorkerConfigError(path, "the top level must be a JSON object")
+    return _Reader(path, worker_dir, environ).read(document)
+
+
+class _Reader:
+    def __init__(self, path: Path, worker_dir: Path, environ: Mapping[str, str]) -> None:
+        self.path = path
+        self.worker_dir = worker_dir
+        self.environ = dict(environ)
+        self.warnings: list[str] = []
+
+    def fail(self, reason: str) -> WorkerConfigError:
+        return WorkerConfigError(self.path, reason)
+
+    # -- JSON access -------------------------------------------------------------------------
+    @staticmethod
+    def _get(obj: Mapping[str, Any], key: str) -> Any:
+        """Case-insensitive property lookup, as Newtonsoft binds properties."""
+        if key in obj:
+            return obj[key]
+        lowered = key.lower()
+        for name, value in obj.items():
+            if name.lower() == lowered:
+                return value
+        return None
+
+    def _string(self, obj: Mapping[str, Any], key: str, where: str = "description") -> str | None:
+        value = self._get(obj, key)
+        if value is None:
+            return None
+        if isinstance(value, bool):  # Newtonsoft turns JSON scalars into strings
+            return "True" if value else "False"
+        if isinstance(value, int | float | str):
+            return str(value)
+        raise self.fail(f"{where}.{key} must be a string, not {_json_kind(value)}")
+
+    def _strings(self, obj: Mapping[str, Any], key: str) -> list[str] | None:
+        value = self._get(obj, key)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise self.fail(
+                f"description.{key} must be an array of strings, not {_json_kind(value)}"
+            )
+        out: list[str] = []
+        for item in value:
+            if item is None:
+                continue
+            if isinstance(item, dict | list):
+                raise self.fail(f"description.{key} must hold strings, not {_json_kind(item)}")
+            out.append(str(item) if not isinstance(item, bool) else ("True" if item else "False"))
+        return out
+
+    def _bool(self, obj: Mapping[str, Any], key: str) -> bool | None:
+        value = self._get(obj, key)
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise self.fail(f"description.{key} must be true or false, not {value!r}")
+
+    # -- the steps ---------------------------------------------------------------------------
+    def read(self, document: Mapping[str, Any]) -> WorkerConfig:
+        description = self._get(document, "description")
+        if description is None:
+            raise self.fail("the 'description' object is missing")
+        if not isinstance(description, dict):
+            raise self.fail(f"'description' must be an object, not {_json_kind(description)}")
+        fields = self._description(description)
+        profiles = self._get(document, "profiles")
+        profile_name = None
+        if profiles is not None:
+            profile_name = self._apply_profiles(profiles, fields)
+        self._apply_settings(fields)
+
+        language = fields["language"] or ""
+        worker_path = fields["defaultWorkerPath"]
+        if worker_path and not os.path.isabs(worker_path):
+            worker_path = os.path.join(self.worker_dir, worker_path)
+        if not language:
+            raise self.fail("description.language cannot be empty")
+        if not fields["defaultExecutablePath"]:
+            raise self.fail("description.defaultExecutablePath cannot be empty")
+        if fields["isDisabled"]:
+            raise self.fail(f"the worker for language {language!r} is disabled (isDisabled: true)")
+        runtime = self.environ.get("FUNCTIONS_WORKER_RUNTIME", "")
+        if runtime.lower() == "dotnet":
+            raise self.fail(
+                "FUNCTIONS_WORKER_RUNTIME is 'dotnet' (in-process .NET): the host reads no"
+                " worker.config.json at all"
+            )
+        if runtime and runtime.lower() != language.lower():
+            raise self.fail(
+                f"FUNCTIONS_WORKER_RUNTIME is {runtime!r} but this worker's language is"
+                f" {language!r}: the host would skip this config"
+            )
+        if worker_path:
+            worker_path = self._format_worker_path(worker_path, fields, language, runtime)
+        arguments = [
+            a.replace(_WORKER_DIR_PLACEHOLDER, str(self.worker_dir)) for a in fields["arguments"]
+        ]
+        if worker_path is not None and not os.path.isfile(worker_path):
+            hint = (
+                " (the host checks this path before expanding %VAR%)"
+                if _ENV_TOKEN.search(worker_path)
+                else ""
+            )
+            raise self.fail(f"defaultWorkerPath {worker_path} does not exist{hint}")
+        executable = _expand(fields["defaultExecutablePath"], self.environ)
+        if worker_path is not None:
+            worker_path = _expand(worker_path, self.environ)
+
+        options = self._process_options(document)
+        return WorkerConfig(
+            path=self.path,
+            language=language,
+            worker_directory=self.worker_dir,
+            executable=executable,
+            arguments=tuple(arguments),
+            worker_path=Path(worker_path) if worker_path else None,
+            extensions=tuple(fields["extensions"]),
+            worker_indexing=(fields["workerIndexing"] or "").lower() == "true",
+            use_stderr_for_errors_only=bool(fields["useStdErrorStreamForErrorsOnly"]),
+            default_runtime_version=fields["defaultRuntimeVersion"] or "",
+            profile=profile_name,
+            warnings=tuple(self.warnings),
+            host_environment=self.environ,
+            **options,
+        )
+
+    def _description(self, description: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "language": self._string(description, "language"),
+            "defaultExecutablePath": self._string(description, "defaultExecutablePath"),
+            "defaultWorkerPath": self._string(description, "defaultWorkerPath"),
+            "arguments": self._strings(description, "arguments") or [],
+            "workerArguments": self._strings(description, "workerArguments") or [],
+            "extensions": self._strings(description, "extensions") or [],
+            "defaultRuntimeVersion": self._string(description, "defaultRuntimeVersion"),
+            "supportedRuntimeVersions": self._strings(description, "supportedRuntimeVersions"),
+            "supportedOperatingSystems": self._strings(description, "supportedOperatingSystems"),
+            "supportedArchitectures": self._strings(description, "supportedArchitectures"),
+            "sanitizeRuntimeVersionRegex": self._string(description, "sanitizeRuntimeVersionRegex"),
+            "workerIndexing": self._string(description, "workerIndexing"),
+            "isDisabled": self._bool(description, "isDisabled"),
+            "useStdErrorStreamForErrorsOnly": self._bool(
+                description, "useStdErrorStreamForErrorsOnly"
+            ),
+        }
+
+    def _apply_profiles(self, profiles: Any, fields: dict[str, Any]) -> str | None:
+        if not isinstance(profiles, list):
+            raise self.fail(
+                "Failed to parse profiles in worker config: 'profiles' must be an array"
+            )
+        for profile in profiles:
+            if not isinstance(profile, dict):
+                raise self.fail(
+                    "Failed to parse profiles in worker config: a profile must be an object"
+                )
+            name = self._get(profile, "profileName")
+            conditions = self._get(profile, "conditions")
+            description = self._get(profile, "description")
+            if not isinstance(name, str) or not name:
+                raise self.fail("WorkerDescriptionProfile Name cannot be empty")
+            if not isinstance(conditions, list) or not conditions:
+                raise self.fail(
+                    f"WorkerDescriptionProfile Conditions cannot be empty (profile {name!r})"
+                )
+            if not isinstance(description, dict):
+                raise self.fail(
+                    f"WorkerDescriptionProfile ProfileDescription cannot be null (profile {name!r})"
+                )
+            if all(self._condition(c, name) for c in conditions):
+                self._apply_profile(name, self._description(description), fields)
+                return name
+        return None
+
+    def _condition(self, condition: Any, profile: str) -> bool:
+        if not isinstance(condition, dict):
+            raise self.fail(f"profile {profile!r}: a condition must be an object")
+        kind = condition.get("conditionType")
+        if not isinstance(kind, str):
+            raise self.fail(f"profile {profile!r}: a condition needs 'conditionType'")
+        name = condition.get("conditionName")
+        expression = condition.get("conditionExpression")
+        if kind not in ("environment", "hostProperty"):
+            self.warnings.append(
+                f"profile {profile!r} is disabled: unknown condition type {kind!r}"
+            )
+            return False
+        label = "EnvironmentCondition" if kind == "environment" else "HostPropertyCondition"
+        if not isinstance(name, str) or not name:
+            raise self.fail(f"{label} Name cannot be empty (profile {profile!r})")
+        if kind == "hostProperty" and not any(
+            name.lower() in prop for prop in ("sku", "platform", "hostversion")
+        ):
+            raise self.fail(f"{label} Name is not a valid host property name: {name!r}")
+        if not isinstance(expression, str) or not expression:
+            raise self.fail(f"{label} Expression cannot be empty (profile {profile!r})")
+        try:
+            pattern = re.compile(expression)
+        except re.error:
+            raise self.fail(
+                f"{label} Expression must be a valid regular expression: {expression!r}"
+            ) from None
+        if kind == "environment":
+            value = self.environ.get(name, "")
+        else:
+            value = {
+                "sku": self.environ.get("WEBSITE_SKU", ""),
+                "platform": _os_name(),
+                "hostversion": HOST_VERSION,
+            }.get(name.lower(), "")
+        return bool(value) and pattern.search(value) is not None
+
+    def _apply_profile(self, name: str, profile: dict[str, Any], fields: dict[str, Any]) -> None:
+        for key in ("defaultExecutablePath", "defaultWorkerPath", "language"):
+            if profile[key]:
+                fields[key] = profile[key]
+        for key in ("arguments", "extensions"):
+            if profile[key]:
+                fields[key] = profile[key]
+        fields["isDisabled"] = (
+            profile["isDisabled"] if profile["isDisabled"] is not None else fields["isDisabled"]
+        )
+        lost = [
+            key
+            for key in (
+                "workerIndexing",
+                "defaultRuntimeVersion",
+                "useStdErrorStreamForErrorsOnly",
+                "sanitizeRuntimeVersionRegex",
+                "supportedRuntimeVersions",
+                "supportedOperatingSystems",
+                "supportedArchitectures",
+            )
+            if fields[key]
+        ]
+        for key in lost:
+            fields[key] = None
+        if lost:
+            self.warnings.append(
+                f"profile {name!r} applies; like the host, it drops {', '.join(lost)}"
+            )
+
+    def _setting(self, language: str, key: str) -> str | None:
+        """``languageWorkers:<language>:<key>`` from the environment (any case, ``:`` or ``__``)."""
+        wanted = f"languageworkers:{language}:{key}".lower()
+        found = None
+        for name, value in self.environ.items():
+            if name.replace("__", ":").lower() == wanted:
+                found = value
+        return found
+
+    def _apply_settings(self, fields: dict[str, Any]) -> None:
+        language = fields["language"] or ""
+        executable = self._setting(language, "defaultExecutablePath")
+        if executable is not None:
+            fields["defaultExecutablePath"] = executable
+        version = self._setting(language, "defaultRuntimeVersion")
+        if version is not None:
+            fields["defaultRuntimeVersion"] = version
+        arguments = self._setting(language, "arguments")
+        if arguments is not None:
+            fields["arguments"] = [*fields["arguments"], *re.split(r"\s+", arguments)]
+
+    def _format_worker_path(
+        self, worker_path: str, fields: dict[str, Any], language: str, runtime: str
+    ) -> str:
+        version = fields["defaultRuntimeVersion"] or ""
+        env_version = self.environ.get("FUNCTIONS_WORKER_RUNTIME_VERSION", "")
+        if runtime and runtime.lower() == language.lower() and env_version:
+            regex = fields["sanitizeRuntimeVersionRegex"]
+            if regex:
+                try:
+                    match = re.search(regex, env_version)
+                except re.error as exc:
+                    raise self.fail(
+                        f"sanitizeRuntimeVersionRegex {regex!r} is invalid: {exc}"
+                    ) from None
+                if match is None:
+                    raise self.fail(
+                        f"Version {env_version} for language {language} does not match the"
+                        f" regular expression '{regex}'"
+                    )
+                env_version = match.group(0)
+            version = env_version
+        os_name, arch = _os_name(), _architecture()
+        if _OS_PLACEHOLDER in worker_path and not _contains(
+            fields["supportedOperatingSystems"], os_name
+        ):
+            raise self.fail(f"OS {os_name} is not supported for language {language}")
+        if _ARCH_PLACEHOLDER in worker_path and not _contains(
+            fields["supportedArchitectures"], arch
+        ):
+            raise self.fail(f"Architecture {arch} is not supported for language {language}")
+        if (
+            _RUNTIME_VERSION_PLACEHOLDER in worker_path
+            and version
+            and not _contains(fields["supportedRuntimeVersions"], version)
+        ):
+            raise self.fail(f"Version {version} is not supported for language {language}")
+        return (
+            worker_path.replace(_OS_PLACEHOLDER, os_name)
+            .replace(_ARCH_PLACEHOLDER, arch)
+            .replace(_RUNTIME_VERSION_PLACEHOLDER, version)
+        )
+
+    def _process_options(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        options = self._get(document, "processOptions")
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise self.fail(f"'processOptions' must be an object, not {_json_kind(options)}")
+
+        def span(key: str, default: float) -> float:
+            value = self._get(options, key)
+            if value is None:
+                return default
+            if not isinstance(value, str):
+                raise self.fail(f'processOptions.{key} must be a TimeSpan string like "00:01:00"')
+            try:
+                return parse_timespan(value)
+            except ValueError as exc:
+                raise self.fail(f"processOptions.{key}: {exc}") from None
+
+        def integer(key: str, default: int) -> int:
+            value = self._get(options, key)
+            if value is None:
+                return default
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.fail(f"processOptions.{key} must be a whole number, not {value!r}")
+            return value
+
+        count = integer("processCount", 1)
+        maximum = integer("maxProcessCount", 10)
+        to_cores = self._get(options, "setProcessCountToNumberOfCpuCores")
+        if to_cores is True:
+            count = os.cpu_count() or 1
+            maximum = max(maximum, count)
+        env_count = self.environ.get("FUNCTIONS_WORKER_PROCESS_COUNT", "")
+        if env_count:
+            try:
+                count = max(int(env_count), 1)
+            except ValueError:
+                raise self.fail(
+                    f"FUNCTIONS_WORKER_PROCESS_COUNT {env_count!r} is not a whole number"
+                ) from None
+        if count <= 0:
+            raise self.fail("ProcessCount must be greater than 0.")
+        if count > maximum:
+            raise self.fail(
+                f"ProcessCount must not be greater than MaxProcessCount ({count} > {maximum})"
+            )
+        interval = span("processStartupInterval", 10.0)
+        if interval < 0:
+            raise self.fail("processStartupInterval: the TimeSpan must not be negative.")
+        result = {
+            "process_count": count,
+            "max_process_count": maximum,
+            "startup_interval": interval,
+            "startup_timeout": span("processStartupTimeout", 60.0),
+            "init_timeout": span("initializationTimeout", 10.0),
+            "env_reload_timeout": span("environmentReloadTimeout", 30.0),
+            "restart_interval": span("processRestartInterval", 10.0),
+            "shutdown_timeout": span("processShutdownTimeout", 10.0),
+        }
+        for key in ("startup_timeout", "init_timeout", "env_reload_timeout"):
+            if result[key] <= 0:
+                raise self.fail(f"processOptions: {key.replace('_', ' ')} must be positive")
+        return result
+
+
+def parse_timespan(text: str) -> float:
+    """Parse a .NET TimeSpan string (``[-][d.]hh:mm[:ss[.fffffff]]`` or whole days) to seconds.
+
+    Raises:
+        ValueError: not a TimeSpan .NET would parse (hours 0-23, minutes and seconds 0-59).
+    """
+    match = _TIMESPAN.match(text)
+    if match is None:
+        days_only = _DAYS_ONLY.match(text)
+        if days_only is None:
+            raise ValueError(f'{text!r} is not a TimeSpan; use "hh:mm:ss", e.g. "00:02:00"')
+        seconds = float(int(days_only["days"]) * 86400)
+        return -seconds if days_only["sign"] else seconds
+    hours, minutes = int(match["h"]), int(match["m"])
+    secs = int(match["s"] or 0)
+    if hours > 23 or minutes > 59 or secs > 59:
+        raise ValueError(f"{text!r} is out of range (hours 0-23, minutes and seconds 0-59)")
+    fraction = float("0." + match["f"]) if match["f"] else 0.0
+    total = int(match["days"] or 0) * 86400 + hours * 3600 + minutes * 60 + secs + fraction
+    return -total if match["sign"] else float(total)
+
+
+def split_dotnet_arguments(text: str) -> list[str]:
+    """Split a command-line string into argv the way .NET does on Unix.
+
+    Whitespace separates arguments; double quotes group (and are removed); ``""`` inside
+    quotes is a literal quote; backslashes are literal unless they precede a quote, where
+    each pair becomes one backslash and an odd one escapes the quote.
+    """
+    args: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        while i < n and text[i] in " \t":
+            i += 1
+        if i >= n:
+            break
+        current: list[str] = []
+        quoted = False
+        while i < n and (quoted or text[i] not in " \t"):
+            char = text[i]
+            if char == "\\":
+                start = i
+                while i < n and text[i] == "\\":
+                    i += 1
+                count = i - start
+                if i < n and text[i] == '"':
+                    current.append("\\" * (count // 2))
+                    if count % 2:
+                        current.append('"')
+                        i += 1
+                else:
+                    current.append("\\" * count)
+            elif char == '"':
+                if quoted and i + 1 < n and text[i + 1] == '"':
+                    current.append('"')
+                    i += 2
+                else:
+                    quoted = not quoted
+                    i += 1
+            else:
+                current.append(char)
+                i += 1
+        args.append("".join(current))
+    return args
+
+
+def _expand(text: str, environ: Mapping[str, str]) -> str:
+    """.NET ``Environment.ExpandEnvironmentVariables``: ``%NAME%`` of a set variable is replaced."""
+
+    def replace(match: re.Match[str]) -> str:
+        value = environ.get(match.group(1))
+        return match.group(0) if value is None else value
+
+    return _ENV_TOKEN.sub(replace, text)
+
+
+def _contains(values: Sequence[str] | None, wanted: str) -> bool:
+    return any(v.lower() == wanted.lower() for v in values or ())
+
+
+def _os_name() -> str:
+    system = platform.system()
+    return {"Windows": "WINDOWS", "Darwin": "OSX"}.get(system, "LINUX")
+
+
+def _architecture() -> str:
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return "X64"
+    if machine in ("aarch64", "arm64"):
+        return "Arm64"
+    if machine.startswith("arm"):
+        return "Arm"
+    if machine in ("i386", "i686", "x86"):
+        return "X86"
+    return machine
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

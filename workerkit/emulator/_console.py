@@ -1,0 +1,176 @@
+"""What ``workerkit host`` prints: a console like ``func start``.
+
+Every line starts with a UTC timestamp in brackets. Function logs (``RpcLog``) show the
+function name, the first 8 characters of the invocation id and the level; worker
+stdout/stderr lines are passed through (levels classified as the host does, HOST_PROTOCOL
+§1.4); ``--verbose`` adds one line per protocol message. Colour is used when the stream is a
+terminal and ``NO_COLOR`` is unset.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from collections.abc import Iterable
+from typing import Final, TextIO
+
+import betterproto2
+
+from workerkit._generated import AzureFunctionsRpcMessages as pb
+
+__all__ = ["Console"]
+
+_RESET: Final = "\x1b[0m"
+_COLOURS: Final = {
+    "red": "\x1b[31m",
+    "green": "\x1b[32m",
+    "yellow": "\x1b[33m",
+    "cyan": "\x1b[36m",
+    "dim": "\x1b[2m",
+    "bold": "\x1b[1m",
+}
+LEVELS: Final = {
+    pb.RpcLogLevel.Trace: "Trace",
+    pb.RpcLogLevel.Debug: "Debug",
+    pb.RpcLogLevel.Information: "Information",
+    pb.RpcLogLevel.Warning: "Warning",
+    pb.RpcLogLevel.Error: "Error",
+    pb.RpcLogLevel.Critical: "Critical",
+    pb.RpcLogLevel.None_: "None",
+}
+_LEVEL_COLOURS: Final = {
+    "Trace": "dim",
+    "Debug": "dim",
+    "Warning": "yellow",
+    "Error": "red",
+    "Critical": "red",
+}
+_CONSOLE_PREFIX: Final = "languageworkerconsolelog"
+
+
+class Console:
+    """Writes the emulator's output to `stream` (default stdout), one flushed line at a time.
+
+    Args:
+        stream: where to write.
+        color: force colour on or off; default: on for a terminal unless ``NO_COLOR`` is set.
+        verbose: also print protocol messages (`protocol`).
+    """
+
+    def __init__(
+        self, stream: TextIO | None = None, *, color: bool | None = None, verbose: bool = False
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        if color is None:
+            isatty = getattr(self.stream, "isatty", None)
+            color = bool(isatty and isatty()) and not os.environ.get("NO_COLOR")
+        self.color = color
+        self.verbose = verbose
+
+    # -- primitives --------------------------------------------------------------------------
+    def paint(self, text: str, colour: str | None) -> str:
+        """`text` in `colour` (a key of the colour table) when colour is on."""
+        if not self.color or colour is None:
+            return text
+        return f"{_COLOURS[colour]}{text}{_RESET}"
+
+    def write(self, text: str = "") -> None:
+        """Write `text` as is (plus a newline)."""
+        try:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # closed pipe or stream: nothing useful to do
+            pass
+
+    def line(self, text: str, colour: str | None = None) -> None:
+        """One timestamped line; continuation lines of `text` are indented."""
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        first, *rest = text.split("\n") or [""]
+        self.write(self.paint(f"[{stamp}] {first}", colour))
+        for extra in rest:
+            self.write(self.paint(f"    {extra}", colour))
+
+    def info(self, text: str) -> None:
+        """A host line."""
+        self.line(text)
+
+    def warning(self, text: str) -> None:
+        """A host warning (yellow)."""
+        self.line(text, "yellow")
+
+    def error(self, text: str) -> None:
+        """A host error (red)."""
+        self.line(text, "red")
+
+    # -- structured lines ---------------------------------------------------------------------
+    def rpc_log(self, log: pb.RpcLog, function: str | None, dropped: str | None = None) -> None:
+        """One ``RpcLog``: function (or ``worker`` for System logs), invocation id, level."""
+        level = LEVELS.get(log.level, str(int(log.level)))
+        who = function or ("worker" if log.log_category == pb.RpcLogRpcLogCategory.System else "?")
+        short = f" ({log.invocation_id[:8]})" if log.invocation_id else ""
+        text = f"{who}{short} {level}: {log.message}"
+        if log.exception is not None and (log.exception.message or log.exception.stack_trace):
+            details = log.exception.stack_trace or log.exception.message
+            text += "\n" + details.rstrip()
+        if dropped:
+            text = f"{text}\n(the real host drops this log: {dropped})"
+            self.line(text, "yellow")
+            return
+        self.line(text, _LEVEL_COLOURS.get(level))
+
+    def worker_output(self, text: str, *, stderr: bool, errors_only: bool = False) -> None:
+        """A line of worker stdout/stderr, classified the way the host classifies it (§1.4)."""
+        if text.lower().startswith(_CONSOLE_PREFIX):
+            text = text[len(_CONSOLE_PREFIX) :]
+        colour: str | None = None
+        if stderr:
+            lowered = text.lower()
+            if "warn" in lowered:
+                colour = "yellow"
+            elif errors_only or any(
+                word in lowered for word in ("error", "fail", "severe", "unhandled exception")
+            ):
+                colour = "red"
+        self.line(text, colour)
+
+    def protocol(self, message: pb.StreamingMessage, outgoing: bool) -> None:
+        """With ``--verbose``: one line summarising a protocol message."""
+        if not self.verbose:
+            return
+        kind, body = betterproto2.which_one_of(message, "content")
+        if kind == "rpc_log":
+            return  # printed as a log line already
+        arrow = "host → worker" if outgoing else "worker → host"
+        self.line(self.paint(f"{arrow} {kind} {_summary(kind, body, message)}".rstrip(), "cyan"))
+
+    def functions(self, entries: Iterable[tuple[str, str]]) -> None:
+        """The function list, as ``func start`` prints it: name, then what triggers it."""
+        self.write()
+        self.write(self.paint("Functions:", "bold"))
+        self.write()
+        for name, description in entries:
+            self.write(f"\t{self.paint(name + ':', 'yellow')} {self.paint(description, 'green')}")
+            self.write()
+
+
+def _summary(kind: str, body: object, message: pb.StreamingMessage) -> str:
+    parts: list[str] = []
+    if message.request_id:
+        parts.append(f"request_id={message.request_id}")
+    for attr in ("worker_id", "function_id", "invocation_id"):
+        value = getattr(body, attr, None)
+        if value:
+            parts.append(f"{attr}={value}")
+    result = getattr(body, "result", None)
+    if isinstance(result, pb.StatusResult):
+        parts.append(f"status={result.status.name}")
+        if result.exception is not None and result.exception.message:
+            parts.append(f"error={result.exception.message!r}")
+    if kind == "worker_init_response" and isinstance(body, pb.WorkerInitResponse):
+        parts.append("capabilities=" + ",".join(sorted(body.capabilities)))
+    if kind == "function_metadata_response" and isinstance(body, pb.FunctionMetadataResponse):
+        parts.append("functions=" + ",".join(m.name for m in body.function_metadata_results))
+    if isinstance(body, pb.FunctionLoadRequest) and body.metadata is not None:
+        parts.append(f"name={body.metadata.name}")
+    return " ".join(parts)

@@ -1,0 +1,723 @@
+"""`Emulator`: a function app served by a language worker, the way ``func start`` serves it.
+
+Start-up, in order: read ``host.json`` and ``local.settings.json`` (``Values`` join the
+environment unless already set there, as Core Tools does); find the worker directory
+(``--worker`` or the ``languageWorkers:<runtime>:workerDirectory`` setting) and read its
+``worker.config.json``; find the functions (``function.json``, unless the worker indexes
+them); start the worker (`Supervisor`); check HTTP routes and timer schedules; open the HTTP
+front door; print the function list.
+
+Then: HTTP requests become invocations (`_http.FrontDoor`), timers fire, and
+``POST /admin/functions/<name>`` runs any other trigger. `run` returns when stopping was
+requested (0) or the worker failed for good (1); `stop` drains invocations, terminates the
+worker and closes both servers.
+
+aiohttp is imported only when the front door opens (`start`), so importing this module does
+not need it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import os
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import betterproto2
+
+from workerkit._generated import AzureFunctionsRpcMessages as pb
+from workerkit.convert import ConversionError, decode_output
+
+from ._app import (
+    AppError,
+    FunctionSpec,
+    HostSettings,
+    discover_functions,
+    read_host_json,
+    read_local_settings,
+)
+from ._config import WorkerConfig, WorkerConfigError, read_worker_config
+from ._console import Console
+from ._cron import CronSchedule, IntervalSchedule, ScheduleError, parse_schedule
+from ._process import InvocationOutcome, Supervisor, SupervisorError, disabled_by_settings
+from ._routes import Route, RouteEntry, RouteError, Router
+from ._rpchttp import (
+    HttpOutput,
+    IncomingRequest,
+    ResponseError,
+    build_rpc_http,
+    http_trigger_metadata,
+    response_from_output,
+)
+from ._triggers import TriggerInputError, timer_payload, trigger_data
+
+if TYPE_CHECKING:
+    from ._http import FrontDoor
+
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_PORT", "Emulator", "EmulatorError", "EmulatorOptions"]
+
+DEFAULT_PORT: Final = 7071
+#: The host's (Kestrel's) request body limit: 100 MiB.
+DEFAULT_MAX_BODY_SIZE: Final = 100 * 1024 * 1024
+_API_REASON: Final = "This function was programmatically called via the host APIs."
+_SHOWN_VALUE: Final = 200
+
+
+class EmulatorError(Exception):
+    """The emulator cannot start: the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class EmulatorOptions:
+    """How to run the emulator (``workerkit host``'s options).
+
+    Attributes:
+        app_dir: the function app root (``host.json``).
+        worker_dir: the directory with ``worker.config.json``; None: the
+            ``languageWorkers:<FUNCTIONS_WORKER_RUNTIME>:workerDirectory`` setting.
+        host: the address the HTTP front door listens on (loopback unless told otherwise).
+        port: its port; 0 for a free one; None: ``local.settings.json``
+            ``Host.LocalHttpPort``, else 7071.
+        max_body_size: bytes; a larger request body is answered 413.
+        function_timeout: seconds, overriding ``host.json`` ``functionTimeout``.
+        environ: the environment to start from (default: this process's).
+    """
+
+    app_dir: Path
+    worker_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int | None = None
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    function_timeout: float | None = None
+    environ: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class _Http:
+    spec: FunctionSpec
+    route: Route
+    methods: frozenset[str] | None
+    trigger: Mapping[str, Any]
+
+
+class Emulator:
+    """A function app served by a worker subprocess (module docstring).
+
+    Use ``async with Emulator(options) as emulator:`` (start and stop), or `start`, `run`.
+    """
+
+    def __init__(self, options: EmulatorOptions, console: Console | None = None) -> None:
+        self.options = options
+        self.console = console or Console()
+        self.app_dir = Path(os.path.abspath(options.app_dir))
+        self.functions: list[FunctionSpec] = []
+        self.errors: list[AppError] = []
+        self.config: WorkerConfig | None = None
+        self.host_settings: HostSettings | None = None
+        self.router: Router[_Http] = Router([])
+        self.url = ""
+        self.stopping = False
+        self._supervisor: Supervisor | None = None
+        self._front_door: FrontDoor | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: list[asyncio.Task[None]] = []
+        self._firing: set[asyncio.Task[Any]] = set()  # timers with an invocation under way
+        self._stop_requested = asyncio.Event()
+        self._stopped = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def __aenter__(self) -> Emulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Read the app and the worker config, start the worker, open the front door.
+
+        Raises:
+            EmulatorError: a broken ``host.json``/``local.settings.json``/``worker.config.json``,
+                no worker directory, a worker that cannot be started, or a port in use.
+        """
+        try:
+            from . import _http
+        except ImportError as exc:  # aiohttp missing
+            raise EmulatorError(
+                f"workerkit host needs aiohttp ({exc}): pip install 'workerkit[host]'"
+            ) from None
+        options = self.options
+        try:
+            self.host_settings = read_host_json(self.app_dir)
+            local = read_local_settings(self.app_dir)
+        except AppError as exc:
+            raise EmulatorError(str(exc)) from None
+        environment = self._environment(local.values)
+        config = self._read_config(environment)
+        self.config = config
+        for warning in config.warnings:
+            self.console.warning(f"{config.path}: {warning}")
+        if config.process_count > 1:
+            self.console.warning(
+                f"{config.path}: processCount is {config.process_count}; the emulator runs one"
+                " worker process"
+            )
+        timeout = (
+            options.function_timeout
+            if options.function_timeout is not None
+            else self.host_settings.function_timeout
+        )
+        functions: list[FunctionSpec] = []
+        if not config.worker_indexing:
+            functions, self.errors = discover_functions(self.app_dir, config.extensions)
+            if not config.extensions and functions:
+                self.errors += [
+                    AppError(
+                        f.directory / "function.json",
+                        "worker.config.json lists no 'extensions', so the host gives this worker"
+                        " no function.json functions",
+                        f.name,
+                    )
+                    for f in functions
+                ]
+                functions = []
+            functions = self._prepare(functions, environment)
+        supervisor = Supervisor(
+            config=config,
+            app_dir=self.app_dir,
+            environment=environment,
+            functions=functions,
+            function_timeout=timeout,
+            console=self.console,
+            prepare=lambda specs: self._prepare(specs, environment),
+        )
+        self._supervisor = supervisor
+        port = options.port
+        if port is None:
+            port = local.local_http_port if local.local_http_port is not None else DEFAULT_PORT
+        try:
+            try:
+                await supervisor.start()
+            except SupervisorError as exc:
+                raise EmulatorError(f"{config.path}: {exc}") from None
+            self.functions = supervisor.functions
+            self.errors += supervisor.function_errors
+            http_functions = self._routes()
+            door = _http.FrontDoor(self, max_body_size=options.max_body_size)
+            try:
+                bound = await door.start(options.host, port)
+            except OSError as exc:
+                raise EmulatorError(
+                    f"cannot listen on {options.host}:{port}: {exc.strerror or exc}"
+                    " (use --port 0 for a free port)"
+                ) from None
+        except BaseException:  # an error or a cancelled start: leave nothing running
+            self._stopped = True
+            await supervisor.stop()
+            raise
+        self._front_door = door
+        shown_host = f"[{options.host}]" if ":" in options.host else options.host
+        self.url = f"http://{shown_host}:{bound}"
+        timers = self._start_timers()
+        self._banner(http_functions, timers)
+        if not _is_loopback(options.host):
+            self.console.warning(
+                f"Listening on {options.host}: anyone who can reach this machine can call these"
+                " functions; the emulator has no authentication."
+            )
+
+    async def run(self) -> int:
+        """Serve until `request_stop` (returns 0) or the worker fails for good (returns 1).
+
+        Stops everything before returning.
+        """
+        supervisor = self._supervisor
+        assert supervisor is not None, "start() first"
+        failed = asyncio.create_task(supervisor.wait_failed())
+        stop = asyncio.create_task(self._stop_requested.wait())
+        try:
+            await asyncio.wait({failed, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        code = 0
+        if failed.done():
+            self.console.error(f"Stopping: {failed.result()}")
+            code = 1
+        else:
+            failed.cancel()
+        await self.stop()
+        return code
+
+    def request_stop(self) -> None:
+        """Ask `run` to stop gracefully (Ctrl-C, SIGTERM)."""
+        self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> None:
+        """Return once `request_stop` or `request_kill` was called."""
+        await self._stop_requested.wait()
+
+    def request_kill(self) -> None:
+        """Kill the worker at once (a second Ctrl-C); `run` then stops."""
+        if self._supervisor is not None:
+            self._supervisor.kill()
+        self._stop_requested.set()
+
+    async def stop(self) -> None:
+        """Stop taking work, drain invocations (``processShutdownTimeout``), terminate the worker.
+
+        New HTTP requests are answered 503 meanwhile. Idempotent.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self.stopping = True
+        for timer in self._timers:
+            if timer not in self._firing:  # a running invocation is drained like the others
+                timer.cancel()
+        supervisor = self._supervisor
+        if supervisor is not None:
+            in_flight = supervisor.in_flight()
+            if in_flight and self.config is not None:
+                self.console.info(
+                    f"Waiting up to {self.config.shutdown_timeout:g} s for {in_flight}"
+                    " invocation(s) to finish."
+                )
+                await supervisor.drain(self.config.shutdown_timeout)
+            await supervisor.stop()
+        pending = [*self._tasks, *self._timers]
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        if self._front_door is not None:
+            await self._front_door.stop()
+        self.console.info("Host stopped.")
+
+    # -- configuration -----------------------------------------------------------------------
+    def _environment(self, values: Mapping[str, str]) -> dict[str, str]:
+        base = dict(os.environ if self.options.environ is None else self.options.environ)
+        for key, value in values.items():
+            if base.get(key):
+                if base[key] != value:
+                    self.console.warning(
+                        f"Skipping '{key}' from local.settings.json as it's already defined in"
+                        " the environment."
+                    )
+                continue
+            base[key] = value
+        return base
+
+    def _read_config(self, environment: Mapping[str, str]) -> WorkerConfig:
+        worker_dir = self.options.worker_dir
+        if worker_dir is None:
+            runtime = environment.get("FUNCTIONS_WORKER_RUNTIME", "")
+            candidates = {
+                key.replace("__", ":").lower(): value
+                for key, value in environment.items()
+                if key.replace("__", ":").lower().startswith("languageworkers:")
+                and key.replace("__", ":").lower().endswith(":workerdirectory")
+            }
+            wanted = f"languageworkers:{runtime.lower()}:workerdirectory"
+            if runtime and wanted in candidates:
+                worker_dir = Path(candidates[wanted])
+            elif not runtime and len(candidates) == 1:
+                worker_dir = Path(next(iter(candidates.values())))
+            else:
+                raise EmulatorError(
+                    "no worker: pass --worker DIR (the directory with worker.config.json), or set"
+                    " languageWorkers__<language>__workerDirectory and FUNCTIONS_WORKER_RUNTIME"
+                )
+        try:
+            return read_worker_config(worker_dir, environment)
+        except WorkerConfigError as exc:
+            raise EmulatorError(str(exc)) from None
+
+    def _prepare(
+        self, functions: list[FunctionSpec], settings: Mapping[str, str]
+    ) -> list[FunctionSpec]:
+        """Apply host.json ``functions`` and the ``AzureWebJobs.<name>.Disabled`` settings."""
+        assert self.host_settings is not None
+        allowed = self.host_settings.functions
+        if allowed is not None:
+            wanted = {name.lower() for name in allowed}
+            functions = [f for f in functions if f.name.lower() in wanted]
+        return disabled_by_settings(functions, settings)
+
+    def _routes(self) -> list[_Http]:
+        assert self.host_settings is not None
+        entries: list[RouteEntry[_Http]] = []
+        found: list[_Http] = []
+        seen: list[_Http] = []
+        for spec in self.functions:
+            trigger = spec.trigger
+            if spec.trigger_type.lower() != "httptrigger":
+                continue
+            template = trigger.get("route")
+            if template is None:
+                template = spec.name
+            try:
+                if not isinstance(template, str):
+                    raise RouteError(f"route must be a string, not {template!r}")
+                route = Route.parse(template)
+                methods = _methods(trigger)
+            except (RouteError, ValueError) as exc:
+                self._function_error(spec, str(exc))
+                continue
+            item = _Http(spec, route, methods, trigger)
+            clash = next(
+                (
+                    other
+                    for other in seen
+                    if other.route.normalized() == route.normalized()
+                    and (other.methods is None or methods is None or other.methods & methods)
+                ),
+                None,
+            )
+            if clash is not None:
+                self._function_error(
+                    spec,
+                    f"The route specified conflicts with the route defined by function"
+                    f" '{clash.spec.name}'.",
+                )
+                continue
+            seen.append(item)
+            found.append(item)
+            if not spec.disabled:
+                entries.append(RouteEntry(route, methods, item))
+        self.router = Router(entries)
+        return found
+
+    def _function_error(self, spec: FunctionSpec, reason: str) -> None:
+        self.errors.append(AppError(spec.directory / "function.json", reason, spec.name))
+        self.functions = [f for f in self.functions if f is not spec]
+
+    def _banner(self, http_functions: list[_Http], timers: dict[str, str]) -> None:
+        assert self.host_settings is not None
+        prefix = self.host_settings.route_prefix
+        lines: list[tuple[str, str]] = []
+        http_by_name = {h.spec.name: h for h in http_functions}
+        for spec in self.functions:
+            suffix = " (disabled)" if spec.disabled else ""
+            http = http_by_name.get(spec.name)
+            if http is not None:
+                methods = f"[{','.join(sorted(http.methods))}] " if http.methods else ""
+                path = "/".join(p for p in (prefix, http.route.template.strip().lstrip("~/")) if p)
+                lines.append((spec.name, f"{methods}{self.url}/{path}{suffix}"))
+            elif spec.name in timers:
+                lines.append((spec.name, f"timerTrigger ({timers[spec.name]}){suffix}"))
+            else:
+                lines.append(
+                    (
+                        spec.name,
+                        f"{spec.trigger_type}: POST {self.url}/admin/functions/{spec.name}"
+                        f' with {{"input": "..."}}{suffix}',
+                    )
+                )
+        if lines:
+            self.console.functions(lines)
+        else:
+            self.console.warning("No functions found.")
+        if self.errors:
+            self.console.error(
+                f"The following {len(self.errors)} functions are in error:\n"
+                + "\n".join(f"{e.function or '?'}: {e}" for e in self.errors)
+            )
+        self.console.info(f"Host started: {self.url} (Ctrl+C to stop).")
+
+    # -- invocations -------------------------------------------------------------------------
+    async def invoke_http(self, match_target: _Http, request: IncomingRequest) -> HttpOutput:
+        """Run an HTTP-triggered function for `request`; the response to write.
+
+        A failed, timed-out or undeliverable invocation becomes a 500 with a short text body
+        (the details are logged).
+        """
+        supervisor = self._supervisor
+        assert supervisor is not None
+        spec = match_target.spec
+        trigger_name = str(match_target.trigger.get("name", "req"))
+
+        def data(
+            capabilities: Mapping[str, str],
+        ) -> tuple[list[tuple[str, pb.TypedData]], dict[str, pb.TypedData]]:
+            http = build_rpc_http(request, capabilities)
+            metadata = http_trigger_metadata(request, http, trigger_name, capabilities)
+            return [(trigger_name, pb.TypedData(http=http)), *self._other_inputs(spec)], metadata
+
+        outcome = await supervisor.invoke(spec, data, reason=_API_REASON)
+        http_value, error = self._report(outcome)
+        if error is not None:
+            return _error_output(spec, error, outcome)
+        try:
+            output = response_from_output(http_value)
+        except ResponseError as exc:
+            self.console.error(f"Function '{spec.name}' (Id={outcome.invocation_id}): {exc}")
+            return _error_output(spec, str(exc), outcome)
+        for note in output.notes:
+            self.console.warning(f"Function '{spec.name}' (Id={outcome.invocation_id}): {note}")
+        return output
+
+    def admin_invoke(self, name: str, body: bytes) -> tuple[int, str]:
+        """``POST /admin/functions/<name>``: start an invocation; (status, text) to answer.
+
+        202 once the invocation is started (its outcome is logged), 400 for a body that is not
+        ``{"input": "..."}`` or input the trigger cannot take, 404 for an unknown function.
+        """
+        spec = next((f for f in self.functions if f.name.lower() == name.lower()), None)
+        if spec is None:
+            return 404, f"no function named {name!r}\n"
+        try:
+            document = json.loads(body.decode("utf-8")) if body.strip() else None
+        except (ValueError, UnicodeDecodeError):
+            document = None
+        if not isinstance(document, dict):
+            return 400, 'the body must be a JSON object like {"input": "..."}\n'
+        text = document.get("input", "")
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            return 400, "'input' must be a string (JSON-encode structured input)\n"
+        extra = document.get("metadata")
+        if extra is not None and not isinstance(extra, dict):
+            return 400, "'metadata' must be a JSON object\n"
+        trigger = spec.trigger
+        if spec.trigger_type.lower() == "httptrigger":
+            return 400, f"{spec.name} is an HTTP function: call its URL instead\n"
+        supervisor = self._supervisor
+        assert supervisor is not None
+
+        def data(
+            capabilities: Mapping[str, str],
+        ) -> tuple[list[tuple[str, pb.TypedData]], dict[str, pb.TypedData]]:
+            value, metadata = trigger_data(
+                trigger, text, capabilities=capabilities, extra_metadata=extra
+            )
+            return [(str(trigger.get("name")), value), *self._other_inputs(spec)], metadata
+
+        try:
+            data(supervisor.capabilities)
+        except TriggerInputError as exc:
+            return 400, f"{exc}\n"
+        self._spawn(self._run_and_report(spec, data, _API_REASON))
+        return 202, ""
+
+    async def _run_and_report(self, spec: FunctionSpec, data: Any, reason: str) -> None:
+        supervisor = self._supervisor
+        assert supervisor is not None
+        outcome = await supervisor.invoke(spec, data, reason=reason)
+        self._report(outcome)
+
+    def _other_inputs(self, spec: FunctionSpec) -> list[tuple[str, pb.TypedData]]:
+        """Non-trigger input bindings: the emulator has no storage, so they are null."""
+        trigger = spec.trigger
+        return [
+            (str(b.get("name")), pb.TypedData())
+            for b in spec.bindings
+            if b is not trigger and str(b.get("direction", "in")).lower() in ("in", "inout")
+        ]
+
+    def _report(self, outcome: InvocationOutcome) -> tuple[pb.TypedData | None, str | None]:
+        """Log how an invocation ended and its outputs; (HTTP output value, error)."""
+        spec = outcome.function
+        error = outcome.error
+        http_value: pb.TypedData | None = None
+        lines: list[str] = []
+        if error is None and outcome.response is not None:
+            try:
+                http_value, lines = _outputs(spec, outcome.response)
+            except ConversionError as exc:
+                error = f"the host cannot take this output: {exc}"
+        millis = int(outcome.duration * 1000)
+        if error is None:
+            for line in lines:
+                self.console.info(line)
+            self.console.info(
+                f"Executed 'Functions.{spec.name}' (Succeeded, Id={outcome.invocation_id},"
+                f" Duration={millis}ms)"
+            )
+        else:
+            self.console.error(
+                f"Executed 'Functions.{spec.name}' (Failed, Id={outcome.invocation_id},"
+                f" Duration={millis}ms)\n{error}"
+            )
+        return http_value, error
+
+    # -- timers ------------------------------------------------------------------------------
+    def _start_timers(self) -> dict[str, str]:
+        shown: dict[str, str] = {}
+        environment = self._supervisor.environment if self._supervisor else {}
+        for spec in list(self.functions):
+            if spec.trigger_type.lower() != "timertrigger":
+                continue
+            trigger = spec.trigger
+            raw = trigger.get("schedule")
+            try:
+                if not isinstance(raw, str) or not raw.strip():
+                    raise ScheduleError("the timer trigger needs a 'schedule'")
+                text = raw.strip()
+                if text.startswith("%") and text.endswith("%") and len(text) > 2:
+                    setting = environment.get(text[1:-1])
+                    if setting is None:
+                        raise ScheduleError(f"the app setting {text[1:-1]!r} is not set")
+                    text = setting
+                schedule = parse_schedule(text)
+            except ScheduleError as exc:
+                self._function_error(spec, str(exc))
+                continue
+            run_on_startup = _truthy(trigger.get("runOnStartup"))
+            shown[spec.name] = str(schedule) + (", runOnStartup" if run_on_startup else "")
+            if spec.disabled:
+                continue
+            self._timers.append(asyncio.create_task(self._timer(spec, schedule, run_on_startup)))
+        return shown
+
+    async def _timer(
+        self, spec: FunctionSpec, schedule: CronSchedule | IntervalSchedule, run_on_startup: bool
+    ) -> None:
+        last: datetime.datetime | None = None
+        if run_on_startup:
+            now = datetime.datetime.now().astimezone()
+            await self._fire(spec, schedule, now, last)
+            last = now
+        while not self.stopping:
+            now = datetime.datetime.now().astimezone()
+            due = schedule.next_after(now.replace(tzinfo=None))
+            if due is None:
+                self.console.warning(f"Timer '{spec.name}': the schedule {schedule} never fires.")
+                return
+            await asyncio.sleep(max(due.timestamp() - datetime.datetime.now().timestamp(), 0))
+            fired = due.astimezone()
+            await self._fire(spec, schedule, fired, last)
+            last = fired
+
+    async def _fire(
+        self,
+        spec: FunctionSpec,
+        schedule: CronSchedule | IntervalSchedule,
+        when: datetime.datetime,
+        last: datetime.datetime | None,
+    ) -> None:
+        supervisor = self._supervisor
+        assert supervisor is not None
+        task = asyncio.current_task()
+        if task is not None:
+            self._firing.add(task)
+        try:
+            await self._fire_once(supervisor, spec, schedule, when, last)
+        finally:
+            self._firing.discard(task)
+
+    async def _fire_once(
+        self,
+        supervisor: Supervisor,
+        spec: FunctionSpec,
+        schedule: CronSchedule | IntervalSchedule,
+        when: datetime.datetime,
+        last: datetime.datetime | None,
+    ) -> None:
+        upcoming = schedule.next_after(when.replace(tzinfo=None))
+        next_run = upcoming.astimezone() if upcoming is not None else None
+        name = str(spec.trigger.get("name"))
+
+        def data(
+            capabilities: Mapping[str, str],
+        ) -> tuple[list[tuple[str, pb.TypedData]], dict[str, pb.TypedData]]:
+            return [(name, timer_payload(last, next_run)), *self._other_inputs(spec)], {}
+
+        outcome = await supervisor.invoke(spec, data, reason=f"Timer fired at {when.isoformat()}")
+        self._report(outcome)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _methods(trigger: Mapping[str, Any]) -> frozenset[str] | None:
+    methods = trigger.get("methods")
+    if methods is None or methods == []:
+        return None
+    if not isinstance(methods, list) or not all(isinstance(m, str) and m for m in methods):
+        raise ValueError("'methods' must be an array of HTTP method names")
+    return frozenset(m.upper() for m in methods)
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return value is True
+
+
+def _error_output(spec: FunctionSpec, error: str, outcome: InvocationOutcome) -> HttpOutput:
+    first = error.strip().splitlines()[0] if error.strip() else "failed"
+    kind = "timed out" if outcome.timed_out else "failed"
+    text = f"Function '{spec.name}' {kind} (Id={outcome.invocation_id}): {first}\n"
+    return HttpOutput(500, [("Content-Type", "text/plain; charset=utf-8")], text.encode())
+
+
+def _outputs(
+    spec: FunctionSpec, response: pb.InvocationResponse
+) -> tuple[pb.TypedData | None, list[str]]:
+    """Split a response into the HTTP output and log lines for the other outputs.
+
+    Raises:
+        ConversionError: an output of a kind the host rejects (HOST_PROTOCOL §5.5).
+    """
+    bindings = {str(b.get("name")): b for b in spec.bindings}
+    outputs = {
+        n: b
+        for n, b in bindings.items()
+        if str(b.get("direction", "in")).lower() in ("out", "inout")
+    }
+    values: list[tuple[str, pb.TypedData]] = []
+    lines: list[str] = []
+    for binding in response.output_data:
+        if binding.rpc_shared_memory is not None:
+            raise ConversionError(
+                f"output {binding.name!r} uses shared memory, which is not emulated"
+            )
+        values.append((binding.name, binding.data if binding.data is not None else pb.TypedData()))
+    if response.return_value is not None:
+        kind = betterproto2.which_one_of(response.return_value, "data")[0]
+        if "$return" in outputs:
+            values.append(("$return", response.return_value))
+        elif kind == "json":
+            parsed = decode_output(response.return_value)
+            if isinstance(parsed, dict):
+                for key, value in parsed.items():
+                    if key in outputs:
+                        values.append((key, pb.TypedData(json=json.dumps(value))))
+        elif kind:
+            lines.append(
+                "  the function returned a value but has no $return binding: the host ignores it"
+            )
+    http_value: pb.TypedData | None = None
+    for name, data in values:
+        decoded = decode_output(data)  # raises for kinds the host rejects
+        target = outputs.get(name)
+        if target is None:
+            lines.append(f"  output {name!r} matches no output binding: the host ignores it")
+            continue
+        if str(target.get("type", "")).lower() == "http":
+            http_value = data
+            continue
+        if decoded is None:
+            continue
+        lines.append(f"  output {name!r} ({target.get('type')}): {_show(decoded)}")
+    return http_value, lines
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN_VALUE else text[: _SHOWN_VALUE - 3] + "..."

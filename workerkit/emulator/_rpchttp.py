@@ -1,0 +1,420 @@
+"""HTTP requests into `RpcHttp` and HTTP outputs back into responses, as the host does.
+
+Pure functions (no I/O), HOST_PROTOCOL §5.3 and §5.4.
+
+Request (`build_rpc_http`), depending on the capabilities the worker declared:
+
+- ``url`` as received; header names lower-cased, repeated headers and query keys comma-joined;
+- ``UseNullableValueDictionaryForHttp``: ``nullable_headers``/``nullable_query``/
+  ``nullable_params`` (empty values kept) *instead of* ``headers``/``query``/``params``
+  (empty query values dropped; empty headers dropped only with
+  ``IgnoreEmptyValuedRpcHttpHeaders``); route parameters without a value are left out;
+- a body only when the request has one (the host: ``Content-Length`` > 0), per this matrix:
+
+  ==============================  ==============================  ==========  ==================
+  capabilities                    content type                    body        rawBody
+  ==============================  ==============================  ==========  ==================
+  RpcHttpBodyOnly + RawHttpBody…  any                             bytes       unset
+  RpcHttpBodyOnly                 octet-stream, multipart/*       bytes       unset
+  RpcHttpBodyOnly                 anything else                   string      unset
+  legacy                          application/json, valid JSON    json        string (bytes¹)
+  legacy                          application/json, invalid       string      string (bytes¹)
+  legacy                          octet-stream, multipart/*       bytes       string (bytes¹)
+  legacy                          other or none                   string      string (bytes¹)
+  ==============================  ==============================  ==========  ==================
+
+  ¹ with ``RawHttpBodyBytes``. Text is decoded with the content type's charset (UTF-8 by
+  default), undecodable bytes replaced.
+
+Response (`response_from_output`): an ``http`` value gives status (a string; empty or
+unparsable means 200), headers (``content-type`` sets the content type), cookies (ignored with
+``enable_content_negotiation``) and body (bytes verbatim, string as text, json re-serialized
+indented, numbers as text). Without ``body`` the host ignores the rest and answers 200 with the
+response object as JSON. Other kinds are "sniffed": a string that parses as JSON is treated as
+JSON; a JSON object with a ``body`` key describes the response (``body``, ``statusCode`` or
+``status``, ``headers``); other JSON is re-serialized indented; other text is written as is.
+`ResponseError` means the host would fail the request (answered 500).
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import json
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import betterproto2
+
+from workerkit._generated import AzureFunctionsRpcMessages as pb
+from workerkit._generated import NullableString
+
+__all__ = [
+    "HttpOutput",
+    "IncomingRequest",
+    "ResponseError",
+    "build_rpc_http",
+    "http_trigger_metadata",
+    "response_from_output",
+]
+
+_BINARY_TYPES: Final = ("application/octet-stream", "multipart/")
+_DROPPED_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection"})
+_SAME_SITE: Final = {
+    pb.RpcHttpCookieSameSite.Lax: "Lax",
+    pb.RpcHttpCookieSameSite.Strict: "Strict",
+    pb.RpcHttpCookieSameSite.ExplicitNone: "None",
+}
+
+
+class ResponseError(Exception):
+    """The worker's HTTP output cannot be turned into a response (the host answers 500)."""
+
+
+@dataclass(frozen=True)
+class IncomingRequest:
+    """An HTTP request as received by the front door.
+
+    Attributes:
+        headers: (name, value) pairs in arrival order, names as sent.
+        query: decoded (key, value) pairs in order.
+        params: route parameter values; None for an absent optional parameter.
+        body: the body bytes; None when the request had none.
+    """
+
+    method: str
+    url: str
+    headers: Sequence[tuple[str, str]] = ()
+    query: Sequence[tuple[str, str]] = ()
+    params: Mapping[str, str | None] = field(default_factory=dict)
+    body: bytes | None = None
+
+    def header(self, name: str) -> str | None:
+        """The comma-joined value of header `name` (any case), or None."""
+        values = [v for k, v in self.headers if k.lower() == name.lower()]
+        return ",".join(values) if values else None
+
+
+@dataclass
+class HttpOutput:
+    """A response to write: status, header pairs (repeatable, e.g. Set-Cookie) and body.
+
+    `notes` are things the host does silently that the author should know (logged).
+    """
+
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    notes: list[str] = field(default_factory=list)
+
+
+def _joined(pairs: Sequence[tuple[str, str]], lower: bool) -> dict[str, str]:
+    joined: dict[str, list[str]] = {}
+    spelled: dict[str, str] = {}
+    for key, value in pairs:
+        folded = key.lower()
+        name = folded if lower else spelled.setdefault(folded, key)
+        joined.setdefault(name, []).append(value)
+    return {key: ",".join(values) for key, values in joined.items()}
+
+
+def _charset(content_type: str | None) -> str:
+    for param in (content_type or "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            candidate = value.strip().strip("\"'")
+            try:
+                "".encode(candidate)
+            except LookupError:
+                break
+            return candidate
+    return "utf-8"
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def build_rpc_http(request: IncomingRequest, capabilities: Mapping[str, str]) -> pb.RpcHttp:
+    """The `RpcHttp` the host sends for `request` to a worker with `capabilities`."""
+    nullable = bool(capabilities.get("UseNullableValueDictionaryForHttp"))
+    headers = _joined(request.headers, lower=True)
+    query = _joined(request.query, lower=False)
+    params = {k: v for k, v in request.params.items() if v is not None}
+    http = pb.RpcHttp(method=request.method, url=request.url)
+    if nullable:
+        http.nullable_headers = {k: NullableString(value=v) for k, v in headers.items()}
+        http.nullable_query = {k: NullableString(value=v) for k, v in query.items()}
+        http.nullable_params = {k: NullableString(value=v) for k, v in params.items()}
+    else:
+        if capabilities.get("IgnoreEmptyValuedRpcHttpHeaders"):
+            headers = {k: v for k, v in headers.items() if v}
+        http.headers = headers
+        http.query = {k: v for k, v in query.items() if v}
+        http.params = params
+    if request.body:
+        body, raw = _bodies(request.body, request.header("content-type"), capabilities)
+        http.body = body
+        if raw is not None:
+            http.raw_body = raw
+    return http
+
+
+def _bodies(
+    data: bytes, content_type: str | None, capabilities: Mapping[str, str]
+) -> tuple[pb.TypedData, pb.TypedData | None]:
+    media = _media_type(content_type)
+    binary = media.startswith(_BINARY_TYPES)
+    raw_bytes = bool(capabilities.get("RawHttpBodyBytes"))
+    text = data.decode(_charset(content_type), "replace")
+    if capabilities.get("RpcHttpBodyOnly"):
+        if raw_bytes or binary:
+            return pb.TypedData(bytes=data), None
+        return pb.TypedData(string=text), None
+    raw = pb.TypedData(bytes=data) if raw_bytes else pb.TypedData(string=text)
+    if media == "application/json":
+        try:
+            parsed = json.loads(text)
+        except (ValueError, RecursionError):
+            return pb.TypedData(string=text), raw
+        return pb.TypedData(json=json.dumps(parsed, separators=(",", ":"))), raw
+    if binary:
+        return pb.TypedData(bytes=data), raw
+    return pb.TypedData(string=text), raw
+
+
+def http_trigger_metadata(
+    request: IncomingRequest,
+    http: pb.RpcHttp,
+    trigger_name: str,
+    capabilities: Mapping[str, str],
+) -> dict[str, pb.TypedData]:
+    """The ``trigger_metadata`` of an HTTP invocation (HOST_PROTOCOL §5.3).
+
+    ``Query`` and ``Headers`` (json objects), each query parameter but ``code``, the
+    top-level properties of a JSON object body and the route parameters (strings win over
+    query values of the same name); plus ``$request`` and the trigger's name carrying the
+    `RpcHttp` unless the worker declared ``RpcHttpTriggerMetadataRemoved``.
+    """
+    headers = _joined(request.headers, lower=True)
+    query = _joined(request.query, lower=False)
+    metadata: dict[str, pb.TypedData] = {
+        "Query": pb.TypedData(json=json.dumps(query, separators=(",", ":"))),
+        "Headers": pb.TypedData(json=json.dumps(headers, separators=(",", ":"))),
+    }
+    for key, value in query.items():
+        if key.lower() != "code":
+            metadata[key] = pb.TypedData(string=value)
+    if request.body and _media_type(request.header("content-type")) == "application/json":
+        try:
+            document = json.loads(request.body.decode(_charset(request.header("content-type"))))
+        except (ValueError, RecursionError):
+            document = None
+        if isinstance(document, dict):
+            for key, value in document.items():
+                if isinstance(value, str):
+                    metadata[key] = pb.TypedData(string=value)
+                elif value is not None:
+                    metadata[key] = pb.TypedData(json=json.dumps(value, separators=(",", ":")))
+    for key, param in request.params.items():
+        if param is not None:
+            metadata[key] = pb.TypedData(string=param)
+    if not capabilities.get("RpcHttpTriggerMetadataRemoved"):
+        metadata["$request"] = pb.TypedData(http=http)
+        metadata[trigger_name] = pb.TypedData(http=http)
+    return metadata
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+def response_from_output(data: pb.TypedData | None) -> HttpOutput:
+    """The HTTP response the host writes for an HTTP output value (module docstring).
+
+    None or an empty `TypedData` is an empty 200 (the host's ``OkResult``).
+
+    Raises:
+        ResponseError: a kind the host rejects, an invalid status code or header.
+    """
+    kind, value = _which(data)
+    match kind:
+        case "":
+            return HttpOutput()
+        case "http":
+            return _from_rpc_http(value)
+        case "string":
+            return _sniff(value, raw_text=value)
+        case "json":
+            try:
+                parsed = json.loads(value)
+            except (ValueError, RecursionError) as exc:
+                raise ResponseError(f"the http output is invalid JSON: {exc}") from None
+            return _sniff_value(parsed)
+        case "bytes" | "stream":
+            return _finish(200, [], value, "application/octet-stream", [])
+        case "int" | "double":
+            return _finish(200, [], str(value).encode(), "text/plain; charset=utf-8", [])
+        case _:
+            raise ResponseError(
+                f"the http output is TypedData.{kind}, which the host cannot write as a response"
+            )
+
+
+def _from_rpc_http(http: pb.RpcHttp) -> HttpOutput:
+    notes: list[str] = []
+    status = _status(http.status_code)
+    if http.body is None:
+        notes.append(
+            "the response has no body: the host then ignores status, headers and cookies and"
+            " answers 200 with the response object as JSON (always set body)"
+        )
+        expando = {
+            "method": http.method,
+            "query": dict(http.query),
+            "statusCode": http.status_code,
+            "headers": dict(http.headers),
+            "enableContentNegotiation": http.enable_content_negotiation,
+            "cookies": [],
+        }
+        return _finish(
+            200, [], json.dumps(expando).encode(), "application/json; charset=utf-8", notes
+        )
+    headers = list(http.headers.items())
+    if http.cookies:
+        if http.enable_content_negotiation:
+            notes.append("cookies are ignored with enable_content_negotiation")
+        else:
+            headers += [("Set-Cookie", _cookie(c)) for c in http.cookies]
+    kind, value = _which(http.body)
+    match kind:
+        case "bytes" | "stream":
+            body, default = value, "application/octet-stream"
+        case "string":
+            body, default = value.encode(), "text/plain; charset=utf-8"
+        case "json":
+            try:
+                parsed = json.loads(value)
+            except (ValueError, RecursionError) as exc:
+                raise ResponseError(f"the response body is invalid JSON: {exc}") from None
+            body, default = _indented(parsed), "application/json; charset=utf-8"
+        case "int" | "double":
+            body, default = str(value).encode(), "text/plain; charset=utf-8"
+        case "":
+            body, default = b"", ""
+        case _:
+            raise ResponseError(f"the response body is TypedData.{kind}; use bytes or string")
+    return _finish(status, headers, body, default, notes)
+
+
+def _sniff(text: str, raw_text: str) -> HttpOutput:
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        return _finish(200, [], raw_text.encode(), "text/plain; charset=utf-8", [])
+    return _sniff_value(parsed)
+
+
+def _sniff_value(value: Any) -> HttpOutput:
+    if isinstance(value, dict):
+        lowered = {str(k).lower(): v for k, v in value.items()}
+        if "body" in lowered:
+            status = 200
+            raw_status = lowered.get("statuscode", lowered.get("status"))
+            if isinstance(raw_status, int) and not isinstance(raw_status, bool):
+                status = raw_status
+            elif isinstance(raw_status, str):
+                status = _status(raw_status)
+            headers_value = lowered.get("headers")
+            headers = (
+                [(str(k), "" if v is None else str(v)) for k, v in headers_value.items()]
+                if isinstance(headers_value, dict)
+                else []
+            )
+            body = lowered["body"]
+            notes = (
+                ["cookies in a response object are not emulated"] if "cookies" in lowered else []
+            )
+            if isinstance(body, str):
+                return _finish(status, headers, body.encode(), "text/plain; charset=utf-8", notes)
+            return _finish(
+                status, headers, _indented(body), "application/json; charset=utf-8", notes
+            )
+    return _finish(200, [], _indented(value), "application/json; charset=utf-8", [])
+
+
+def _finish(
+    status: int, headers: list[tuple[str, str]], body: bytes, default_type: str, notes: list[str]
+) -> HttpOutput:
+    if not 100 <= status <= 999:
+        raise ResponseError(f"status code {status} is not a valid HTTP status")
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    content_type = ""
+    for name, value in headers:
+        if any(c in name or c in value for c in "\r\n\0") or not name.strip():
+            raise ResponseError(f"header {name!r} has an invalid name or value")
+        lowered = name.lower()
+        if lowered == "content-type":
+            content_type = value
+            continue
+        if lowered in _DROPPED_HEADERS:
+            notes.append(f"header {name!r} is set by the server and was dropped")
+            continue
+        if lowered != "set-cookie":
+            if lowered in seen:
+                notes.append(f"duplicate header {name!r} skipped")
+                continue
+            seen.add(lowered)
+        out.append((name, value))
+    if content_type or (default_type and body):
+        out.insert(0, ("Content-Type", content_type or default_type))
+    return HttpOutput(status, out, body, notes)
+
+
+def _which(data: pb.TypedData | None) -> tuple[str, Any]:
+    if data is None:
+        return "", None
+    found: tuple[str, Any] = betterproto2.which_one_of(data, "data")
+    return found
+
+
+def _status(text: str) -> int:
+    """As the host's ``int.TryParse``: optional sign, digits, 32-bit; otherwise 200."""
+    stripped = text.strip()
+    digits = stripped[1:] if stripped[:1] in ("+", "-") else stripped
+    if digits.isascii() and digits.isdigit() and len(digits) <= 10:
+        number = int(stripped)
+        if -(2**31) <= number < 2**31:
+            return number
+    return 200
+
+
+def _indented(value: Any) -> bytes:
+    return json.dumps(value, indent=2, ensure_ascii=False).encode()
+
+
+def _cookie(cookie: pb.RpcHttpCookie) -> str:
+    """A ``Set-Cookie`` value as ASP.NET Core writes it (value escaped, ``path=/`` by default)."""
+    parts = [f"{cookie.name}={urllib.parse.quote(cookie.value, safe='-_.~')}"]
+    if cookie.expires is not None and cookie.expires.value is not None:
+        expires = cookie.expires.value
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=datetime.UTC)
+        stamp = email.utils.format_datetime(expires.astimezone(datetime.UTC), usegmt=True)
+        parts.append(f"expires={stamp}")
+    if cookie.max_age is not None and cookie.max_age.value is not None:
+        parts.append(f"max-age={int(cookie.max_age.value)}")
+    if cookie.domain is not None:
+        parts.append(f"domain={cookie.domain.value}")
+    parts.append(f"path={cookie.path.value if cookie.path is not None else '/'}")
+    if cookie.secure is not None and cookie.secure.value:
+        parts.append("secure")
+    same_site = _SAME_SITE.get(cookie.same_site)
+    if same_site:
+        parts.append(f"samesite={same_site.lower()}")
+    if cookie.http_only is not None and cookie.http_only.value:
+        parts.append("httponly")
+    return "; ".join(parts)
