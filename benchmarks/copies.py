@@ -3,7 +3,7 @@
     python -m benchmarks.copies [--targets workerkit,bare-grpclib] [--mib 16] [--echoes 3]
 
 Each worker runs under ``strace`` (needed on PATH) with glibc's mmap threshold pinned at
-1 MiB, so every buffer of 1 MiB or more the process allocates is one ``mmap`` call. A buffer
+8 KiB, so every buffer of 8 KiB or more the process allocates is one ``mmap`` call. A buffer
 about the size of the body (body .. body + 64 KiB) holds a whole copy of it; the count per
 echo is the number of full-size copies made on the way in and out, in user space (what the
 kernel copies between sockets and user space is not counted). Buffers grown by ``mremap``
@@ -29,6 +29,10 @@ from benchmarks.host import BenchHost, connect, read_app, spawn
 from benchmarks.run import Target, _base_env, make_targets
 
 MIB = 1024 * 1024
+#: glibc serves every allocation of this size or more with its own mmap. It is below the
+#: HTTP/2 frame size, so 16 KiB frames held until a message is complete do not leave a
+#: body-sized hole in the heap that a later copy could reuse without an mmap.
+THRESHOLD = 8192
 MMAP = re.compile(r"^\d+\s+mmap\(NULL, (\d+),")
 MREMAP = re.compile(r"^\d+\s+mremap\(0x[0-9a-f]+, \d+, (\d+),")
 
@@ -57,7 +61,7 @@ async def measure(host: BenchHost, target: Target, size: int, echoes: int) -> fl
     with tempfile.TemporaryDirectory(prefix="workerkit-copies-") as tmp:
         log = Path(tmp) / "strace.log"
         env = {**_base_env(target.app, target.worker_directory), **target.env}
-        env["MALLOC_MMAP_THRESHOLD_"] = str(MIB)
+        env["MALLOC_MMAP_THRESHOLD_"] = str(THRESHOLD)
         command = ["strace", "-f", "-qq", "-e", "trace=mmap,mremap", "-o", str(log)]
         process, connected = await spawn(host, command + target.command, cwd=target.app, env=env)
         try:
@@ -67,19 +71,21 @@ async def measure(host: BenchHost, target: Target, size: int, echoes: int) -> fl
             await connection.load(list(functions.values()), 60)
             body = os.urandom(size)
             template = connection.template(functions["echo"], body, "application/octet-stream")
-            before = count(log, size)
             result = await connection.run(template, body, echoes, 1, timeout=300)
             if result.errors:
                 raise RuntimeError(f"{target.name}: wrong replies: {result.first_error}")
-            await asyncio.sleep(0.5)  # let strace write the log
-            after = count(log, size)
         finally:
-            # Killing strace would leave its child running: end the traced worker first.
+            # End the traced worker, then let strace exit by itself: killed, it would lose
+            # the end of its log (and leave a traced child running).
             for child in _children(process.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.process.wait(), 10)
             await process.stop(None)
-    return (after[0] - before[0]) / echoes
+        # Counted once strace has exited and written everything; nothing else in a worker
+        # allocates buffers of the body's size.
+        return count(log, size)[0] / echoes
 
 
 def available() -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 #: subcommand -> module implementing it
 COMMANDS: dict[str, str] = {
     "host": "workerkit.emulator.cli",
+    "new": "workerkit.scaffold",
 }
 
 

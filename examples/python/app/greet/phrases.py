@@ -1,0 +1,1 @@
+PHRASES = {"en": "Hello", "fr": "Bonjour", "de": "Hallo", "es": "Hola"}

@@ -1,0 +1,233 @@
+"""A language worker that runs Python functions the classic way.
+
+Each function is a folder with a ``function.json`` whose ``scriptFile`` is a Python file and
+whose ``entryPoint`` (default ``main``) names a function, plain ``def`` or ``async def``. Its
+parameters are bound by name: an input binding gets the input, an output binding an
+``Out`` to ``set``, ``context`` the invocation's details. The return value goes to
+``$return``. Alternatively, a ``function_app.py`` at the app root declares functions with
+``pyfunc.FunctionApp`` decorators (worker indexing).
+
+Everything that can be decided before a call is decided at load: the module is imported,
+the entry point found and every parameter's source fixed in a plan, so a call only builds
+its arguments from the plan and runs the function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import importlib
+import inspect
+import json
+import logging
+import os
+import sys
+import threading
+import traceback
+import typing
+from collections.abc import Callable, MutableSequence, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pyfunc import Context, FunctionApp, Out
+
+import workerkit
+from workerkit import (
+    FunctionInfo,
+    FunctionLoadError,
+    FunctionMetadata,
+    HttpResponse,
+    Invocation,
+    InvocationError,
+    InvocationResult,
+    MetadataRequest,
+)
+
+APP_PACKAGE = "__app__"  # function modules are imported as __app__.<folder>[.<module>]
+INDEX_MODULE = "function_app"  # <app root>/function_app.py, for worker indexing
+#: Import tracebacks leave out frames of the import system and of this file.
+_MACHINERY = ("<frozen", os.path.dirname(importlib.__file__) + os.sep)
+_HERE = os.path.abspath(__file__)
+_import_lock = threading.Lock()  # loads run in parallel threads
+
+# Parameter sources in a plan.
+INPUT, OUTPUT, CONTEXT = 0, 1, 2
+
+
+def _convert_to(annotation: Any) -> Callable[[Any], Any] | None:
+    """A converter for a parameter annotated ``str``, ``bytes``, ``dict`` or ``list``."""
+    annotation = typing.get_origin(annotation) or annotation
+    if annotation is str:
+        return lambda v: v.decode() if isinstance(v, bytes) else v
+    if annotation is bytes:
+        return lambda v: v.encode() if isinstance(v, str) else v
+    if annotation in (dict, list):
+        return lambda v: json.loads(v) if isinstance(v, str | bytes) else v
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How to call one loaded function: resolved once, at load."""
+
+    call: Callable[..., Any]
+    is_async: bool
+    #: (parameter, source, binding name, converter) for each parameter, in order
+    params: tuple[tuple[str, int, str, Callable[[Any], Any] | None], ...]
+    has_return: bool  # the function has a $return binding
+
+
+class PythonWorker(workerkit.Worker):
+    runtime_name = "pyworker"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plans: dict[str, Plan] = {}
+        self.pool = ThreadPoolExecutor(self.options.threads, thread_name_prefix="function")
+        self.index: dict[str, Callable[..., Any]] = {}
+
+    # -- discovery and loading ---------------------------------------------------------------
+    def on_functions_metadata(self, request: MetadataRequest) -> Sequence[FunctionMetadata] | None:
+        app_dir = Path(request.function_app_directory or ".").resolve()
+        script = app_dir / f"{INDEX_MODULE}.py"
+        if not script.is_file():
+            return None  # no decorators: the host reads function.json files
+        module = _import(script, app_dir)
+        found: list[FunctionMetadata] = []
+        for value in vars(module).values():
+            if isinstance(value, FunctionApp):
+                for entry in value.functions.values():
+                    self.index[entry.name] = entry.function
+                    found.append(
+                        FunctionMetadata(
+                            name=entry.name,
+                            script_file=str(script),
+                            entry_point=entry.function.__name__,
+                            bindings=entry.bindings,
+                            directory=str(app_dir),
+                        )
+                    )
+        return found
+
+    def on_function_load(self, function: FunctionInfo) -> None:
+        target: Callable[..., Any] | None
+        if function.indexed is not None:
+            target = self.index[function.indexed.name]
+        else:
+            script = Path(function.script_file)
+            module = _import(script, Path.cwd())  # the host starts us in the app root
+            entry_point = function.entry_point or "main"
+            target = getattr(module, entry_point, None)
+            if target is None or not callable(target):
+                raise FunctionLoadError(
+                    f"{script} has no function {entry_point!r} (set entryPoint in function.json)"
+                )
+        self.plans[function.function_id] = _plan(function, target)
+
+    # -- invocations -------------------------------------------------------------------------
+    async def on_invocation(self, invocation: Invocation) -> Any:
+        plan = self.plans[invocation.function.function_id]
+        inputs = invocation.inputs
+        kwargs: dict[str, Any] = {}
+        outs: dict[str, Out[Any]] = {}
+        for name, source, binding, convert in plan.params:
+            if source == INPUT:
+                value = inputs.get(binding)
+                kwargs[name] = (
+                    convert(value) if convert is not None and value is not None else value
+                )
+            elif source == OUTPUT:
+                kwargs[name] = outs[binding] = Out()
+            else:
+                kwargs[name] = Context(invocation)
+        if plan.is_async:
+            result = await plan.call(**kwargs)
+        else:
+            # A copy of the context carries the invocation id, so logs are attributed.
+            run = functools.partial(contextvars.copy_context().run, plan.call, **kwargs)
+            result = await asyncio.get_running_loop().run_in_executor(self.pool, run)
+        if result is not None and not plan.has_return and not isinstance(result, HttpResponse):
+            raise InvocationError(
+                f"{invocation.function.name} returned a value but has no '$return' binding"
+            )
+        if not outs:
+            return result
+        values = {name: out.get() for name, out in outs.items() if out.get() is not None}
+        return InvocationResult(return_value=result, outputs=values)
+
+
+def _import(script: Path, app_dir: Path) -> ModuleType:
+    """Import `script` as ``__app__.<its path under app_dir>``, so relative imports work."""
+    with _import_lock:
+        if APP_PACKAGE not in sys.modules:
+            package = ModuleType(APP_PACKAGE)
+            package.__path__ = []
+            sys.modules[APP_PACKAGE] = package
+        root = str(app_dir)
+        package_path: MutableSequence[str] = sys.modules[APP_PACKAGE].__path__
+        if root not in package_path:
+            package_path.append(root)
+            sys.path.append(root)  # shared code at the app root: ``import shared``
+    try:
+        parts = script.resolve().relative_to(app_dir.resolve()).with_suffix("").parts
+    except ValueError:
+        raise FunctionLoadError(f"{script} is outside the function app {app_dir}") from None
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    name = ".".join((APP_PACKAGE, *parts))
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        # Show the author their traceback, without the import machinery's frames.
+        frames = [
+            f
+            for f in traceback.extract_tb(exc.__traceback__)
+            if not f.filename.startswith(_MACHINERY) and os.path.abspath(f.filename) != _HERE
+        ]
+        text = "".join(traceback.format_list(frames))
+        text += "".join(traceback.format_exception_only(exc))
+        raise FunctionLoadError(
+            f"cannot import {script}: {type(exc).__name__}: {exc}\n"
+            f"Traceback (most recent call last):\n{text}"
+        ) from exc
+
+
+def _plan(function: FunctionInfo, target: Callable[..., Any]) -> Plan:
+    """Decide, for every parameter of `target`, where its value comes from."""
+    bindings = function.bindings
+    params: list[tuple[str, int, str, Callable[[Any], Any] | None]] = []
+    try:
+        signature = inspect.signature(target, eval_str=True)
+    except (NameError, TypeError, ValueError):  # unresolvable annotations: ignore them
+        signature = inspect.signature(target)
+    for name, param in signature.parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        binding = bindings.get(name)
+        if binding is not None and binding.direction == "out":
+            params.append((name, OUTPUT, name, None))
+        elif binding is not None:
+            params.append((name, INPUT, name, _convert_to(param.annotation)))
+        elif name == "context":
+            params.append((name, CONTEXT, "", None))
+        elif param.default is param.empty:
+            raise FunctionLoadError(
+                f"parameter {name!r} of {function.name} matches no binding "
+                f"(bindings: {', '.join(bindings) or 'none'}; 'context' is also available)"
+            )
+    return Plan(
+        call=target,
+        is_async=inspect.iscoroutinefunction(target),
+        params=tuple(params),
+        has_return="$return" in bindings,
+    )
+
+
+if __name__ == "__main__":
+    # Functions log with `logging` as in Azure's Python worker: show INFO and above.
+    logging.getLogger().setLevel(logging.INFO)
+    PythonWorker.main()
