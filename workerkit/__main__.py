@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 #: subcommand -> module implementing it
 COMMANDS: dict[str, str] = {
+    "conformance": "workerkit.conformance",
     "host": "workerkit.emulator.cli",
     "new": "workerkit.scaffold",
 }

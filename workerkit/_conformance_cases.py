@@ -1,0 +1,567 @@
+"""The cases file of ``workerkit conformance``: parsing, shaping inputs as the host does, and
+checking what the worker answered. The format is documented in `workerkit.conformance`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl, urlsplit
+
+import betterproto2
+
+from ._generated import AzureFunctionsRpcMessages as pb
+from .convert import ConversionError, decode_output
+
+if TYPE_CHECKING:
+    from .emulator._rpchttp import IncomingRequest
+
+_LOCAL_ORIGIN: Final = "http://localhost:7071"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases
+
+
+class CasesError(ValueError):
+    """The cases file is not valid (fix the file); the message names the case and the key."""
+
+
+_STATUSES: Final = ("Success", "Failure", "Cancelled")
+_TYPED_KINDS: Final = (
+    "$string",
+    "$json",
+    "$bytes",
+    "$int",
+    "$double",
+    "$http",
+    "$collection_string",
+    "$collection_bytes",
+    "$collection_double",
+    "$collection_sint64",
+)
+MISSING: Final[Any] = object()
+
+
+@dataclass(frozen=True, slots=True)
+class HttpExpectation:
+    """What an HTTP output must look like; None fields are not checked."""
+
+    status: int | None = None
+    body: Any = MISSING
+    body_contains: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """The ``expect`` object of a case. `return_value` is `MISSING` when not checked."""
+
+    status: str = "Success"
+    error: str | None = None
+    return_value: Any = MISSING
+    outputs: Mapping[str, Any] = field(default_factory=dict)
+    http: HttpExpectation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One case of a cases file. Values are kept as validated JSON; they are turned into
+    `TypedData` when the function's bindings and the worker's capabilities are known."""
+
+    name: str
+    function: str
+    inputs: Mapping[str, Any]
+    trigger_metadata: Mapping[str, Any]
+    expect: Expectation
+    timeout: float | None = None
+    cancel_after: float | None = None
+
+
+def load_cases(path: str | os.PathLike[str]) -> list[Case]:
+    """Read and validate a cases file (format in the module docstring).
+
+    Raises:
+        CasesError: the file cannot be read, is not JSON, or breaks the format.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CasesError(f"cannot read cases file {os.fspath(path)!r}: {exc.strerror}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CasesError(
+            f"{os.fspath(path)}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    try:
+        return parse_cases(document)
+    except CasesError as exc:
+        raise CasesError(f"{os.fspath(path)}: {exc}") from None
+
+
+def parse_cases(document: Any) -> list[Case]:
+    """Validate an already parsed cases document: ``{"cases": [...]}`` or a bare list.
+
+    Raises:
+        CasesError: naming the case and the key at fault.
+    """
+    if isinstance(document, dict):
+        _only_keys(document, {"cases"}, "the top level")
+        if "cases" not in document:
+            raise CasesError('the top level needs a "cases" list')
+        document = document["cases"]
+    if not isinstance(document, list):
+        raise CasesError('"cases" must be a list of case objects')
+    cases: list[Case] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(document):
+        where = f"case #{index + 1}"
+        if not isinstance(raw, dict):
+            raise CasesError(f"{where} must be an object")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise CasesError(f'{where} needs a "name" (a non-empty string)')
+        where = f"case {name!r}"
+        if name in seen:
+            raise CasesError(f"{where}: the name is used twice")
+        seen.add(name)
+        cases.append(_parse_case(raw, name, where))
+    return cases
+
+
+def _parse_case(raw: dict[str, Any], name: str, where: str) -> Case:
+    _only_keys(
+        raw,
+        {"name", "function", "inputs", "trigger_metadata", "expect", "timeout", "cancel_after"},
+        where,
+    )
+    function = raw.get("function")
+    if not isinstance(function, str) or not function:
+        raise CasesError(f'{where} needs a "function" (the function\'s name in the app)')
+    inputs = _object(raw.get("inputs", {}), f"{where}: inputs")
+    metadata = _object(raw.get("trigger_metadata", {}), f"{where}: trigger_metadata")
+    for key, value in inputs.items():
+        _check_value(value, f"{where}: inputs.{key}")
+    for key, value in metadata.items():
+        _check_value(value, f"{where}: trigger_metadata.{key}")
+    return Case(
+        name=name,
+        function=function,
+        inputs=inputs,
+        trigger_metadata=metadata,
+        expect=_parse_expect(raw.get("expect", {}), f"{where}: expect"),
+        timeout=_seconds(raw.get("timeout"), f"{where}: timeout"),
+        cancel_after=_seconds(raw.get("cancel_after"), f"{where}: cancel_after", zero=True),
+    )
+
+
+def _parse_expect(raw: Any, where: str) -> Expectation:
+    raw = _object(raw, where)
+    _only_keys(raw, {"status", "error", "return_value", "outputs", "http"}, where)
+    status = raw.get("status", "Success")
+    if status not in _STATUSES:
+        raise CasesError(f"{where}.status must be one of {', '.join(_STATUSES)}, not {status!r}")
+    error = raw.get("error")
+    if error is not None and not isinstance(error, str):
+        raise CasesError(f"{where}.error must be a string (text the failure message contains)")
+    outputs = _object(raw.get("outputs", {}), f"{where}.outputs")
+    for key, value in outputs.items():
+        _check_value(value, f"{where}.outputs.{key}", expected=True)
+    if "return_value" in raw:
+        _check_value(raw["return_value"], f"{where}.return_value", expected=True)
+    http = raw.get("http")
+    return Expectation(
+        status=status,
+        error=error,
+        return_value=raw.get("return_value", MISSING),
+        outputs=outputs,
+        http=None if http is None else _parse_http_expectation(http, f"{where}.http"),
+    )
+
+
+def _parse_http_expectation(raw: Any, where: str) -> HttpExpectation:
+    raw = _object(raw, where)
+    _only_keys(raw, {"status", "body", "body_contains", "headers"}, where)
+    status = raw.get("status")
+    if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
+        raise CasesError(f"{where}.status must be a whole number such as 200")
+    contains = raw.get("body_contains")
+    if contains is not None and not isinstance(contains, str):
+        raise CasesError(f"{where}.body_contains must be a string")
+    return HttpExpectation(
+        status=status,
+        body=raw.get("body", MISSING),
+        body_contains=contains,
+        headers=_strings(raw.get("headers", {}), f"{where}.headers"),
+    )
+
+
+def _check_value(value: Any, where: str, *, expected: bool = False) -> None:
+    """Validate the typed forms now, so a typo is reported before anything is launched."""
+    kind = _typed_kind(value, where)
+    if kind is None:
+        return
+    if kind == "$http":
+        if expected:
+            _parse_http_expectation(value[kind], where)
+        else:
+            _parse_http_input(value[kind], where)
+    elif expected and kind.startswith("$collection"):
+        raise CasesError(f"{where}: the host takes no {kind[1:]} back from a worker (§5.5)")
+    else:
+        _typed_value(kind, value[kind], where)
+
+
+def _typed_kind(value: Any, where: str) -> str | None:
+    if isinstance(value, dict) and len(value) == 1:
+        (key,) = value
+        if isinstance(key, str) and key.startswith("$"):
+            if key not in _TYPED_KINDS:
+                raise CasesError(
+                    f"{where}: unknown typed value {key!r} (known: {', '.join(_TYPED_KINDS)})"
+                )
+            return key
+    return None
+
+
+def _typed_value(kind: str, value: Any, where: str) -> pb.TypedData:
+    def fail(what: str) -> CasesError:
+        return CasesError(f"{where}: {kind} needs {what}")
+
+    if kind == "$string":
+        if not isinstance(value, str):
+            raise fail("a string")
+        return pb.TypedData(string=value)
+    if kind == "$json":
+        return pb.TypedData(json=_dump(value))
+    if kind == "$bytes":
+        return pb.TypedData(bytes=_b64(value, where))
+    if kind == "$int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("a whole number")
+        return pb.TypedData(int=value)
+    if kind == "$double":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail("a number")
+        return pb.TypedData(double=float(value))
+    if not isinstance(value, list):
+        raise fail("a list")
+    if kind == "$collection_string":
+        if not all(isinstance(item, str) for item in value):
+            raise fail("a list of strings")
+        return pb.TypedData(collection_string=pb.CollectionString(string=list(value)))
+    if kind == "$collection_bytes":
+        items = [_b64(item, where) for item in value]
+        return pb.TypedData(collection_bytes=pb.CollectionBytes(bytes=items))
+    if kind == "$collection_double":
+        if not all(isinstance(i, int | float) and not isinstance(i, bool) for i in value):
+            raise fail("a list of numbers")
+        return pb.TypedData(collection_double=pb.CollectionDouble(double=[float(i) for i in value]))
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+        raise fail("a list of whole numbers")
+    return pb.TypedData(collection_sint64=pb.CollectionSInt64(sint64=list(value)))
+
+
+def _parse_http_input(raw: Any, where: str) -> IncomingRequest:
+    """An HTTP request description (string URL or object) as the front door receives it."""
+    from .emulator._rpchttp import IncomingRequest
+
+    if isinstance(raw, str):
+        raw = {"url": raw}
+    raw = _object(raw, where)
+    _only_keys(raw, {"method", "url", "headers", "query", "params", "body", "body_base64"}, where)
+    method = raw.get("method", "GET")
+    url = raw.get("url", "/")
+    if not isinstance(method, str) or not method:
+        raise CasesError(f"{where}.method must be a string such as GET")
+    if not isinstance(url, str):
+        raise CasesError(f"{where}.url must be a string")
+    if url.startswith("/"):
+        url = _LOCAL_ORIGIN + url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CasesError(f"{where}.url must be a path (/api/...) or an http(s) URL, not {url!r}")
+    headers = _strings(raw.get("headers", {}), f"{where}.headers")
+    if not any(name.lower() == "host" for name in headers):
+        headers["host"] = parts.netloc
+    if "query" in raw:
+        query = list(_strings(raw["query"], f"{where}.query").items())
+    else:
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    if "body" in raw and "body_base64" in raw:
+        raise CasesError(f"{where}: give body or body_base64, not both")
+    body = None
+    if "body_base64" in raw:
+        body = _b64(raw["body_base64"], f"{where}.body_base64")
+    elif isinstance(raw.get("body"), str):
+        body = raw["body"].encode()
+    elif raw.get("body") is not None:
+        body = _dump(raw["body"]).encode()
+        if not any(name.lower() == "content-type" for name in headers):
+            headers["content-type"] = "application/json"
+    return IncomingRequest(
+        method=method.upper(),
+        url=url,
+        headers=list(headers.items()),
+        query=query,
+        params=_strings(raw.get("params", {}), f"{where}.params"),
+        body=body or None,
+    )
+
+
+def _only_keys(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(k for k in raw if k not in allowed and not str(k).startswith("//"))
+    if unknown:
+        raise CasesError(
+            f"{where}: unknown key {unknown[0]!r} (expected one of: {', '.join(sorted(allowed))})"
+        )
+
+
+def _object(raw: Any, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise CasesError(f"{where} must be an object")
+    return {k: v for k, v in raw.items() if not k.startswith("//")}
+
+
+def _strings(raw: Any, where: str) -> dict[str, str]:
+    mapping = _object(raw, where)
+    for key, value in mapping.items():
+        if not isinstance(value, str):
+            raise CasesError(f"{where}.{key} must be a string")
+    return mapping
+
+
+def _seconds(raw: Any, where: str, *, zero: bool = False) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        raise CasesError(f"{where} must be a number of seconds")
+    if raw < 0 or (raw == 0 and not zero):
+        raise CasesError(f"{where} must be {'>= 0' if zero else '> 0'}")
+    return float(raw)
+
+
+def _b64(raw: Any, where: str) -> bytes:
+    if not isinstance(raw, str):
+        raise CasesError(f"{where}: bytes are written as a base64 string")
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise CasesError(f"{where}: {raw[:40]!r} is not valid base64") from None
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shaping inputs as the host does (HOST_PROTOCOL §5.2, §5.3)
+
+
+def has_capability(capabilities: Mapping[str, str], name: str) -> bool:
+    """The host checks presence with a non-empty value (§4.2)."""
+    return bool(capabilities.get(name, "").strip())
+
+
+def input_data(
+    raw: Any,
+    binding: pb.BindingInfo | None,
+    capabilities: Mapping[str, str],
+    where: str,
+    *,
+    trigger: str = "",
+) -> tuple[pb.TypedData, dict[str, pb.TypedData]]:
+    """A case value as `TypedData`, and the trigger metadata the host adds for it when it
+    is the HTTP request of the trigger named `trigger` (otherwise empty).
+
+    Raises:
+        CasesError: the value does not describe a valid HTTP request.
+    """
+    from .emulator._rpchttp import build_rpc_http, http_trigger_metadata
+
+    kind = _typed_kind(raw, where)
+    is_http = binding is not None and binding.type.lower() == "httptrigger"
+    if kind == "$http" or (kind is None and is_http and isinstance(raw, str | dict)):
+        request = _parse_http_input(raw[kind] if kind else raw, where)
+        http = build_rpc_http(request, capabilities)
+        metadata = http_trigger_metadata(request, http, trigger, capabilities) if trigger else {}
+        return pb.TypedData(http=http), metadata
+    if kind is not None:
+        return _typed_value(kind, raw[kind], where), {}
+    if raw is None:
+        return pb.TypedData(), {}
+    if isinstance(raw, str):
+        binary = binding is not None and binding.data_type in (
+            pb.BindingInfoDataType.binary,
+            pb.BindingInfoDataType.stream,
+        )
+        return (pb.TypedData(bytes=raw.encode()) if binary else pb.TypedData(string=raw)), {}
+    return pb.TypedData(json=_dump(raw)), {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking what came back
+
+
+def kind_of(data: pb.TypedData | None) -> str:
+    if data is None:
+        return ""
+    return betterproto2.which_one_of(data, "data")[0]
+
+
+_FORBIDDEN_KINDS: Final = frozenset(
+    {
+        "collection_string",
+        "collection_bytes",
+        "collection_double",
+        "collection_sint64",
+        "model_binding_data",
+        "collection_model_binding_data",
+    }
+)
+
+
+def output_problems(response: pb.InvocationResponse) -> list[str]:
+    """What the host would reject or misread in a response's values (§5.4, §5.5)."""
+    problems = []
+    values = [("$return", response.return_value)] + [
+        (binding.name, binding.data) for binding in response.output_data
+    ]
+    for name, data in values:
+        kind = kind_of(data)
+        if kind in _FORBIDDEN_KINDS:
+            problems.append(f"{name} is {kind}, which the host rejects (§5.5)")
+        elif (
+            kind == "http" and data is not None and data.http is not None and data.http.body is None
+        ):
+            problems.append(
+                f"{name} is an http response without body: the host then ignores its status "
+                "and headers and returns it as JSON with 200 (§5.4)"
+            )
+    return problems
+
+
+def _equal(actual: Any, expected: Any) -> bool:
+    """JSON-ish equality that keeps booleans apart from numbers."""
+    if isinstance(actual, bool) or isinstance(expected, bool):
+        return isinstance(actual, bool) and isinstance(expected, bool) and actual == expected
+    if isinstance(expected, dict):
+        return (
+            isinstance(actual, dict)
+            and actual.keys() == expected.keys()
+            and all(_equal(actual[k], expected[k]) for k in expected)
+        )
+    if isinstance(expected, list):
+        return (
+            isinstance(actual, list | tuple)
+            and len(actual) == len(expected)
+            and all(_equal(a, e) for a, e in zip(actual, expected, strict=True))
+        )
+    if isinstance(expected, str) and isinstance(actual, bytes):
+        return actual == expected.encode()
+    if isinstance(expected, int | float) and isinstance(actual, int | float):
+        return actual == expected
+    return bool(type(actual) is type(expected) and actual == expected)
+
+
+def short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def value_problem(data: pb.TypedData | None, expected: Any, where: str) -> str | None:
+    """None when `data` matches the case's expected value, else why not."""
+    kind = kind_of(data)
+    typed = _typed_kind(expected, where)
+    if typed == "$http":
+        return http_problem(data, _parse_http_expectation(expected["$http"], where), where)[0]
+    if typed is not None:
+        want = _typed_value(typed, expected[typed], where)
+        want_kind = kind_of(want)
+        if kind != want_kind and not {kind, want_kind} <= {"bytes", "stream"}:
+            return f"{where}: expected {want_kind}, got {kind or 'no value'}"
+        if kind == "json" and data is not None:
+            same = _equal(json.loads(data.json or "null"), json.loads(want.json or "null"))
+        else:
+            actual = decode_output(data) if data is not None else None
+            same = _equal(actual, decode_output(want))
+        return None if same else f"{where}: expected {short(expected[typed])}, got {describe(data)}"
+    if expected is None:
+        return None if kind == "" else f"{where}: expected no value, got {describe(data)}"
+    if kind == "":
+        return f"{where}: expected {short(expected)}, got no value"
+    try:
+        actual = decode_output(data) if data is not None else None
+    except ConversionError as exc:
+        return f"{where}: {exc}"
+    if kind == "http":
+        return f'{where}: expected {short(expected)}, got an http response (use "http")'
+    return (
+        None
+        if _equal(actual, expected)
+        else f"{where}: expected {short(expected)}, got {short(actual)}"
+    )
+
+
+def describe(data: pb.TypedData | None) -> str:
+    """A short account of an output value for the report."""
+    kind = kind_of(data)
+    if not kind or data is None:
+        return "no value"
+    try:
+        value = decode_output(data)
+    except ConversionError:
+        return kind
+    if kind == "http":
+        return f"http {value.status_code} {short(value.text(), 60)}"
+    return f"{kind} {short(value)}"
+
+
+def http_problem(
+    data: pb.TypedData | None, expected: HttpExpectation, where: str
+) -> tuple[str | None, list[str]]:
+    """Compare the HTTP response the host would write for `data` with `expected`.
+
+    Returns:
+        Why it differs (None when it matches), and what the host would do silently.
+    """
+    from .emulator._rpchttp import ResponseError, response_from_output
+
+    try:
+        response = response_from_output(data)
+    except ResponseError as exc:
+        return f"{where}: the host would answer 500: {exc}", []
+    text = response.body.decode("utf-8", "replace")
+    problems = []
+    if expected.status is not None and response.status != expected.status:
+        problems.append(f"status {response.status}, expected {expected.status}")
+    if expected.body is not MISSING:
+        if isinstance(expected.body, str):
+            if text != expected.body:
+                problems.append(f"body {short(text)}, expected {short(expected.body)}")
+        else:
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                problems.append(f"body {short(text)} is not JSON")
+            else:
+                if not _equal(parsed, expected.body):
+                    problems.append(f"body {short(parsed)}, expected {short(expected.body)}")
+    if expected.body_contains is not None and expected.body_contains not in text:
+        problems.append(f"body {short(text)} lacks {expected.body_contains!r}")
+    headers: dict[str, str] = {}
+    for name, value in response.headers:
+        headers.setdefault(name.lower(), value)
+    for name, value in expected.headers.items():
+        got = headers.get(name.lower())
+        if got != value:
+            shown = "missing" if got is None else repr(got)
+            problems.append(f"header {name} {shown}, expected {value!r}")
+    return (f"{where}: " + "; ".join(problems) if problems else None), list(response.notes)
