@@ -43,7 +43,10 @@ def test_a_new_project_is_the_template_renamed(tmp_path: Path, template: str) ->
     expected = {
         p.relative_to(source)
         for p in source.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
+        if p.is_file()
+        and not any(
+            part == "__pycache__" or part.startswith(".") for part in p.relative_to(source).parts
+        )
     }
     assert copied == expected
     for path in expected - {Path(n) for n in scaffold.RENAMED_FILES}:
