@@ -207,6 +207,27 @@ def test_failures_timeouts_and_cancel_kill_the_process_group(tmp_path: Path) -> 
             reply = await conn.invoke("echo", {"msg": "still here"})
             assert decode_output(reply.return_value)["inputs"] == {"msg": "still here"}
 
+            # A program with no known extension runs directly (a binary, or a #! script);
+            # bytes travel as {"base64": ...} both ways.
+            native = app / "native" / "native.bin"
+            native.parent.mkdir()
+            native.write_text(
+                '#!/bin/sh\ncat > request.json\nprintf \'{"returnValue": {"base64": "AP8="}}\'\n'
+            )
+            native.chmod(0o755)
+            loaded = await conn.load(
+                "native", "native",
+                bindings={"msg": binding("queueTrigger", data_type="binary"),
+                          "$return": binding("queue", "out")},
+                script_file=str(native), directory=str(native.parent),
+            )  # fmt: skip
+            assert loaded.result.status == SUCCESS, loaded.result
+            reply = await conn.invoke("native", {"msg": b"\x00\xff"})
+            assert reply.result.status == SUCCESS, reply.result
+            assert decode_output(reply.return_value) == b"\x00\xff"
+            request = json.loads((native.parent / "request.json").read_text())
+            assert request["inputs"] == {"msg": {"base64": "AP8="}}
+
     arun(scenario())
 
 

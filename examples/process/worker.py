@@ -36,6 +36,7 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,8 @@ def _to_json(value: Any) -> Any:
         return request
     if isinstance(value, bytes):
         return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, Mapping):
+        return dict(value)
     return None  # what the host sent but JSON cannot carry (e.g. model binding data)
 
 

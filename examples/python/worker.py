@@ -119,6 +119,8 @@ class PythonWorker(workerkit.Worker):
             target = self.index[function.indexed.name]
         else:
             script = Path(function.script_file)
+            if script.suffix != ".py" or not script.is_file():
+                raise FunctionLoadError(f"scriptFile {script} is not an existing .py file")
             module = _import(script, Path.cwd())  # the host starts us in the app root
             entry_point = function.entry_point or "main"
             target = getattr(module, entry_point, None)
@@ -202,7 +204,7 @@ def _plan(function: FunctionInfo, target: Callable[..., Any]) -> Plan:
     params: list[tuple[str, int, str, Callable[[Any], Any] | None]] = []
     try:
         signature = inspect.signature(target, eval_str=True)
-    except (NameError, TypeError, ValueError):  # unresolvable annotations: ignore them
+    except Exception:  # annotations that cannot be evaluated: do without them
         signature = inspect.signature(target)
     for name, param in signature.parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
