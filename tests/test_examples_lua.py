@@ -158,6 +158,9 @@ ESCAPES = {
     "return dofile('/etc/passwd')": "attempt to call a nil value (global 'dofile')",
     "return debug.sethook()": "attempt to index a nil value (global 'debug')",
     "return os.remove('{marker}')": "attempt to call a nil value (field 'remove')",
+    # The worker's Python callables are not reachable (their __globals__ would be Python).
+    "return json.decode.__globals__": "attempt to index a function value (field 'decode')",
+    "return print.__globals__": "attempt to index a function value (global 'print')",
     # Finalizers run with hooks switched off, so a looping one could never be stopped.
     "setmetatable({{}}, {{__gc = function() while true do end end}})": (
         "__gc metamethods are not available in this sandbox"

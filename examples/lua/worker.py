@@ -54,7 +54,7 @@ logging.getLogger("function").setLevel(logging.DEBUG)  # the host filters by its
 # app's settings; and a per-invocation interpreter is only isolated if the code cannot reach
 # files, processes or native code. Functions get data in and out through bindings instead.
 SANDBOX = """
-local check, emit, read_module, interval, json = ...
+local check, emit, read_module, interval, decode, encode = ...
 local sethook, traceback = debug.sethook, debug.traceback
 local cresume, ccreate, pack, unpack = coroutine.resume, coroutine.create, table.pack, table.unpack
 
@@ -87,21 +87,24 @@ env.os = {clock = os.clock, date = os.date, difftime = os.difftime, getenv = os.
 env.pcall = function(...) return stop_if_asked(pcall(...)) end
 env.xpcall = function(...) return stop_if_asked(xpcall(...)) end
 env.coroutine = copy(coroutine)
-env.coroutine.create = function(f)
+local function create(f)
   local co = ccreate(f)
   sethook(co, hook, "", interval)  -- hooks are per coroutine
   return co
 end
+env.coroutine.create = create
 env.coroutine.resume = function(...) return stop_if_asked(cresume(...)) end
 env.coroutine.wrap = function(f)
-  local co = env.coroutine.create(f)
+  local co = create(f)
   return function(...)
     local r = pack(cresume(co, ...))
     if not r[1] then hook() error(r[2], 0) end
     return unpack(r, 2, r.n)
   end
 end
-env.json = json  -- json.decode(text) -> value, json.encode(value) -> text
+-- Python callables stay locals: the function sees only Lua functions wrapping them.
+env.json = {decode = function(text) return decode(text) end,  -- text -> value
+            encode = function(value) return encode(value) end}  -- value -> text
 env.load = function(chunk, name, _, e) return load(chunk, name, "t", e or env) end
 env.log = {}
 for _, level in ipairs{"debug", "info", "warn", "error"} do
@@ -257,20 +260,21 @@ class LuaWorker(workerkit.Worker):
             register_eval=False,
             register_builtins=False,
             max_memory=MAX_MEMORY,
+            attribute_filter=_no_attributes,  # Lua code never reaches into Python objects
         )
 
         def emit(level: bytes, message: bytes) -> None:
             script.log.log(LEVELS.get(level, logging.INFO), _text(message))
 
-        json_module = runtime.table_from(
-            {
-                b"decode": lambda text: _to_lua(call.runtime, json.loads(text)),
-                b"encode": lambda value: json.dumps(_from_lua(value)).encode(),
-            }
-        )
+        def decode(text: bytes) -> Any:
+            return _to_lua(call.runtime, json.loads(text))
+
+        def encode(value: Any) -> bytes:
+            return json.dumps(_from_lua(value)).encode()
+
         load = runtime.globals().load
         sandbox = load(SANDBOX_SOURCE, b"=sandbox")  # named for tracebacks
-        env, run = sandbox(call, emit, self._read_module, HOOK_INTERVAL, json_module)
+        env, run = sandbox(call, emit, self._read_module, HOOK_INTERVAL, decode, encode)
         chunk, error = (*_tuple(load(script.source, script.chunk_name, b"t", env)), None)[:2]
         if chunk is None:
             raise InvocationError(_text(error))
@@ -289,6 +293,10 @@ class LuaWorker(workerkit.Worker):
             return path.read_bytes(), path.name.encode()
         except OSError:
             return None, f"module {name.decode()!r} not found in {self.lib}".encode()
+
+
+def _no_attributes(obj: Any, name: Any, setting: bool) -> Any:
+    raise AttributeError("Python attributes are not available to Lua functions")
 
 
 def _tuple(values: Any) -> tuple[Any, ...]:
