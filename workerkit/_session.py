@@ -22,6 +22,16 @@ from typing import Any
 
 import betterproto2
 
+from ._fastwire import (
+    LazyValues,
+    RawInvocation,
+    decode_value,
+    encode_value,
+    invocation_response,
+    read_invocation,
+    read_trace,
+    typed_data,
+)
 from ._generated import AzureFunctionsRpcMessages as pb
 from ._logs import RpcLogHandler, current_invocation_id
 from ._transport import Message, Transport
@@ -41,7 +51,7 @@ from ._types import (
 )
 from ._watchdog import LoopWatchdog
 from .cli import HostArgs
-from .convert import ConversionError, HttpResponse, decode, encode
+from .convert import ConversionError, HttpResponse
 from .errors import (
     InvocationCancelled,
     MessageTooLarge,
@@ -123,7 +133,7 @@ class Session:
             "functions_metadata_request": self._spawner(self._metadata),
             "function_load_request": self._spawner(self._load_one),
             "function_load_request_collection": self._spawner(self._load_collection),
-            "invocation_request": self._invocation_request,
+            "invocation_request": self._invocation_message,
             "invocation_cancel": self._invocation_cancel,
             "worker_status_request": self._status,
             "worker_terminate": self._terminate,
@@ -241,7 +251,11 @@ class Session:
         context = contextvars.copy_context()
         return await self._loop.run_in_executor(self._pool, context.run, method, arg)
 
-    def dispatch(self, message: Message) -> None:
+    def dispatch(self, message: Message | RawInvocation) -> None:
+        if type(message) is RawInvocation:  # the hot path, read by _fastwire
+            self._invocation_request(message)
+            return
+        assert isinstance(message, Message)
         kind, body = betterproto2.which_one_of(message, "content")
         handler = self._handlers.get(kind)
         if handler is not None:
@@ -416,7 +430,12 @@ class Session:
         return replace(info, indexed=entry) if entry is not None else info
 
     # -- invocations -------------------------------------------------------------------------
-    def _invocation_request(self, request_id: str, request: pb.InvocationRequest) -> None:
+    def _invocation_message(self, request_id: str, request: pb.InvocationRequest) -> None:
+        """An InvocationRequest the codec parsed the general way (e.g. a malformed one)."""
+        self._invocation_request(read_invocation(request_id, bytes(request)))
+
+    def _invocation_request(self, request: RawInvocation) -> None:
+        request_id = request.request_id
         invocation_id = request.invocation_id
         refusal = ""
         if self._terminating:
@@ -436,14 +455,12 @@ class Session:
             return
         running = _Running()
         self._running[invocation_id] = running
-        task = self._spawn(self._invoke(request_id, request, running))
+        task = self._spawn(self._invoke(request, running))
         running.task = task
         self._invocations.add(task)
         task.add_done_callback(self._invocations.discard)
 
-    async def _invoke(
-        self, request_id: str, request: pb.InvocationRequest, running: _Running
-    ) -> None:
+    async def _invoke(self, request: RawInvocation, running: _Running) -> None:
         invocation_id = request.invocation_id
         running.started = True
         holding = False
@@ -468,16 +485,20 @@ class Session:
                 self._running.pop(invocation_id, None)
             # The slot is held until the response is on the wire: with a host that reads
             # slowly, at most `max_in_flight` responses wait in memory.
-            await self.transport.send_and_wait(
-                Message(request_id=request_id, invocation_response=response)
-            )
+            if isinstance(response, pb.InvocationResponse):
+                await self.transport.send_and_wait(
+                    Message(request_id=request.request_id, invocation_response=response)
+                )
+            else:
+                await self.transport.send_and_wait(response)
         finally:
             if holding:
                 self._slots.release()
 
     async def _execute(
-        self, request: pb.InvocationRequest, running: _Running
-    ) -> pb.InvocationResponse:
+        self, request: RawInvocation, running: _Running
+    ) -> pb.InvocationResponse | bytes:
+        """Run one invocation; the response as message, or as bytes on the fast path."""
         invocation_id = request.invocation_id
         function_id = request.function_id
         loading = self._loading.get(function_id)
@@ -503,7 +524,7 @@ class Session:
         current_invocation_id.set(invocation_id)
         try:
             result = await self.call("on_invocation", invocation)
-            return _response(function, invocation_id, result)
+            response = _response(function, request.request_id, invocation_id, result)
         except asyncio.CancelledError:
             raise
         except InvocationCancelled:
@@ -513,6 +534,15 @@ class Session:
             return pb.InvocationResponse(
                 invocation_id=invocation_id, result=failure(exc, user=True, source=function.name)
             )
+        limit = self.args.max_message_length
+        if len(response) > limit:
+            too_big = MessageTooLarge(len(response), limit, f"the response of {invocation_id}")
+            log.error("%s", too_big)
+            return pb.InvocationResponse(
+                invocation_id=invocation_id,
+                result=failure(f"the function's result cannot be sent to the host: {too_big}"),
+            )
+        return response
 
     def _invocation_cancel(self, request_id: str, request: pb.InvocationCancel) -> None:
         running = self._running.get(request.invocation_id)
@@ -608,52 +638,56 @@ class Session:
 
 
 def _invocation(
-    request: pb.InvocationRequest, function: FunctionInfo, cancel: threading.Event
+    request: RawInvocation, function: FunctionInfo, cancel: threading.Event
 ) -> Invocation:
     inputs: dict[str, Any] = {}
-    raw: dict[str, pb.TypedData] = {}
-    for binding in request.input_data:
-        name = binding.name
-        if binding.rpc_shared_memory is not None:
+    raw: dict[str, memoryview] = {}
+    assert request.inputs is not None and request.metadata is not None
+    for name, data, shared in request.inputs:
+        if shared:
             raise ConversionError(
                 f"input {name!r} came through shared memory, which this worker does not support"
             )
-        data = binding.data if binding.data is not None else pb.TypedData()
-        raw[name] = data
+        if data is not None:
+            raw[name] = data
         try:
-            inputs[name] = decode(data)
+            inputs[name] = decode_value(data)
         except ConversionError as exc:
             raise ConversionError(f"cannot read input {name!r}: {exc}") from None
-    metadata: dict[str, Any] = {}
-    for key, data in request.trigger_metadata.items():
-        try:
-            metadata[key] = decode(data)
-        except ConversionError:  # metadata is informational: keep what the host sent
-            metadata[key] = data
-    trace = request.trace_context
-    retry = request.retry_context
+    trace = TraceContext(*read_trace(request.trace)) if request.trace is not None else _NO_TRACE
+    retry = None
+    if request.retry is not None:
+        context = pb.RetryContext.parse(bytes(request.retry))
+        retry = RetryContext(
+            context.retry_count,
+            context.max_retry_count,
+            context.exception.message if context.exception is not None else "",
+        )
     return Invocation(
         invocation_id=request.invocation_id,
         function=function,
         inputs=inputs,
-        raw_inputs=raw,
-        trigger_metadata=metadata,
-        trace_context=TraceContext(trace.trace_parent, trace.trace_state, dict(trace.attributes))
-        if trace is not None
-        else TraceContext(),
-        retry_context=RetryContext(
-            retry.retry_count,
-            retry.max_retry_count,
-            retry.exception.message if retry.exception is not None else "",
-        )
-        if retry is not None
-        else None,
+        raw_inputs=LazyValues(raw, typed_data),
+        trigger_metadata=LazyValues(request.metadata, _metadata_value),
+        trace_context=trace,
+        retry_context=retry,
         _cancel=cancel,
     )
 
 
-def _response(function: FunctionInfo, invocation_id: str, result: Any) -> pb.InvocationResponse:
-    """The InvocationResponse for what `on_invocation` returned (a user error if invalid)."""
+_NO_TRACE = TraceContext()
+
+
+def _metadata_value(data: memoryview) -> Any:
+    try:
+        return decode_value(data)
+    except ConversionError:  # metadata is informational: keep what the host sent
+        return typed_data(data)
+
+
+def _response(function: FunctionInfo, request_id: str, invocation_id: str, result: Any) -> bytes:
+    """The InvocationResponse, encoded, for what `on_invocation` returned; raises (a user
+    error: the invocation fails) when the result cannot be sent."""
     if isinstance(result, InvocationResult):
         value, outputs = result.return_value, dict(result.outputs)
     else:
@@ -669,7 +703,7 @@ def _response(function: FunctionInfo, invocation_id: str, result: Any) -> pb.Inv
         if len(http_outputs) == 1 and http_outputs[0] not in outputs:
             outputs[http_outputs[0]] = value
             value = None
-    if bindings:
+    if outputs and bindings:
         unknown = [name for name in outputs if name not in bindings or not bindings[name].is_output]
         if unknown:
             declared = ", ".join(n for n, b in bindings.items() if b.is_output) or "none"
@@ -677,18 +711,17 @@ def _response(function: FunctionInfo, invocation_id: str, result: Any) -> pb.Inv
                 f"outputs {', '.join(map(repr, unknown))} are not output bindings of function "
                 f"{function.name} (its output bindings: {declared})"
             )
-    response = pb.InvocationResponse(invocation_id=invocation_id, result=success())
     try:
-        response.output_data = [
-            pb.ParameterBinding(name=name, data=encode(data)) for name, data in outputs.items()
-        ]
-        if value is not None:
-            response.return_value = encode(value)
+        return invocation_response(
+            request_id,
+            invocation_id,
+            None if value is None else encode_value(value),
+            [(name, encode_value(data)) for name, data in outputs.items()],
+        )
     except ConversionError as exc:
         raise ConversionError(
             f"cannot send the result of function {function.name}: {exc}"
         ) from None
-    return response
 
 
 def _rpc_metadata(entry: FunctionMetadata, app_directory: str) -> pb.RpcFunctionMetadata:

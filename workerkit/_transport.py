@@ -19,6 +19,7 @@ from grpclib.config import Configuration
 from grpclib.const import Cardinality
 from grpclib.encoding.base import CodecBase
 
+from ._fastwire import fields, read_invocation, rpc_log
 from ._generated import AzureFunctionsRpcMessages as pb
 from .cli import HostArgs
 from .errors import MessageTooLarge
@@ -29,6 +30,9 @@ EVENT_STREAM_PATH = "/AzureFunctionsRpcMessages.FunctionRpc/EventStream"
 log = logging.getLogger("workerkit.transport")
 
 Message = pb.StreamingMessage
+#: What the writer sends: a message, a log record, or bytes already encoded (and measured)
+#: by the invocation fast path.
+Outgoing = Message | pb.RpcLog | bytes
 #: Given a message that cannot be sent as it is (over the size limit, or not serialisable)
 #: and why, return a stand-in to send instead, or None to drop it.
 Replace = Callable[[Message, Exception], "Message | None"]
@@ -45,8 +49,10 @@ class Codec(CodecBase):
 
     __content_subtype__ = "proto"
 
-    def __init__(self, max_message_length: int) -> None:
+    def __init__(self, max_message_length: int, *, fast_invocations: bool = False) -> None:
         self.max_message_length = max_message_length
+        #: Hand invocation requests over as `RawInvocation` (read by `_fastwire`).
+        self.fast_invocations = fast_invocations
 
     def encode(self, message: Any, message_type: Any) -> bytes:
         if isinstance(message, bytes):
@@ -57,59 +63,18 @@ class Codec(CodecBase):
         if len(data) > self.max_message_length:
             raise MessageTooLarge(len(data), self.max_message_length, "received message")
         try:
-            check_fields(data)
+            request_id, content, payload = "", 0, None
+            for number, wire_type, value in fields(data):  # also checks the framing
+                if number == 1 and wire_type == 2:
+                    request_id = str(value, "utf-8")
+                else:
+                    content, payload = number, value
+            if self.fast_invocations and content == 4 and payload is not None:
+                return read_invocation(request_id, payload)
             return message_type.parse(data)
         except Exception as exc:
             name = message_type.__name__
             raise DecodeError(f"malformed {name} ({len(data)} bytes): {exc}") from None
-
-
-def _varint(data: bytes, pos: int) -> int:
-    """The end of the varint starting at `pos`."""
-    end = min(pos + 10, len(data))
-    while pos < end:
-        if data[pos] < 0x80:
-            return pos + 1
-        pos += 1
-    raise ValueError("truncated or overlong varint")
-
-
-def check_fields(data: bytes) -> None:
-    """Reject bytes that are not a sequence of well-formed top-level protobuf fields.
-
-    betterproto2's parser is lenient: it accepts truncated frames and invalid wire types,
-    returning half-filled messages. Walking the top-level tags and lengths (a StreamingMessage
-    has two: request_id and the content) catches truncation and garbage cheaply.
-    """
-    pos, size = 0, len(data)
-    while pos < size:
-        start = pos
-        pos = _varint(data, pos)
-        key = _decode_varint(data[start:pos])
-        wire_type, field_number = key & 7, key >> 3
-        if field_number == 0:
-            raise ValueError(f"field number 0 at byte {start}")
-        if wire_type == 0:
-            pos = _varint(data, pos)
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        elif wire_type == 2:
-            length_start = pos
-            pos = _varint(data, pos)
-            pos += _decode_varint(data[length_start:pos])
-        else:
-            raise ValueError(f"invalid wire type {wire_type} at byte {start}")
-        if pos > size:
-            raise ValueError(f"field {field_number} runs past the end of the frame")
-
-
-def _decode_varint(raw: bytes) -> int:
-    value = 0
-    for shift, byte in enumerate(raw):
-        value |= (byte & 0x7F) << (7 * shift)
-    return value
 
 
 class Transport:
@@ -119,7 +84,7 @@ class Transport:
         self.args = args
         self.dropped_logs = 0
         # Each entry: a message and, for `send_and_wait`, the future told once it is sent.
-        self._queue: asyncio.Queue[tuple[Message, asyncio.Future[None] | None]] = asyncio.Queue(
+        self._queue: asyncio.Queue[tuple[Outgoing, asyncio.Future[None] | None]] = asyncio.Queue(
             maxsize=queue_size
         )
         self._loop = asyncio.get_running_loop()
@@ -131,7 +96,7 @@ class Transport:
         """Queue a reply; waits while the queue is full (backpressure from the host)."""
         await self._queue.put((message, None))
 
-    async def send_and_wait(self, message: Message) -> None:
+    async def send_and_wait(self, message: Message | bytes) -> None:
         """Queue a reply and return once it has been handed to HTTP/2 (or dropped). Callers
         that hold a resource until then bound the memory replies can pin."""
         sent = self._loop.create_future()
@@ -141,18 +106,18 @@ class Transport:
     def offer_log(self, entry: pb.RpcLog) -> None:
         """Queue a log record from any thread without ever blocking (dropped when full)."""
         if threading.get_ident() == self._loop_thread:
-            self._offer(Message(rpc_log=entry))
+            self._offer(entry)
         else:
             try:
-                self._loop.call_soon_threadsafe(self._offer, Message(rpc_log=entry))
+                self._loop.call_soon_threadsafe(self._offer, entry)
             except RuntimeError:  # the loop is closed: the stream is gone with it
                 pass
 
-    def _offer(self, message: Message) -> None:
+    def _offer(self, entry: pb.RpcLog) -> None:
         if self._closing:
             return
         try:
-            self._queue.put_nowait((message, None))
+            self._queue.put_nowait((entry, None))
         except asyncio.QueueFull:
             self.dropped_logs += 1
 
@@ -174,7 +139,8 @@ class Transport:
         window = min(max(limit, 65_535), 16 * 1024 * 1024)
         # Bigger HTTP/2 windows than grpclib's defaults help large bodies on loopback.
         config = Configuration(http2_connection_window_size=window, http2_stream_window_size=window)
-        channel = Channel(self.args.host, self.args.port, codec=Codec(limit), config=config)
+        codec = Codec(limit, fast_invocations=True)
+        channel = Channel(self.args.host, self.args.port, codec=codec, config=config)
         try:
             async with channel.request(
                 EVENT_STREAM_PATH, Cardinality.STREAM_STREAM, Message, Message
@@ -215,8 +181,21 @@ class Transport:
             self._closing = True
             channel.close()
 
-    def _serialise(self, message: Message, replace: Replace) -> bytes | None:
+    def _serialise(self, outgoing: Outgoing, replace: Replace) -> bytes | None:
+        if type(outgoing) is bytes:
+            return outgoing  # measured by whoever encoded it
         limit = self.args.max_message_length
+        if isinstance(outgoing, pb.RpcLog):
+            try:
+                data = rpc_log(outgoing)
+                if len(data) <= limit:
+                    return data
+            except Exception:
+                pass
+            message = Message(rpc_log=outgoing)
+        else:
+            assert isinstance(outgoing, Message)
+            message = outgoing
         for _attempt in range(2):
             try:
                 data = bytes(message)
