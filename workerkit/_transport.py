@@ -90,6 +90,9 @@ class Transport:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._closing = False
+        self._lock = threading.Lock()
+        self._from_threads: list[pb.RpcLog] = []
+        self._wakeup_pending = False
 
     # -- sending ----------------------------------------------------------------------------
     async def send(self, message: Message) -> None:
@@ -104,14 +107,35 @@ class Transport:
         await sent
 
     def offer_log(self, entry: pb.RpcLog) -> None:
-        """Queue a log record from any thread without ever blocking (dropped when full)."""
+        """Queue a log record from any thread without ever blocking (dropped when full).
+
+        Records from other threads gather in a list that the loop takes in one go: waking
+        the loop once per burst instead of once per record. They still reach the queue
+        before anything the thread hands over later (e.g. the hook's result), because the
+        wake-up is scheduled before it.
+        """
         if threading.get_ident() == self._loop_thread:
             self._offer(entry)
-        else:
-            try:
-                self._loop.call_soon_threadsafe(self._offer, entry)
-            except RuntimeError:  # the loop is closed: the stream is gone with it
-                pass
+            return
+        with self._lock:
+            if len(self._from_threads) >= self._queue.maxsize:
+                self.dropped_logs += 1
+                return
+            self._from_threads.append(entry)
+            if self._wakeup_pending:
+                return
+            self._wakeup_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._take_from_threads)
+        except RuntimeError:  # the loop is closed: the stream is gone with it
+            pass
+
+    def _take_from_threads(self) -> None:
+        with self._lock:
+            entries, self._from_threads = self._from_threads, []
+            self._wakeup_pending = False
+        for entry in entries:
+            self._offer(entry)
 
     def _offer(self, entry: pb.RpcLog) -> None:
         if self._closing:
