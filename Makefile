@@ -34,9 +34,10 @@ proto: $(STAMP)
 # if 7071 is taken.
 demo: $(STAMP)
 	@echo "Try:  curl 'http://127.0.0.1:7071/api/hello?name=Ada'"
-	@echo "      curl http://127.0.0.1:7071/api/sum/3/4"
-	languageWorkers__templates__defaultExecutablePath=$(abspath $(PY)) \
-		$(PY) -m workerkit host examples/templates/app --worker examples/templates $(DEMO_ARGS)
+	@echo "      curl -X POST -d Ada http://127.0.0.1:7071/api/greet/fr"
+	@echo "      curl -d '{\"input\": \"{\\\"id\\\": 7, \\\"items\\\": [{\\\"price\\\": 2.5}]}\"}' http://127.0.0.1:7071/admin/functions/orders"
+	languageWorkers__pyworker__defaultExecutablePath=$(abspath $(PY)) \
+		$(PY) -m workerkit host examples/python/app --worker examples/python $(DEMO_ARGS)
 
 # Not part of `make test`. The official-worker baseline needs a prepared checkout:
 # WORKERKIT_OFFICIAL_WORKER=DIR (see benchmarks/README.md); BENCH_ARGS=--quick for a smoke run.
