@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
-import grpclib.const
 import pytest
 from google.protobuf import descriptor_pb2, text_format
+from google_pb2 import Pb2
 
-from workerkit._generated.AzureFunctionsRpcMessages import FunctionRpcBase, StreamingMessage
+from workerkit._transport import EVENT_STREAM_PATH
+from workerkit.testing import TestHost
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO_DIR = REPO / "proto"
@@ -178,10 +179,10 @@ def test_wire_facts_match_reference(tmp_path: Path) -> None:
     pytest.fail("proto/ differs from the reference contract on the wire:\n" + "\n".join(report))
 
 
-def test_event_stream_route_in_server_mapping() -> None:
-    mapping = FunctionRpcBase().__mapping__()
-    assert list(mapping) == [EVENT_STREAM]
-    handler = mapping[EVENT_STREAM]
-    assert handler.cardinality is grpclib.const.Cardinality.STREAM_STREAM
-    assert handler.request_type is StreamingMessage
-    assert handler.reply_type is StreamingMessage
+def test_event_stream_path_matches_the_contract(pb2: Pb2) -> None:
+    """workerkit dials (and TestHost serves) the path the contract's service defines."""
+    service = pb2.rpc.DESCRIPTOR.services_by_name["FunctionRpc"]
+    [method] = service.methods
+    assert (method.client_streaming, method.server_streaming) == (True, True)
+    assert f"/{service.full_name}/{method.name}" == EVENT_STREAM == EVENT_STREAM_PATH
+    assert list(TestHost().__mapping__()) == [EVENT_STREAM]

@@ -13,7 +13,6 @@ import contextvars
 import json
 import logging
 import os
-import platform
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -332,7 +331,7 @@ class Session:
             runtime_name=result.runtime_name or worker.runtime_name,
             runtime_version=result.runtime_version or worker.runtime_version,
             worker_version=result.worker_version or worker.worker_version,
-            worker_bitness=platform.machine(),
+            worker_bitness=os.uname().machine,
             custom_properties=dict(result.custom_properties),
         )
 

@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import difflib
 import inspect
 import logging
 import os
@@ -119,6 +118,8 @@ class Worker:
             if not name.startswith("on_") or not callable(value):
                 continue
             if name not in HOOKS:
+                import difflib  # only for the error message
+
                 close = difflib.get_close_matches(name, HOOKS, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise TypeError(

@@ -24,8 +24,6 @@ __all__ = (
     "FunctionLoadResponse",
     "FunctionLoadResponseCollection",
     "FunctionMetadataResponse",
-    "FunctionRpcBase",
-    "FunctionRpcStub",
     "FunctionsMetadataRequest",
     "InvocationCancel",
     "InvocationRequest",
@@ -66,20 +64,11 @@ __all__ = (
 
 import builtins
 import datetime
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import betterproto2
-import grpclib
-from betterproto2 import grpclib as betterproto2_grpclib
 
 from ..message_pool import default_message_pool
-
-if TYPE_CHECKING:
-    import grpclib.server
-    from betterproto2.grpclib.grpclib_client import MetadataLike
-    from grpclib.metadata import Deadline
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
@@ -1927,70 +1916,9 @@ default_message_pool.register_message(
 )
 
 
-class FunctionRpcStub(betterproto2_grpclib.ServiceStub):
-    """
-    Served by the host on 127.0.0.1 over cleartext HTTP/2. The worker dials in and keeps one
-    bidirectional stream open for its whole life: /AzureFunctionsRpcMessages.FunctionRpc/EventStream.
-    """
-
-    async def event_stream(
-        self,
-        messages: "AsyncIterable[StreamingMessage] | Iterable[StreamingMessage]",
-        *,
-        timeout: "float | None" = None,
-        deadline: "Deadline | None" = None,
-        metadata: "MetadataLike | None" = None,
-    ) -> "AsyncIterator[StreamingMessage]":
-
-        async for response in self._stream_stream(
-            "/AzureFunctionsRpcMessages.FunctionRpc/EventStream",
-            messages,
-            StreamingMessage,
-            StreamingMessage,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        ):
-            yield response
-
-
 from .. import NullableBool as _NullableBool__
 from .. import NullableDouble as _NullableDouble__
 from .. import NullableString as _NullableString__
 from .. import NullableTimestamp as _NullableTimestamp__
 from .. import RpcClaimsIdentity as _RpcClaimsIdentity__
 from ..google import protobuf as _google__protobuf__
-
-
-class FunctionRpcBase(betterproto2_grpclib.ServiceBase):
-    """
-    Served by the host on 127.0.0.1 over cleartext HTTP/2. The worker dials in and keeps one
-    bidirectional stream open for its whole life: /AzureFunctionsRpcMessages.FunctionRpc/EventStream.
-    """
-
-    async def event_stream(
-        self, messages: "AsyncIterator[StreamingMessage]"
-    ) -> "AsyncIterator[StreamingMessage]":
-
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-        yield StreamingMessage()
-
-    async def __rpc_event_stream(
-        self, stream: "grpclib.server.Stream[StreamingMessage, StreamingMessage]"
-    ) -> None:
-        request = stream.__aiter__()
-        await self._call_rpc_handler_server_stream(
-            self.event_stream,
-            stream,
-            request,
-        )
-
-    def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
-        return {
-            "/AzureFunctionsRpcMessages.FunctionRpc/EventStream": grpclib.const.Handler(
-                self.__rpc_event_stream,
-                grpclib.const.Cardinality.STREAM_STREAM,
-                StreamingMessage,
-                StreamingMessage,
-            ),
-        }
