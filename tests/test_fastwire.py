@@ -15,6 +15,7 @@ from pb_strategies import pb_messages
 from workerkit import convert
 from workerkit._fastwire import (
     decode_value,
+    encode_chunks,
     encode_value,
     invocation_response,
     read_invocation,
@@ -143,8 +144,8 @@ def test_invocation_response_matches_the_message(
         encoded = invocation_response(
             request_id,
             invocation_id,
-            None if value is None else encode_value(value),
-            [(k, encode_value(v)) for k, v in outputs.items()],
+            None if value is None else encode_chunks(value),
+            [(k, encode_chunks(v)) for k, v in outputs.items()],
         )
     except (ConversionError, UnicodeEncodeError):
         return  # lone surrogates: refused before anything is sent

@@ -39,6 +39,7 @@ __all__ = [
     "LazyValues",
     "RawInvocation",
     "decode_value",
+    "encode_chunks",
     "encode_value",
     "invocation_response",
     "read_invocation",
@@ -365,27 +366,42 @@ _INT, _DOUBLE_KEY = b"\x30", b"\x39"
 _TRUE, _FALSE = _field(_JSON, b"true"), _field(_JSON, b"false")
 
 
+#: An encoding as a list of pieces whose concatenation is the bytes: big bodies are referenced,
+#: not copied, until the one ``b"".join`` that makes the message.
+Chunks = list[bytes]
+
+
+def _wrapped(key: bytes, chunks: Chunks) -> Chunks:
+    """A length-delimited field whose payload is `chunks` (not copied)."""
+    return [key, _varint_bytes(sum(map(len, chunks))), *chunks]
+
+
 def encode_value(value: Any) -> bytes:
     """The bytes of `convert.encode(value)`; raises `ConversionError` like `encode`."""
+    return b"".join(encode_chunks(value))
+
+
+def encode_chunks(value: Any) -> Chunks:
+    """`encode_value` as pieces, so a large body is copied once, into the final message."""
     kind = type(value)
     try:
         if kind is str:
-            return _text_field(_STRING, value)
+            return [_text_field(_STRING, value)]
         if kind is bytes:
-            return _field(_BYTES, value)
+            return [_BYTES, _varint_bytes(len(value)), value]
         if kind is bool:
-            return _TRUE if value else _FALSE
+            return [_TRUE if value else _FALSE]
         if kind is int and _INT64_MIN <= value <= _INT64_MAX:
-            return _INT + _varint_bytes((value << 1) ^ (value >> 63))
+            return [_INT, _varint_bytes((value << 1) ^ (value >> 63))]
         if kind is float:
-            return _DOUBLE_KEY + _DOUBLE.pack(value)
+            return [_DOUBLE_KEY, _DOUBLE.pack(value)]
         if kind is dict or kind is list or kind is tuple:
-            return _text_field(_JSON, _dump_json(value))
+            return [_text_field(_JSON, _dump_json(value))]
         if kind is HttpResponse and not value.cookies:
             return _http_response(value)
     except UnicodeEncodeError as exc:
         raise ConversionError(f"cannot encode text as UTF-8: {exc}") from None
-    return _serialise(encode(value))
+    return [_serialise(encode(value))]
 
 
 def _serialise(data: pb.TypedData) -> bytes:
@@ -395,22 +411,24 @@ def _serialise(data: pb.TypedData) -> bytes:
         raise ConversionError(f"cannot serialise {data.__class__.__name__}: {exc}") from None
 
 
-def _http_response(response: HttpResponse) -> bytes:
+def _http_response(response: HttpResponse) -> Chunks:
     status = response.status_code
     body = response.body
     if type(status) is not int or not 100 <= status <= 599 or type(body) not in (bytes, str):
-        return _serialise(encode(response))  # let convert word the error
-    parts = []
+        return [_serialise(encode(response))]  # let convert word the error
+    parts: Chunks = []
     for name, text in response.headers.items():
         if type(name) is not str or type(text) is not str:
-            return _serialise(encode(response))
+            return [_serialise(encode(response))]
         parts.append(_field(b"\x1a", _text_field(b"\x0a", name) + _text_field(b"\x12", text)))
-    typed = _text_field(_STRING, body) if type(body) is str else _field(_BYTES, body)  # type: ignore[arg-type]
-    parts.append(_field(b"\x22", typed))
+    if isinstance(body, str):
+        parts += _wrapped(b"\x22", [_text_field(_STRING, body)])
+    else:
+        parts += _wrapped(b"\x22", [_BYTES, _varint_bytes(len(body)), body])
     parts.append(_text_field(b"\x62", str(status)))
     if response.enable_content_negotiation:
         parts.append(b"\x80\x01\x01")
-    return _field(_HTTP, b"".join(parts))
+    return _wrapped(_HTTP, parts)
 
 
 _SUCCESS_RESULT = _field(b"\x1a", b"\x20\x01")  # InvocationResponse.result = {status: Success}
@@ -419,18 +437,20 @@ _SUCCESS_RESULT = _field(b"\x1a", b"\x20\x01")  # InvocationResponse.result = {s
 def invocation_response(
     request_id: str,
     invocation_id: str,
-    return_value: bytes | None,
-    outputs: list[tuple[str, bytes]],
+    return_value: Chunks | None,
+    outputs: list[tuple[str, Chunks]],
 ) -> bytes:
     """A successful `StreamingMessage{invocation_response}`, from encoded values."""
-    parts = [_text_field(b"\x0a", invocation_id)]
+    parts: Chunks = [_text_field(b"\x0a", invocation_id)]
     for name, data in outputs:
-        parts.append(_field(b"\x12", _text_field(b"\x0a", name) + _field(b"\x12", data)))
+        parts += _wrapped(b"\x12", [_text_field(b"\x0a", name), *_wrapped(b"\x12", data)])
     parts.append(_SUCCESS_RESULT)
     if return_value is not None:
-        parts.append(_field(b"\x22", return_value))
-    response = _field(b"\x2a", b"".join(parts))
-    return _text_field(b"\x0a", request_id) + response if request_id else response
+        parts += _wrapped(b"\x22", return_value)
+    message = _wrapped(b"\x2a", parts)
+    if request_id:
+        message.insert(0, _text_field(b"\x0a", request_id))
+    return b"".join(message)
 
 
 def rpc_log(entry: pb.RpcLog) -> bytes:

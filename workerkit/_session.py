@@ -25,7 +25,7 @@ from ._fastwire import (
     LazyValues,
     RawInvocation,
     decode_value,
-    encode_value,
+    encode_chunks,
     invocation_response,
     read_invocation,
     read_trace,
@@ -714,8 +714,8 @@ def _response(function: FunctionInfo, request_id: str, invocation_id: str, resul
         return invocation_response(
             request_id,
             invocation_id,
-            None if value is None else encode_value(value),
-            [(name, encode_value(data)) for name, data in outputs.items()],
+            None if value is None else encode_chunks(value),
+            [(name, encode_chunks(data)) for name, data in outputs.items()],
         )
     except ConversionError as exc:
         raise ConversionError(
