@@ -149,3 +149,8 @@ def test_any_text_parses_or_is_a_schedule_error(text: str) -> None:
         parse_schedule(text)
     except ScheduleError:
         pass
+
+
+def test_a_timespan_too_long_for_timedelta_is_a_schedule_error() -> None:
+    with pytest.raises(ScheduleError, match="too long"):
+        parse_schedule("1000000000")  # a TimeSpan of 10^9 days

@@ -675,3 +675,15 @@ def test_logs_from_a_sync_hook_thread_are_attributed() -> None:
                 assert entry.message == f"from {thread}"
 
     arun(scenario())
+
+
+def test_requests_on_a_closed_connection_fail_at_once() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, started):
+            await conn.terminate(1)
+            assert await started.wait(5) == 0
+            await conn.wait_closed(5)
+            with pytest.raises(ConnectionError, match="ended the stream"):
+                await conn.status(timeout=30)
+
+    arun(scenario(), timeout=15)

@@ -157,9 +157,23 @@ class HostConnection:
     async def _request(
         self, message: Message, reply: str, key: str | None, timeout: float | None
     ) -> Any:
-        future = self._expect(reply, key)
-        await self.send(message)
+        future = await self._send_expecting(message, reply, key)
         return await asyncio.wait_for(future, timeout)
+
+    async def _send_expecting(
+        self, message: Message, reply: str, key: str | None
+    ) -> asyncio.Future[Any]:
+        """Send a request and return the future of its reply; fails at once (ConnectionError)
+        when the stream is already over, rather than after the caller's timeout."""
+        if self._done.is_set():
+            raise ConnectionError(f"worker {self.worker_id} ended the stream")
+        future = self._expect(reply, key)
+        try:
+            await self.send(message)
+        except Exception as exc:
+            future.cancel()
+            raise ConnectionError(f"cannot send to worker {self.worker_id}: {exc!r}") from exc
+        return future
 
     def _ended(self) -> None:
         self._done.set()
@@ -324,8 +338,9 @@ class HostConnection:
             trigger_metadata={k: _typed(v) for k, v in (trigger_metadata or {}).items()},
             trace_context=pb.RpcTraceContext(trace_parent=trace_parent),
         )
-        future = self._expect("invocation_response", invocation_id)
-        await self.send(Message(invocation_request=request))
+        future = await self._send_expecting(
+            Message(invocation_request=request), "invocation_response", invocation_id
+        )
         return PendingInvocation(invocation_id, future)
 
     async def invoke(

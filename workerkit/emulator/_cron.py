@@ -157,7 +157,11 @@ def parse_schedule(expression: str) -> CronSchedule | IntervalSchedule:
             ) from None
         if seconds <= 0:
             raise ScheduleError(f"the TimeSpan schedule {expression!r} must be positive") from None
-        return IntervalSchedule(expression, datetime.timedelta(seconds=seconds))
+        try:
+            interval = datetime.timedelta(seconds=seconds)
+        except OverflowError:
+            raise ScheduleError(f"the TimeSpan schedule {expression!r} is too long") from None
+        return IntervalSchedule(expression, interval)
 
 
 def _weekday(when: datetime.datetime) -> int:
