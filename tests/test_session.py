@@ -687,3 +687,17 @@ def test_requests_on_a_closed_connection_fail_at_once() -> None:
                 await conn.status(timeout=30)
 
     arun(scenario(), timeout=15)
+
+
+def test_a_return_value_without_a_return_binding_is_refused() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, _):
+            bindings = {"trigger": binding("queueTrigger"), "out": binding("queue", "out")}
+            function_id = await load(conn, "value", bindings=bindings)
+            reply = await conn.invoke(function_id, {"trigger": "t", "value": {"out": 1}})
+            assert reply.result.status == FAILURE
+            assert "has no '$return' binding" in reply.result.exception.message
+            reply = await conn.invoke(function_id, {"trigger": "t"})  # returns None: fine
+            assert reply.result.status == SUCCESS
+
+    arun(scenario())

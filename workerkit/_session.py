@@ -702,6 +702,12 @@ def _response(function: FunctionInfo, request_id: str, invocation_id: str, resul
         if len(http_outputs) == 1 and http_outputs[0] not in outputs:
             outputs[http_outputs[0]] = value
             value = None
+    if value is not None and bindings and "$return" not in bindings:
+        # The host would read a JSON object's keys as output bindings (legacy behaviour).
+        raise ValueError(
+            f"function {function.name} returned a value but has no '$return' binding: return"
+            " None, or InvocationResult(outputs={...}) for its named output bindings"
+        )
     if outputs and bindings:
         unknown = [name for name in outputs if name not in bindings or not bindings[name].is_output]
         if unknown:
