@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,20 @@ EXAMPLES = ROOT / "examples"
 def arun(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
     """Run `coro` to completion in a new loop; fail (not hang) after `timeout` seconds."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll `predicate` until it is true; fail after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"still false after {timeout} s: {predicate}")
+        await asyncio.sleep(0.01)
+
+
+async def running(connection: Any, invocation_id: str) -> None:
+    """Wait until the invocation has logged, i.e. the worker is running it."""
+    await until(lambda: connection.logs_for(invocation_id))
 
 
 @pytest.fixture(scope="session")

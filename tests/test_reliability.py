@@ -16,7 +16,7 @@ from typing import Any
 
 import betterproto2
 import pytest
-from conftest import arun
+from conftest import arun, running, until
 from google_pb2 import PACKAGE, Pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -43,6 +43,22 @@ def rss_kib(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0])
     return fields
+
+
+async def settled(pid: int, timeout: float = 20.0) -> None:
+    """Wait until process `pid` has stopped using CPU (its work is done or blocked)."""
+
+    def cpu() -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    last, quiet = cpu(), 0
+    while quiet < 3 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.2)
+        now = cpu()
+        quiet = quiet + 1 if now == last else 0
+        last = now
 
 
 async def spawn(host: TestHost, kind: str, **env: str) -> tuple[WorkerProcess, HostConnection]:
@@ -244,7 +260,7 @@ def test_a_host_that_stops_reading_holds_the_worker_back_without_unbounded_memor
             idle = rss_kib(worker.process.pid)["VmRSS"]
             conn.pause_reading()
             pending = [await conn.start_invocation("p", {"size": size}) for _ in range(count)]
-            await asyncio.sleep(1.0)
+            await settled(worker.process.pid)  # done all it can while the host is not reading
             held = rss_kib(worker.process.pid)["VmRSS"] - idle
             conn.resume_reading()
             replies = await asyncio.gather(*(p.result(60) for p in pending))
@@ -296,7 +312,9 @@ def test_terminate_during_a_slow_load_exits_within_the_grace_period(tmp_path: Pa
     script.write_text(
         "import time, workerkit\n"
         "class W(workerkit.Worker):\n"
-        "    def on_function_load(self, function): time.sleep(30)\n"
+        "    def on_function_load(self, function):\n"
+        "        print('loading', flush=True)\n"
+        "        time.sleep(30)\n"
         "    def on_invocation(self, invocation): return None\n"
         "W.main()\n"
     )
@@ -308,7 +326,7 @@ def test_terminate_during_a_slow_load_exits_within_the_grace_period(tmp_path: Pa
             assert conn is not None
             await conn.init()
             loading = asyncio.create_task(conn.load("f", "f"))
-            await asyncio.sleep(0.2)
+            await until(lambda: b"loading" in worker.stdout)
             await conn.terminate(grace_period=1.0)
             assert await worker.wait(5) == 0
             loading.cancel()
@@ -358,5 +376,121 @@ def test_base_exceptions_from_user_code_fail_only_the_invocation(exception: str)
             assert exception in reply.result.exception.message
             await conn.status()
             assert not started.task.done()
+
+    arun(scenario())
+
+
+def test_queued_invocations_are_bounded_by_not_reading_from_the_host() -> None:
+    """Beyond max_in_flight + max_queued the worker stops reading, so a host that sends
+    faster than the worker runs cannot grow the worker's memory without limit."""
+    count, size = 150, 1024 * 1024
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            worker, conn = await spawn(
+                host, "Scenarios", WORKERKIT_MAX_IN_FLIGHT="2", WORKERKIT_MAX_QUEUED="4"
+            )
+            await conn.load("s", "sleep")
+            idle = rss_kib(worker.process.pid)["VmRSS"]
+            pad = pb.TypedData(bytes=b"x" * size)
+            pending = [
+                await conn.start_invocation("s", {"seconds": 0.005, "pad": pad})
+                for _ in range(count)
+            ]
+            replies = await asyncio.gather(*(p.result(60) for p in pending))
+            assert all(r.result.status == SUCCESS for r in replies)
+            peak = rss_kib(worker.process.pid)["VmHWM"] - idle
+            print(f"\n150 x 1 MiB invocations, 2 running + 4 queued: peak {peak} KiB over idle")
+            assert peak < 64 * 1024  # ~150 MiB if every request were held at once
+
+    arun(scenario(), timeout=120)
+
+
+def test_a_truncated_invocation_frame_still_gets_a_failure_response() -> None:
+    from workers import Tolerant
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            started = await host.start_worker(Tolerant())
+            conn = started.connection
+            await conn.init()
+            whole = bytes(
+                pb.StreamingMessage(
+                    request_id="r",
+                    invocation_request=pb.InvocationRequest(
+                        invocation_id="cut-short", function_id="f", input_data=[
+                            pb.ParameterBinding(name="a", data=pb.TypedData(string="x" * 50))
+                        ],
+                    ),
+                )
+            )  # fmt: skip
+            refused = conn._expect("invocation_response", "cut-short")
+            await conn.send(whole[:-10])
+            reply = await asyncio.wait_for(refused, 10)
+            assert reply.result.status == FAILURE
+            assert "could not be read" in reply.result.exception.message
+            await conn.status()
+
+    arun(scenario())
+
+
+def test_log_floods_from_threads_do_not_hold_replies_back() -> None:
+    from workers import Chatty
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            started = await host.start_worker(Chatty(options=WorkerOptions(send_queue=64)))
+            conn = started.connection
+            await conn.init()
+            await conn.load("f", "flood")
+            await conn.load("e", "echo")
+            floods = [await conn.start_invocation("f", {"lines": 20_000}) for _ in range(4)]
+            echoes = [await conn.invoke("e", {"value": i}, timeout=30) for i in range(30)]
+            assert [r.return_value.int for r in echoes] == list(range(30))
+            for _ in range(5):
+                await conn.status(timeout=10)
+            results = [(await f.result(60)).return_value.string for f in floods]
+            assert results == ["flooded"] * 4
+            await conn.status()
+            notes = [e.message for e in conn.logs if e.message.startswith("dropped ")]
+            delivered = sum(len(conn.logs_for(f.invocation_id)) for f in floods)
+            assert delivered + sum(int(m.split()[1]) for m in notes) == 80_000
+
+    arun(scenario(), timeout=120)
+
+
+def test_exit_handlers_run_even_when_a_hook_never_returns(tmp_path: Path) -> None:
+    marker = tmp_path / "atexit-ran"
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            worker, conn = await spawn(host, "Chatty")
+            await conn.load("x", "exit-handler")
+            await conn.load("s", "stuck")
+            await conn.invoke("x", {"path": str(marker)})
+            stuck = await conn.start_invocation("s", {})
+            await running(conn, stuck.invocation_id)
+            await conn.terminate(grace_period=1.0)
+            assert (await stuck).result.status in (CANCELLED, FAILURE)
+            assert await worker.wait(5) == 0
+            assert marker.read_text() == "ran"
+
+    arun(scenario())
+
+
+def test_absurdly_deep_json_input_is_a_clear_conversion_failure() -> None:
+    from workers import Tolerant
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            started = await host.start_worker(Tolerant())
+            conn = started.connection
+            await conn.init()
+            await conn.load("f", "fine")
+            deep = pb.TypedData(json="[" * 100_000 + "]" * 100_000)
+            reply = await conn.invoke("f", {"a": deep})
+            assert reply.result.status == FAILURE
+            assert "cannot read input 'a'" in reply.result.exception.message
+            assert "internal error" not in reply.result.exception.message
 
     arun(scenario())

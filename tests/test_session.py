@@ -102,7 +102,7 @@ def test_init_failure_is_reported_not_raised() -> None:
 def test_requests_sent_before_init_completes_wait_for_it() -> None:
     class SlowInit(Scenarios):
         async def on_init(self, request: workerkit.InitRequest) -> None:  # type: ignore[override]
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(3)
 
     async def scenario() -> None:
         async with TestHost() as host:
@@ -611,9 +611,13 @@ def test_an_oversized_result_becomes_a_failure_and_oversized_input_is_refused() 
                     pb.ParameterBinding(name="size", data=pb.TypedData(string="1" * 70_000))
                 ],
             )
+            refused = conn._expect("invocation_response", "huge")
             await conn.send(pb.StreamingMessage(invocation_request=too_big))
+            reply = await asyncio.wait_for(refused, 10)
+            assert reply.result.status == FAILURE
+            assert "could not be read" in reply.result.exception.message
+            assert "over the host's limit of 65536 bytes" in reply.result.exception.message
             assert await conn.status() == pb.WorkerStatusResponse()
-            assert any("over the host's limit" in entry.message for entry in conn.logs)
 
     arun(scenario())
 

@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from conftest import arun
+from conftest import arun, running
 
 from workerkit._generated import AzureFunctionsRpcMessages as pb
 from workerkit.testing import TestHost, WorkerProcess
@@ -51,7 +51,7 @@ def test_sigterm_drains_like_worker_terminate() -> None:
             assert conn is not None
             await conn.load("s", "sleep")
             pending = await conn.start_invocation("s", {"seconds": 0.3})
-            await asyncio.sleep(0.1)
+            await running(conn, pending.invocation_id)
             worker.process.send_signal(signal.SIGTERM)
             assert (await pending).result.status == SUCCESS
             assert await worker.wait(10) == 0
@@ -67,7 +67,7 @@ def test_terminate_with_a_sync_hook_that_never_returns_still_exits_zero() -> Non
             assert conn is not None
             await conn.load("b", "slow")
             stuck = await conn.start_invocation("b", {"seconds": 3600})
-            await asyncio.sleep(0.2)
+            await running(conn, stuck.invocation_id)
             await conn.terminate(grace_period=1.0)
             assert (await stuck).result.status == CANCELLED
             assert await worker.wait(5) == 0

@@ -106,6 +106,7 @@ class Scenarios(workerkit.Worker):
         return "released"
 
     async def fn_sleep(self, invocation: Invocation) -> Any:
+        user_log.info("sleeping")  # tests wait for this line: the invocation is running
         await asyncio.sleep(float(invocation.inputs["seconds"]))
         return invocation.inputs["seconds"]
 
@@ -132,6 +133,7 @@ class SyncScenarios(Scenarios):
         if name == "quick":
             return invocation.inputs.get("value")
         if name == "slow":
+            user_log.info("sleeping")
             time.sleep(float(invocation.inputs["seconds"]))
             return "slow done"
         raise LookupError(f"no scenario {name}")
@@ -207,4 +209,31 @@ class Flood(workerkit.Worker):
         if name == "blocker":
             time.sleep(float(invocation.inputs["seconds"]))  # blocks the loop on purpose
             return "unblocked"
+        raise LookupError(name)
+
+
+class Chatty(workerkit.Worker):
+    """Plain-def hooks: logs from worker threads, an exit handler, deep JSON."""
+
+    def on_function_load(self, function: FunctionInfo) -> None:
+        pass
+
+    def on_invocation(self, invocation: Invocation) -> Any:
+        name = invocation.function.name
+        if name == "flood":
+            for i in range(int(invocation.inputs["lines"])):
+                user_log.info("line %d", i)
+            return "flooded"
+        if name == "echo":
+            return invocation.inputs.get("value")
+        if name == "exit-handler":
+            import atexit
+            from pathlib import Path
+
+            marker = Path(invocation.inputs["path"])
+            atexit.register(marker.write_text, "ran")
+            return "registered"
+        if name == "stuck":
+            user_log.info("stuck")
+            time.sleep(3600)
         raise LookupError(name)

@@ -237,7 +237,7 @@ def decode_value(view: memoryview | None) -> Any:
         return _fallback(view, exc)
     try:
         return json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise ConversionError(f"cannot decode TypedData.json: {exc}") from None
 
 

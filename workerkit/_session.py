@@ -33,7 +33,7 @@ from ._fastwire import (
 )
 from ._generated import AzureFunctionsRpcMessages as pb
 from ._logs import RpcLogHandler, current_invocation_id
-from ._transport import Message, Transport
+from ._transport import Message, Transport, Unreadable
 from ._types import (
     EnvironmentReload,
     FunctionInfo,
@@ -126,6 +126,7 @@ class Session:
         self._terminating = False
         self._pool = ThreadPoolExecutor(self.options.threads, thread_name_prefix="workerkit-hook")
         self._slots = asyncio.Semaphore(self.options.max_in_flight)
+        self._backlog = self.options.max_in_flight + self.options.max_queued
         self._loop = asyncio.get_running_loop()
         self._handlers: dict[str, Callable[[str, Any], None]] = {
             "worker_init_request": self._spawner(self._init),
@@ -250,9 +251,12 @@ class Session:
         context = contextvars.copy_context()
         return await self._loop.run_in_executor(self._pool, context.run, method, arg)
 
-    def dispatch(self, message: Message | RawInvocation) -> None:
+    def dispatch(self, message: Message | RawInvocation | Unreadable) -> None:
         if type(message) is RawInvocation:  # the hot path, read by _fastwire
             self._invocation_request(message)
+            return
+        if isinstance(message, Unreadable):
+            self._unreadable(message)
             return
         assert isinstance(message, Message)
         kind, body = betterproto2.which_one_of(message, "content")
@@ -429,6 +433,20 @@ class Session:
         return replace(info, indexed=entry) if entry is not None else info
 
     # -- invocations -------------------------------------------------------------------------
+    def _unreadable(self, frame: Unreadable) -> None:
+        """A frame that could not be decoded; an invocation in it still gets its Failure."""
+        if not frame.invocation_id:
+            log.error("ignored a message from the host: %s", frame.reason)
+            return
+        reason = f"the host's InvocationRequest could not be read: {frame.reason}"
+        log.error("invocation %s: %s", frame.invocation_id, reason)
+        self._reply(
+            frame.request_id,
+            invocation_response=pb.InvocationResponse(
+                invocation_id=frame.invocation_id, result=failure(reason)
+            ),
+        )
+
     def _invocation_message(self, request_id: str, request: pb.InvocationRequest) -> None:
         """An InvocationRequest the codec parsed the general way (e.g. a malformed one)."""
         self._invocation_request(read_invocation(request_id, bytes(request)))
@@ -457,7 +475,14 @@ class Session:
         task = self._spawn(self._invoke(request, running))
         running.task = task
         self._invocations.add(task)
-        task.add_done_callback(self._invocations.discard)
+        task.add_done_callback(self._invocation_done)
+        if len(self._invocations) >= self._backlog:
+            self.transport.reading.clear()  # resumed by _invocation_done
+
+    def _invocation_done(self, task: asyncio.Task[None]) -> None:
+        self._invocations.discard(task)
+        if len(self._invocations) < self._backlog:
+            self.transport.reading.set()
 
     async def _invoke(self, request: RawInvocation, running: _Running) -> None:
         invocation_id = request.invocation_id

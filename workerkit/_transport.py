@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from grpclib.client import Channel
@@ -19,7 +20,7 @@ from grpclib.config import Configuration
 from grpclib.const import Cardinality
 from grpclib.encoding.base import CodecBase
 
-from ._fastwire import fields, read_invocation, rpc_log
+from ._fastwire import RawInvocation, fields, read_invocation, rpc_log
 from ._generated import AzureFunctionsRpcMessages as pb
 from .cli import HostArgs
 from .errors import MessageTooLarge
@@ -42,6 +43,59 @@ class DecodeError(ValueError):
     """A frame from the peer is not a valid `StreamingMessage`."""
 
 
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A frame that cannot be decoded (malformed or over the size limit), with what could be
+    salvaged from it: an invocation in it must still be answered."""
+
+    reason: str
+    request_id: str = ""
+    invocation_id: str = ""
+
+
+#: What the reader hands to the session.
+Incoming = Message | RawInvocation | Unreadable
+
+
+def salvage(data: bytes, reason: str) -> Unreadable:
+    """The request id and invocation id of a broken frame, as far as they can be read; a
+    truncated last field is read as far as it goes."""
+    found = {"request_id": "", "invocation_id": ""}
+
+    def walk(view: memoryview, wanted: dict[int, str], nested: int) -> None:
+        pos, size = 0, len(view)
+        try:
+            while pos < size:
+                key = 0
+                for shift in range(0, 70, 7):
+                    byte = view[pos]
+                    pos += 1
+                    key |= (byte & 0x7F) << shift
+                    if byte < 0x80:
+                        break
+                if key & 7 != 2:
+                    return  # only length-delimited fields matter here
+                length = 0
+                for shift in range(0, 70, 7):
+                    byte = view[pos]
+                    pos += 1
+                    length |= (byte & 0x7F) << shift
+                    if byte < 0x80:
+                        break
+                value = view[pos : min(pos + length, size)]
+                pos += length
+                number = key >> 3
+                if number in wanted:
+                    found[wanted[number]] = str(value, "utf-8", "replace")
+                elif number == nested:
+                    walk(value, {1: "invocation_id"}, 0)
+        except IndexError:  # truncated: keep what was read
+            return
+
+    walk(memoryview(data), {1: "request_id"}, 4)
+    return Unreadable(reason, found["request_id"], found["invocation_id"])
+
+
 class Codec(CodecBase):
     """Protobuf framing for betterproto2 messages, with the host's size limit applied on
     receipt. Already-serialised ``bytes`` pass through `encode` untouched, so the writer can
@@ -61,7 +115,10 @@ class Codec(CodecBase):
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         if len(data) > self.max_message_length:
-            raise MessageTooLarge(len(data), self.max_message_length, "received message")
+            too_big = MessageTooLarge(len(data), self.max_message_length, "received message")
+            if self.fast_invocations:
+                return salvage(data, str(too_big))
+            raise too_big
         try:
             request_id, content, payload = "", 0, None
             for number, wire_type, value in fields(data):  # also checks the framing
@@ -73,8 +130,10 @@ class Codec(CodecBase):
                 return read_invocation(request_id, payload)
             return message_type.parse(data)
         except Exception as exc:
-            name = message_type.__name__
-            raise DecodeError(f"malformed {name} ({len(data)} bytes): {exc}") from None
+            reason = f"malformed {message_type.__name__} ({len(data)} bytes): {exc}"
+            if self.fast_invocations:
+                return salvage(data, reason)
+            raise DecodeError(reason) from None
 
 
 class Transport:
@@ -90,6 +149,12 @@ class Transport:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._closing = False
+        #: Cleared by the session to stop reading from the host (its backlog is full).
+        self.reading = asyncio.Event()
+        self.reading.set()
+        # Log records may fill the queue only so far, so replies waiting for room are not
+        # overtaken by a flood of logs.
+        self._log_room = max(1, queue_size * 3 // 4)
         self._lock = threading.Lock()
         self._from_threads: list[pb.RpcLog] = []
         self._wakeup_pending = False
@@ -140,10 +205,10 @@ class Transport:
     def _offer(self, entry: pb.RpcLog) -> None:
         if self._closing:
             return
-        try:
-            self._queue.put_nowait((entry, None))
-        except asyncio.QueueFull:
+        if self._queue.qsize() >= self._log_room:
             self.dropped_logs += 1
+        else:
+            self._queue.put_nowait((entry, None))
 
     async def drain(self) -> None:
         """Wait until everything queued so far has been handed to HTTP/2."""
@@ -153,7 +218,7 @@ class Transport:
     async def run(
         self,
         first: Message,
-        on_message: Callable[[Message], None],
+        on_message: Callable[[Incoming], None],
         replace: Replace,
         stop: asyncio.Event,
     ) -> str:
@@ -242,7 +307,7 @@ class Transport:
         except TimeoutError:
             log.warning("gave up flushing %d queued messages", self._queue.qsize())
 
-    async def _read(self, stream: Any, on_message: Callable[[Message], None]) -> str:
+    async def _read(self, stream: Any, on_message: Callable[[Incoming], None]) -> str:
         while True:
             try:
                 message = await stream.recv_message()
@@ -254,6 +319,8 @@ class Transport:
             if message is None:
                 return "the host ended the stream"
             on_message(message)
+            if not self.reading.is_set():
+                await self.reading.wait()
 
     async def _write(self, stream: Any, replace: Replace) -> None:
         queue = self._queue

@@ -1,6 +1,7 @@
 """The `Worker` base class: the only code a language author writes is a subclass of it."""
 
 import asyncio
+import atexit
 import contextlib
 import inspect
 import logging
@@ -8,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -61,7 +63,11 @@ class WorkerOptions:
     """Tuning knobs, each with a safe default.
 
     `max_in_flight`: invocations running at once; further ones wait in arrival order
-    (default ``WORKERKIT_MAX_IN_FLIGHT`` or 256). `threads`: size of the pool that runs
+    (default ``WORKERKIT_MAX_IN_FLIGHT`` or 256). `max_queued`: invocations waiting for a
+    slot; beyond that the worker stops reading from the host until one finishes, so HTTP/2
+    flow control holds the host back and memory stays bounded (default
+    ``WORKERKIT_MAX_QUEUED`` or 1024; while reading is paused, status and cancel requests
+    wait too). `threads`: size of the pool that runs
     plain-``def`` hooks (default ``WORKERKIT_THREADS`` or 32). `shutdown_grace`: seconds to
     drain on SIGTERM/SIGINT (the host's `WorkerTerminate` carries its own). `send_queue`:
     messages buffered towards the host before replies wait and log records are dropped.
@@ -70,6 +76,7 @@ class WorkerOptions:
     """
 
     max_in_flight: int = field(default_factory=lambda: _env_int("WORKERKIT_MAX_IN_FLIGHT", 256))
+    max_queued: int = field(default_factory=lambda: _env_int("WORKERKIT_MAX_QUEUED", 1024))
     threads: int = field(default_factory=lambda: _env_int("WORKERKIT_THREADS", 32))
     shutdown_grace: float = 5.0
     send_queue: int = 1024
@@ -78,7 +85,7 @@ class WorkerOptions:
     loop_block_warning: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("max_in_flight", "threads", "send_queue"):
+        for name in ("max_in_flight", "max_queued", "threads", "send_queue"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"WorkerOptions.{name} must be a whole number >= 1, not {value!r}")
@@ -251,8 +258,14 @@ def run(worker: type[Worker] | Worker, argv: Sequence[str] | None = None) -> Non
 
     code = asyncio.run(main())
     # A plain-def hook that never returns keeps a pool thread alive, and interpreter exit
-    # would wait for it forever: leave without waiting once our own work is done.
-    if threading.active_count() > 1:
+    # would wait for it forever: then leave without waiting, once exit handlers have run.
+    deadline = time.monotonic() + 0.5
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(deadline - time.monotonic(), 0))
+    stuck = [t for t in threading.enumerate() if t.is_alive() and not t.daemon]
+    if len(stuck) > 1:  # the main thread and a thread that will not end
+        atexit._run_exitfuncs()
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
