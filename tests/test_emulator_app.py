@@ -359,3 +359,30 @@ def test_the_public_names_are_sorted_and_present() -> None:
     assert list(workerkit.emulator.__all__) == sorted(workerkit.emulator.__all__)
     for name in workerkit.emulator.__all__:
         assert getattr(workerkit.emulator, name) is not None
+
+
+def test_a_setting_the_os_refuses_ends_start_up_with_the_reason(tmp_path: Path) -> None:
+    """A value the OS cannot put in an environment (a NUL byte) fails every launch; the
+    emulator must say so and exit, not wait forever for a worker."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    templates = Path(__file__).resolve().parent.parent / "examples" / "templates"
+    worker_dir = tmp_path / "worker"
+    shutil.copytree(templates, worker_dir, ignore=shutil.ignore_patterns("app", "__pycache__"))
+    config = json.loads((worker_dir / "worker.config.json").read_text())
+    config["description"]["defaultExecutablePath"] = sys.executable
+    config["processOptions"]["processRestartInterval"] = "00:00:00"
+    (worker_dir / "worker.config.json").write_text(json.dumps(config))
+    app = tmp_path / "app"
+    shutil.copytree(templates / "app", app)
+    (app / "local.settings.json").write_text(json.dumps({"Values": {"BROKEN": "a\u0000b"}}))
+    done = subprocess.run(
+        [sys.executable, "-m", "workerkit", "host", str(app), "--worker", str(worker_dir),
+         "--port", "0", "--no-color"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "null byte" in done.stdout + done.stderr

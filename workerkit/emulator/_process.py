@@ -368,6 +368,15 @@ class Supervisor:
 
     # -- the supervision loop ---------------------------------------------------------------
     async def _run(self) -> None:
+        try:
+            await self._supervise()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must not leave start() or the CLI waiting
+            self.console.error(f"Worker supervision failed: {exc!r}")
+            self._give_up(f"the emulator's worker supervision failed: {exc!r}")
+
+    async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping:
             if self._last_start is not None:
@@ -504,7 +513,7 @@ class Supervisor:
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # Ctrl-C reaches the emulator, which terminates the worker
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL in a setting's value
             raise _StartFailed(f"cannot start the worker {argv[0]!r}: {exc}") from None
         channel = _Channel(process, args.worker_id)
         channel.idle.set()
