@@ -158,6 +158,8 @@ ESCAPES = {
     "return dofile('/etc/passwd')": "attempt to call a nil value (global 'dofile')",
     "return debug.sethook()": "attempt to index a nil value (global 'debug')",
     "return os.remove('{marker}')": "attempt to call a nil value (field 'remove')",
+    # App settings (secrets too) live in the environment of the worker process.
+    "return os.getenv('PATH')": "attempt to call a nil value (field 'getenv')",
     # The worker's Python callables are not reachable (their __globals__ would be Python).
     "return json.decode.__globals__": "attempt to index a function value (field 'decode')",
     "return print.__globals__": "attempt to index a function value (global 'print')",

@@ -9,7 +9,7 @@ Each function is a ``.lua`` file whose chunk returns a function::
 Every invocation gets a fresh interpreter (about a quarter of a millisecond with the
 sandbox and the chunk), so invocations run in parallel and share no state, and a cancelled
 or failed call leaves nothing behind. Functions run in a sandbox (see ``SANDBOX``): no
-``io``, no ``os`` beyond clocks, dates and ``getenv``, no ``debug``, no ``require`` of native
+``io``, no ``os`` beyond clocks and dates, no ``debug``, no ``require`` of native
 modules, no binary chunks. A count hook stops runaway code on cancel or timeout, and memory
 is capped.
 """
@@ -82,8 +82,7 @@ env.setmetatable = function(t, mt)  -- finalizers run with hooks off: they could
   return setmetatable(t, mt)
 end
 env.math, env.string, env.table, env.utf8 = copy(math), copy(string), copy(table), copy(utf8)
-env.os = {clock = os.clock, date = os.date, difftime = os.difftime, getenv = os.getenv,
-          time = os.time}
+env.os = {clock = os.clock, date = os.date, difftime = os.difftime, time = os.time}
 env.pcall = function(...) return stop_if_asked(pcall(...)) end
 env.xpcall = function(...) return stop_if_asked(xpcall(...)) end
 env.coroutine = copy(coroutine)
