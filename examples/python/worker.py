@@ -150,8 +150,10 @@ class PythonWorker(workerkit.Worker):
             result = await plan.call(**kwargs)
         else:
             # A copy of the context carries the invocation id, so logs are attributed.
-            run = functools.partial(contextvars.copy_context().run, plan.call, **kwargs)
-            result = await asyncio.get_running_loop().run_in_executor(self.pool, run)
+            run = functools.partial(contextvars.copy_context().run, _capture, plan.call, kwargs)
+            returned, result = await asyncio.get_running_loop().run_in_executor(self.pool, run)
+            if not returned:
+                raise result
         if result is not None and not plan.has_return and not isinstance(result, HttpResponse):
             raise InvocationError(
                 f"{invocation.function.name} returned a value but has no '$return' binding"
@@ -160,6 +162,19 @@ class PythonWorker(workerkit.Worker):
             return result
         values = {name: out.get() for name, out in outs.items() if out.get() is not None}
         return InvocationResult(return_value=result, outputs=values)
+
+
+def _capture(call: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[bool, Any]:
+    """Call a plain def in the pool: (True, its result), or (False, what it raised).
+
+    Whatever it raises is raised again by the awaiting coroutine rather than left in the
+    pool's future: asyncio would throw it into the coroutine, and a thrown GeneratorExit
+    closes the whole chain of awaiting coroutines instead of failing the invocation.
+    """
+    try:
+        return True, call(**kwargs)
+    except BaseException as exc:
+        return False, exc
 
 
 def _import(script: Path, app_dir: Path) -> ModuleType:
@@ -183,7 +198,7 @@ def _import(script: Path, app_dir: Path) -> ModuleType:
     name = ".".join((APP_PACKAGE, *parts))
     try:
         return importlib.import_module(name)
-    except Exception as exc:
+    except BaseException as exc:  # sys.exit() at import too: a load failure, not an exit
         # Show the author their traceback, without the import machinery's frames.
         frames = [
             f

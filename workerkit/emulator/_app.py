@@ -431,15 +431,15 @@ def _script_file(root: Path, directory: Path, config: Path, script: Any, name: s
                 f" file that does not exist ({path}).",
                 name,
             )
-        return path
+        return _resolved_inside(path, root, config, name)
     files = sorted(
         p for p in directory.iterdir() if p.is_file() and p.name.lower() != FUNCTION_JSON
     )
     if len(files) == 1:
-        return files[0]
+        return _resolved_inside(files[0], root, config, name)
     for candidate in files:
         if candidate.stem.lower() == "run" or candidate.name.lower() in _PRIMARY_NAMES:
-            return candidate
+            return _resolved_inside(candidate, root, config, name)
     raise AppError(config, _UNDETERMINED, name)
 
 
@@ -449,6 +449,19 @@ def _inside(path: Path, root: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _resolved_inside(path: Path, root: Path, config: Path, name: str) -> Path:
+    """`path`, if following its symbolic links (or its folder's) stays inside the app."""
+    real = path.resolve()
+    if not _inside(real, root.resolve()):
+        raise AppError(
+            config,
+            f"the script {path} is a symbolic link (or in a linked folder) to {real}, outside"
+            f" the function app directory {root}",
+            name,
+        )
+    return path
 
 
 def _check_bindings(where: Path, bindings: Sequence[Any]) -> None:

@@ -59,11 +59,21 @@ from ._triggers import TriggerInputError, timer_payload, trigger_data
 if TYPE_CHECKING:
     from ._http import FrontDoor
 
-__all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_PORT", "Emulator", "EmulatorError", "EmulatorOptions"]
+__all__ = [
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_PORT",
+    "Emulator",
+    "EmulatorError",
+    "EmulatorOptions",
+    "exposure_warning",
+]
 
 DEFAULT_PORT: Final = 7071
 #: The host's (Kestrel's) request body limit: 100 MiB.
 DEFAULT_MAX_BODY_SIZE: Final = 100 * 1024 * 1024
+#: Kestrel's RequestHeadersTimeout.
+DEFAULT_HEADER_TIMEOUT: Final = 30.0
+DEFAULT_HOST: Final = "127.0.0.1"
 _API_REASON: Final = "This function was programmatically called via the host APIs."
 _SHOWN_VALUE: Final = 200
 
@@ -86,15 +96,24 @@ class EmulatorOptions:
         max_body_size: bytes; a larger request body is answered 413.
         function_timeout: seconds, overriding ``host.json`` ``functionTimeout``.
         environ: the environment to start from (default: this process's).
+        header_timeout: seconds a client has to send a request's line and headers (also
+            how long a kept-alive connection may idle); then the connection is closed.
+        min_data_rate: bytes per second a request body must arrive at, and a response be
+            read at, once `data_rate_grace` seconds have passed (Kestrel's defaults: 240
+            bytes/s after 5 s). A slower body is answered 408; a slower reader is cut off.
+        data_rate_grace: seconds before `min_data_rate` applies.
     """
 
     app_dir: Path
     worker_dir: Path | None = None
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     port: int | None = None
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     function_timeout: float | None = None
     environ: Mapping[str, str] | None = None
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    min_data_rate: float = 240.0
+    data_rate_grace: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -208,7 +227,13 @@ class Emulator:
             self.functions = supervisor.functions
             self.errors += supervisor.function_errors
             http_functions = self._routes()
-            door = _http.FrontDoor(self, max_body_size=options.max_body_size)
+            door = _http.FrontDoor(
+                self,
+                max_body_size=options.max_body_size,
+                header_timeout=options.header_timeout,
+                min_data_rate=options.min_data_rate,
+                data_rate_grace=options.data_rate_grace,
+            )
             try:
                 bound = await door.start(options.host, port)
             except OSError as exc:
@@ -225,11 +250,9 @@ class Emulator:
         self.url = f"http://{shown_host}:{bound}"
         timers = self._start_timers()
         self._banner(http_functions, timers)
-        if not _is_loopback(options.host):
-            self.console.warning(
-                f"Listening on {options.host}: anyone who can reach this machine can call these"
-                " functions; the emulator has no authentication."
-            )
+        exposed = exposure_warning(options.host, door.addresses)
+        if exposed is not None:
+            self.console.warning(exposed)
 
     async def run(self) -> int:
         """Serve until `request_stop` (returns 0) or the worker fails for good (returns 1).
@@ -635,13 +658,20 @@ class Emulator:
         task.add_done_callback(self._tasks.discard)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def exposure_warning(host: str, addresses: list[str]) -> str | None:
+    """What to say when listening on `host` (bound to `addresses`) rather than 127.0.0.1."""
+    if host == DEFAULT_HOST:
+        return None
+    shown = ", ".join(addresses)
+    if addresses and all(ipaddress.ip_address(a).is_loopback for a in addresses):
+        return (
+            f"Listening on {host} ({shown}) instead of the default {DEFAULT_HOST}: still"
+            " loopback only, so only this machine can connect."
+        )
+    return (
+        f"Listening on {host} ({shown}) instead of the default {DEFAULT_HOST}: anyone who can"
+        " reach this machine can call these functions; the emulator has no authentication."
+    )
 
 
 def _methods(trigger: Mapping[str, Any]) -> frozenset[str] | None:

@@ -5,67 +5,183 @@ request                             answer
 ==================================  ==========================================================
 ``<prefix>/<route>`` of a function  the function's response; 500 when it fails or times out
   with a disallowed method          405 with ``Allow``
-  body over ``--max-body-size``     413 (before the body is read when Content-Length says so)
+  body over ``--max-body-size``     413 (before the body is read when Content-Length says so,
+                                    and without ``100 Continue``)
 no route matches / disabled         404
 ``POST /admin/functions/<name>``    202 (invocation started), 400 (bad body/input), 404
 ``GET /admin/host/status``          200 ``{"state": "Running", "version": …}``
+headers over 32 KiB in all          431
+a header line over 32 KiB, over     400 (aiohttp's parser; the connection is closed)
+  100 headers, a request line over
+  8 KiB, malformed HTTP, HTTP/0.9
+a body slower than the minimum      408, and the connection is closed
+  data rate
 anything while shutting down        503
 an emulator bug                     500 (logged)
 ==================================  ==========================================================
+
+Limits, as Kestrel (the host's web server) sets them by default: request line 8 KiB, 100
+headers, 32 KiB of headers in all. Paths are percent-decoded segment by segment (``%2F``
+stays encoded, as in ASP.NET Core) and ``.``/``..`` segments are resolved before routing, as
+Kestrel resolves them: a route parameter never holds a dot segment and a path never climbs
+above the root (``/api/../admin/host/status`` is ``/admin/host/status``).
+
+Slow clients are cut off: the request line and headers must arrive within ``header_timeout``
+(also the idle time allowed between requests on a kept-alive connection); a request body, or a
+client reading a response, must keep up ``min_data_rate`` bytes/s after a grace period of
+``data_rate_grace`` seconds (Kestrel's MinRequestBodyDataRate and MinResponseDataRate). A body
+too slow is answered 408; a response read too slowly has its connection aborted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
+import re
+import socket
 from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ._config import HOST_VERSION
 from ._rpchttp import HttpOutput, IncomingRequest
 
 if TYPE_CHECKING:
+    from ._console import Console
     from ._emulator import Emulator
 
-__all__ = ["FrontDoor"]
+__all__ = ["FrontDoor", "normalize_path"]
 
 _CHUNK: Final = 65536
+#: Kestrel's defaults: MaxRequestLineSize, MaxRequestHeaderCount, MaxRequestHeadersTotalSize.
+MAX_REQUEST_LINE: Final = 8192
+MAX_HEADERS: Final = 100
+MAX_HEADERS_TOTAL: Final = 32768
+_ENCODED_SLASH: Final = re.compile(r"(%2[fF])")
 
 
 def _text(status: int, text: str, **headers: str) -> web.Response:
     return web.Response(status=status, text=text, headers=headers or None)
 
 
-class FrontDoor:
-    """The aiohttp server in front of an `Emulator`."""
+def normalize_path(raw_path: str) -> tuple[list[str], str]:
+    """Decoded path segments with dot segments resolved, and the raw path they come from.
 
-    def __init__(self, emulator: Emulator, *, max_body_size: int) -> None:
+    Each segment is percent-decoded except ``%2F`` (kept as written, as ASP.NET Core keeps
+    it); a segment that decodes to ``.`` is dropped and one that decodes to ``..`` also drops
+    the segment before it (never above the root), as RFC 3986 §5.2.4 and Kestrel do. A
+    trailing dot segment leaves a trailing ``/``.
+    """
+    raw_kept: list[str] = []
+    kept: list[str] = []
+    pieces = raw_path.split("/")[1:] if raw_path.startswith("/") else raw_path.split("/")
+    for index, raw in enumerate(pieces):
+        decoded = "".join(
+            part if _ENCODED_SLASH.fullmatch(part) else unquote(part)
+            for part in _ENCODED_SLASH.split(raw)
+        )
+        if decoded in (".", ".."):
+            if decoded == ".." and kept:
+                kept.pop()
+                raw_kept.pop()
+            if index == len(pieces) - 1:
+                kept.append("")
+                raw_kept.append("")
+            continue
+        kept.append(decoded)
+        raw_kept.append(raw)
+    return kept, "/" + "/".join(raw_kept)
+
+
+class _ConsoleLog(logging.Handler):
+    """aiohttp's server log (malformed requests, its own failures) as one console line each."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            exc = record.exc_info[1] if record.exc_info else None
+            text = " ".join(record.getMessage().split())
+            if exc is not None:
+                detail = " ".join(str(exc).split()) or repr(exc)
+                text += f": {detail[:300]}"
+            if isinstance(exc, HttpProcessingError) or record.levelno < logging.ERROR:
+                self.console.warning(f"HTTP: {text}")
+            else:
+                self.console.error(f"HTTP: {text} ({type(exc).__name__})")
+        except Exception:
+            self.handleError(record)
+
+
+class FrontDoor:
+    """The aiohttp server in front of an `Emulator`.
+
+    Args:
+        max_body_size: the largest request body accepted (bytes).
+        header_timeout: seconds for a request's line and headers (and for idling between
+            requests on a kept-alive connection).
+        min_data_rate: bytes per second a request body or a response must keep up...
+        data_rate_grace: ...after this many seconds.
+    """
+
+    def __init__(
+        self,
+        emulator: Emulator,
+        *,
+        max_body_size: int,
+        header_timeout: float = 30.0,
+        min_data_rate: float = 240.0,
+        data_rate_grace: float = 5.0,
+    ) -> None:
         self.emulator = emulator
         self.max_body_size = max_body_size
+        self.header_timeout = header_timeout
+        self.min_data_rate = min_data_rate
+        self.data_rate_grace = data_rate_grace
+        self.addresses: list[str] = []
         self._runner: web.AppRunner | None = None
+        self._log = logging.Logger("workerkit.host.http", logging.WARNING)
+        self._log.addHandler(_ConsoleLog(emulator.console))
 
     async def start(self, host: str, port: int) -> int:
-        """Listen on `host`:`port` (0: a free port); return the port.
+        """Listen on every address `host` resolves to, at `port` (0: a free port, the same
+        for all); return the port. `addresses` lists the addresses bound.
 
         Raises:
-            OSError: the address cannot be bound.
+            OSError: the name does not resolve, or an address cannot be bound.
         """
-        app = web.Application(
-            client_max_size=self.max_body_size + 1, handler_args={"max_field_size": 65536}
+        app = web.Application(client_max_size=self.max_body_size + 1)
+        # Every path, also with an encoded line break in it (`.` would stop there).
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle, expect_handler=self._expect)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=5.0,
+            keepalive_timeout=self.header_timeout,
+            max_line_size=MAX_REQUEST_LINE,
+            max_field_size=MAX_HEADERS_TOTAL,
+            max_headers=MAX_HEADERS,
+            logger=self._log,
         )
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
         try:
-            await site.start()
+            addresses = await _resolve(host)
+            bound = port
+            for address in addresses:
+                site = web.TCPSite(runner, address, bound, reuse_address=True)
+                await site.start()
+                bound = runner.addresses[-1][1]
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        addresses = runner.addresses
-        bound: int = addresses[0][1] if addresses else port
+        self.addresses = addresses
         return bound
 
     async def stop(self) -> None:
@@ -76,30 +192,72 @@ class FrontDoor:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:
-            return await self._dispatch(request)
+            response = await self._dispatch(request)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.emulator.console.error(
                 f"emulator error while handling {request.method} {request.path}: {exc!r}"
             )
-            return _text(500, "the emulator failed to handle this request (see its log)\n")
+            response = _text(500, "the emulator failed to handle this request (see its log)\n")
+        return await self._send(request, response)
+
+    async def _send(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        """Write `response` within the minimum data rate; abort the connection if the client
+        reads it more slowly."""
+        budget = self.data_rate_grace + (response.content_length or 0) / self.min_data_rate
+        try:
+            async with asyncio.timeout(budget):
+                await response.prepare(request)
+                await response.write_eof()
+        except TimeoutError:
+            self.emulator.console.warning(
+                f"{request.method} {request.path}: the client read the response slower than"
+                f" {self.min_data_rate:g} bytes/s; the connection was aborted."
+            )
+            if request.transport is not None:
+                request.transport.abort()
+        except ConnectionError:
+            pass  # the client went away; aiohttp notices too
+        return response
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: refuse a body over the limit before the client sends it."""
+        length = request.content_length
+        if length is not None and length > self.max_body_size:
+            return self._too_large(length)
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return _text(417, f"unknown expectation {request.headers.get('Expect')!r}\n")
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         emulator = self.emulator
         if emulator.stopping:
             return _text(503, "the host is shutting down\n")
-        raw_path = request.raw_path.split("?", 1)[0]
-        segments = [unquote(s) for s in raw_path.split("/")[1:]]
+        if request.version < (1, 0):  # a request line without a version: Kestrel's 400
+            response = _text(400, "a request line needs a version: HTTP/1.0 or HTTP/1.1\n")
+            response.force_close()
+            return response
+        size = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+        if size > MAX_HEADERS_TOTAL:
+            response = _text(
+                431,
+                f"the request headers take {size} bytes, over the limit of {MAX_HEADERS_TOTAL}\n",
+            )
+            response.force_close()
+            return response
+        segments, path = normalize_path(request.rel_url.raw_path)
         if segments and segments[0].lower() == "admin":
             return await self._admin(request, segments[1:])
         settings = emulator.host_settings
         prefix = [p for p in (settings.route_prefix if settings else "api").split("/") if p]
         if [s.lower() for s in segments[: len(prefix)]] != [p.lower() for p in prefix]:
-            return _text(404, f"no function matches {request.path}\n")
+            return _text(404, f"no function matches {unquote(path)}\n")
         found = emulator.router.match(request.method, segments[len(prefix) :])
         if found is None:
-            return _text(404, f"no function matches {request.path}\n")
+            return _text(404, f"no function matches {unquote(path)}\n")
         if isinstance(found, frozenset):
             allowed = ", ".join(sorted(found))
             return _text(
@@ -114,9 +272,10 @@ class FrontDoor:
                 " (chunked); the real host passes no body then, so neither does the emulator."
             )
             body = None
+        query = request.rel_url.raw_query_string
         incoming = IncomingRequest(
             method=request.method,
-            url=f"{request.scheme}://{request.host}{request.raw_path}",
+            url=f"{request.scheme}://{request.host}{path}" + (f"?{query}" if query else ""),
             headers=list(request.headers.items()),
             query=list(request.query.items()),
             params=found.params,
@@ -133,7 +292,25 @@ class FrontDoor:
         if not request.body_exists:
             return None
         data = bytearray()
-        while chunk := await request.content.read(_CHUNK):
+        started = asyncio.get_running_loop().time()
+        while True:
+            # By any time t the body must have come at min_data_rate since the grace period.
+            deadline = started + self.data_rate_grace + len(data) / self.min_data_rate
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await request.content.read(_CHUNK)
+            except TimeoutError:
+                return await self._too_slow(request, len(data))
+            except (ConnectionError, web.RequestPayloadError, HttpProcessingError) as exc:
+                self.emulator.console.warning(
+                    f"{request.method} {request.path}: the request body broke off after"
+                    f" {len(data)} bytes ({exc}); the function was not called."
+                )
+                response = _text(400, f"the request body broke off: {exc}\n")
+                response.force_close()
+                return response
+            if not chunk:
+                break
             data += chunk
             if len(data) > limit:
                 return self._too_large(len(data))
@@ -146,6 +323,23 @@ class FrontDoor:
             f" {self.max_body_size} bytes\n",
         )
         response.force_close()
+        return response
+
+    async def _too_slow(self, request: web.Request, received: int) -> web.Response:
+        """408, then close the connection (no lingering for the rest of a trickled body)."""
+        self.emulator.console.warning(
+            f"{request.method} {request.path}: the request body came slower than"
+            f" {self.min_data_rate:g} bytes/s ({received} bytes); answered 408."
+        )
+        response = _text(
+            408,
+            f"the request body came slower than {self.min_data_rate:g} bytes/s after"
+            f" {self.data_rate_grace:g} s ({received} bytes received)\n",
+        )
+        response.force_close()
+        await self._send(request, response)
+        if request.protocol is not None:
+            request.protocol.force_close()
         return response
 
     async def _admin(self, request: web.Request, segments: list[str]) -> web.StreamResponse:
@@ -161,6 +355,18 @@ class FrontDoor:
             state = {"state": "Running", "version": HOST_VERSION}
             return web.json_response(state)
         return _text(404, f"no admin endpoint {request.path}\n")
+
+
+async def _resolve(host: str) -> list[str]:
+    """The addresses `host` names (a literal address names itself), without duplicates."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host or None, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def _response(output: HttpOutput) -> web.Response:

@@ -77,7 +77,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1; anything else is reachable by others)",
+        help="address or name to listen on (default 127.0.0.1; any other gets a warning"
+        " saying whether it is loopback only)",
     )
     parser.add_argument(
         "--max-body-size",

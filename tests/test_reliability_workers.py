@@ -1,0 +1,660 @@
+"""User code misbehaving in the example workers, through `workerkit host` and TestHost.
+
+Real worker subprocesses, real HTTP on loopback. Invariant: every call is answered (a 500 when
+the function fails, exits or hangs), and the worker — or, after a crash, its replacement —
+keeps serving. Recovery times and the stream-drop exit time are printed (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EXAMPLES, arun
+from emulator_support import RunningEmulator, request, write_app
+from example_apps import CANCELLED, FAILURE, SUCCESS, start
+
+from workerkit import HttpRequest
+from workerkit.convert import decode_output
+from workerkit.emulator import EmulatorOptions
+from workerkit.testing import TestHost, binding, http_bindings
+
+pytestmark = pytest.mark.reliability
+
+HTTP = [
+    {"type": "httpTrigger", "direction": "in", "name": "req", "authLevel": "anonymous",
+     "methods": ["get", "post"]},
+    {"type": "http", "direction": "out", "name": "$return"},
+]  # fmt: skip
+
+MISBEHAVE = '''\
+"""Functions that misbehave, one way each."""
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+
+from workerkit import HttpResponse
+
+
+def ok(req):
+    return HttpResponse(body=str(os.getpid()))
+
+
+def crash(req):
+    logging.warning("leaving without a word")
+    os._exit(13)
+
+
+def noisy(req):
+    lines = int(req.query.get("lines", "40000"))
+    text = "x" * 99
+    for _ in range(lines):
+        print(text)
+        print(text, file=sys.stderr)
+    sys.stdout.write("y" * (1 << 20) + "\\n")  # one 1 MiB line
+    print("NOISY-STDOUT-END")
+    print("NOISY-STDERR-END", file=sys.stderr)
+    return HttpResponse(body="noisy done")
+
+
+def leak(req):
+    for _ in range(int(req.query.get("n", "20"))):
+        threading.Thread(target=time.sleep, args=(3600,)).start()  # not daemon threads
+    return HttpResponse(body=str(threading.active_count()))
+
+
+def forever(req):  # plain def, ignores cancellation
+    while True:
+        time.sleep(0.05)
+
+
+async def forever_async(req):
+    await asyncio.sleep(3600)
+
+
+async def spin(req):  # blocks the worker's event loop for good
+    while True:
+        pass
+
+
+class Halt(BaseException):
+    pass
+
+
+def raise_systemexit(req):
+    raise SystemExit(3)
+
+
+async def raise_sys_exit(req):
+    sys.exit("leaving now")
+
+
+def raise_keyboardinterrupt(req):
+    raise KeyboardInterrupt
+
+
+async def raise_custom(req):
+    raise Halt("a BaseException of its own")
+
+
+def raise_generatorexit(req):
+    raise GeneratorExit
+'''
+
+
+def python_worker(root: Path) -> Path:
+    """examples/python with this interpreter and no pause between restarts
+    (processRestartInterval 0: the host's default spaces restarts by 10 s)."""
+    worker = root / "pyworker"
+    worker.mkdir()
+    for name in ("worker.py", "pyfunc.py"):
+        shutil.copy(EXAMPLES / "python" / name, worker / name)
+    config = json.loads((EXAMPLES / "python" / "worker.config.json").read_text())
+    config["description"]["defaultExecutablePath"] = sys.executable
+    config["processOptions"]["processRestartInterval"] = "00:00:00"
+    (worker / "worker.config.json").write_text(json.dumps(config))
+    return worker
+
+
+def python_app(root: Path) -> Path:
+    entry_points = re.findall(r"^(?:async )?def (\w+)\(", MISBEHAVE, re.MULTILINE)
+    functions: dict[str, Any] = {
+        name: {"scriptFile": "../shared/misbehave.py", "entryPoint": name, "bindings": HTTP}
+        for name in entry_points
+    }
+    functions["exit_on_import"] = {"scriptFile": "exits.py", "bindings": HTTP}
+    app = write_app(root, functions, host={"functionTimeout": "00:00:02"})
+    (app / "shared").mkdir()
+    (app / "shared" / "misbehave.py").write_text(MISBEHAVE)
+    (app / "exit_on_import" / "exits.py").write_text("import sys\n\nsys.exit(4)\n")
+    for name in functions:
+        (app / name / "run.txt").unlink()
+    return app
+
+
+@pytest.fixture(scope="module")
+def pyhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEmulator]:
+    root = tmp_path_factory.mktemp("python")
+    options = EmulatorOptions(python_app(root), python_worker(root), port=0)
+    running = RunningEmulator(options).start()
+    assert running.start_error is None, running.output
+    yield running
+    assert running.stop() == 0
+
+
+def worker_pid(running: RunningEmulator) -> str:
+    reply = running.request("GET", "/api/ok", timeout=10)
+    assert reply.status == 200, reply.text
+    return reply.text
+
+
+def starts(running: RunningEmulator) -> int:
+    return running.output.count("Worker process started and initialized")
+
+
+def wait_served_by_a_new_worker(running: RunningEmulator, old_pid: str, since: float) -> float:
+    """Poll /api/ok until a worker other than `old_pid` answers; seconds since `since`."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        reply = running.request("GET", "/api/ok", timeout=10)
+        if reply.status == 200 and reply.text != old_pid:
+            return time.monotonic() - since
+        time.sleep(0.02)
+    raise AssertionError("no new worker served in time:\n" + running.output)
+
+
+# -- the python example --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("function", "shown"),
+    [
+        ("raise_systemexit", "SystemExit: 3"),
+        ("raise_sys_exit", "SystemExit: leaving now"),
+        ("raise_keyboardinterrupt", "KeyboardInterrupt"),
+        ("raise_custom", "Halt: a BaseException of its own"),
+        ("raise_generatorexit", "GeneratorExit"),
+    ],
+)
+def test_base_exceptions_in_python_functions_fail_only_that_call(
+    pyhost: RunningEmulator, function: str, shown: str
+) -> None:
+    pid, before = worker_pid(pyhost), starts(pyhost)
+    reply = pyhost.request("GET", f"/api/{function}")
+    assert reply.status == 500
+    assert f"Function '{function}' failed" in reply.text and shown in reply.text
+    assert worker_pid(pyhost) == pid and starts(pyhost) == before  # the same process serves
+
+
+def test_sys_exit_at_import_is_a_load_failure_not_an_exit(pyhost: RunningEmulator) -> None:
+    reply = pyhost.request("GET", "/api/exit_on_import")
+    assert reply.status == 500
+    assert "failed to load" in reply.text
+    out = pyhost.output
+    assert "exits.py: SystemExit: 4" in out and 'exits.py", line 3' in out
+    assert worker_pid(pyhost)
+
+
+@pytest.mark.parametrize("function", ["forever", "forever_async"])
+def test_a_function_that_never_returns_times_out_and_the_worker_keeps_serving(
+    pyhost: RunningEmulator, function: str
+) -> None:
+    pid, before = worker_pid(pyhost), starts(pyhost)
+    started = time.monotonic()
+    reply = pyhost.request("GET", f"/api/{function}")
+    assert reply.status == 500 and "timed out" in reply.text
+    assert time.monotonic() - started < 4  # functionTimeout is 2 s
+    # The worker answered the InvocationCancel at once: no restart was needed. (A plain def
+    # keeps its pool thread, though: Python cannot stop a thread.)
+    time.sleep(0.5)
+    assert worker_pid(pyhost) == pid and starts(pyhost) == before
+    assert "Restarting worker process" not in pyhost.output
+
+
+def test_os_exit_in_a_sync_function_gives_a_500_and_a_restarted_worker(
+    pyhost: RunningEmulator,
+) -> None:
+    pid = worker_pid(pyhost)
+    reply = pyhost.request("GET", "/api/crash")
+    crashed = time.monotonic()
+    assert reply.status == 500
+    assert "the worker process exited with status 13 during the invocation" in reply.text
+    recovery = wait_served_by_a_new_worker(pyhost, pid, crashed)
+    print(f"\nos._exit(13) in a function: 500 at once, a new worker serving {recovery:.2f} s later")
+    assert recovery < 10
+    assert "Language Worker Process exited with status 13" in pyhost.output
+    for _ in range(3):
+        assert pyhost.request("GET", "/api/ok").status == 200
+
+
+def test_a_function_blocking_the_event_loop_forever_gets_its_worker_replaced(
+    pyhost: RunningEmulator,
+) -> None:
+    pid = worker_pid(pyhost)
+    reply = pyhost.request("GET", "/api/spin")
+    timed_out = time.monotonic()
+    assert reply.status == 500 and "timed out" in reply.text
+    # The worker cannot answer the cancel (its loop spins), so the host restarts it: 2 s
+    # grace, WorkerTerminate unanswered for 5 s, then a kill.
+    recovery = wait_served_by_a_new_worker(pyhost, pid, timed_out)
+    print(
+        f"\nan async def spinning forever: 500 at the timeout, a new worker {recovery:.2f} s later"
+    )
+    assert recovery < 15
+    assert "A function timeout has occurred. Restarting worker process" in pyhost.output
+    assert "the worker failed" not in pyhost.output  # not counted as a worker error
+
+
+def test_heavy_stdout_and_stderr_stall_neither_the_worker_nor_the_emulator(
+    pyhost: RunningEmulator,
+) -> None:
+    lines = 100_000  # 10 MB to each stream, plus a 1 MiB line
+    result: dict[str, Any] = {}
+
+    def call() -> None:
+        started = time.monotonic()
+        result["reply"] = pyhost.request("GET", f"/api/noisy?lines={lines}", timeout=60)
+        result["seconds"] = time.monotonic() - started
+
+    noisy = threading.Thread(target=call)
+    noisy.start()
+    latencies = []
+    while noisy.is_alive():
+        started = time.monotonic()
+        assert pyhost.request("GET", "/api/ok", timeout=10).status == 200
+        latencies.append(time.monotonic() - started)
+        time.sleep(0.02)
+    noisy.join()
+    assert result["reply"].status == 200 and result["reply"].text == "noisy done"
+    out = pyhost.wait_for(lambda text: "NOISY-STDOUT-END" in text and "NOISY-STDERR-END" in text)
+    assert out.count("x" * 99) >= 2 * lines  # every line reached the console
+    print(
+        f"\n20 MB of stdout/stderr lines plus a 1 MiB line in {result['seconds']:.2f} s;"
+        f" {len(latencies)} other calls meanwhile, slowest {max(latencies, default=0):.3f} s"
+    )
+    assert result["seconds"] < 30
+    assert max(latencies, default=0) < 2.0
+
+
+# -- leaked threads, and the stream dropping ------------------------------------------------
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def threads_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^Threads:\s+(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
+
+
+class HostProcess:
+    """``workerkit host`` as a user runs it, output collected."""
+
+    def __init__(self, app: Path, worker: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "workerkit", "host", str(app), "--worker", str(worker),
+             "--port", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "NO_COLOR": "1"},
+        )  # fmt: skip
+        self.lines: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        found = self.wait_for(r"Host started: (http://\S+)")
+        self.url = found.group(1)
+        self.worker_pid = int(self.wait_for(r"initialized: pid (\d+)").group(1))
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, "".join(self.lines))
+            if found:
+                return found
+            time.sleep(0.02)
+        raise AssertionError(f"{pattern!r} not seen:\n" + "".join(self.lines))
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+
+def wait_gone(pid: int, timeout: float = 20) -> float:
+    started = time.monotonic()
+    while alive(pid):
+        assert time.monotonic() - started < timeout, f"process {pid} is still running"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def test_leaked_threads_and_a_stuck_call_keep_no_worker_alive_after_its_host(
+    tmp_path: Path,
+) -> None:
+    app, worker = python_app(tmp_path), python_worker(tmp_path)
+    graceful = HostProcess(app, worker)
+    try:
+        for _ in range(5):  # 100 sleeping non-daemon threads
+            assert request("GET", graceful.url + "/api/leak?n=20").status == 200
+        assert threads_of(graceful.worker_pid) >= 100
+        assert request("GET", graceful.url + "/api/ok").text == str(graceful.worker_pid)
+        # SIGTERM: the host drains, sends WorkerTerminate; the worker exits despite its threads.
+        started = time.monotonic()
+        graceful.process.send_signal(signal.SIGTERM)
+        assert graceful.process.wait(20) == 0
+        stopped = time.monotonic() - started
+        assert wait_gone(graceful.worker_pid) < 5
+        assert "Host stopped." in "".join(graceful.lines)
+    finally:
+        graceful.close()
+
+    crashed = HostProcess(app, worker)
+    try:
+        assert request("GET", crashed.url + "/api/leak?n=50").status == 200
+
+        def call_forever() -> None:
+            with contextlib.suppress(OSError):  # the host dies before it can answer
+                request("GET", crashed.url + "/api/forever")
+
+        stuck = threading.Thread(target=call_forever, daemon=True)
+        stuck.start()
+        crashed.wait_for("Executing 'Functions.forever'")
+        time.sleep(0.2)
+        # The host dies without a word: the stream drops mid-invocation.
+        crashed.process.kill()
+        gone = wait_gone(crashed.worker_pid)
+    finally:
+        crashed.close()
+    print(
+        f"\nhost stopped with SIGTERM: host and worker gone in {stopped:.2f} s;"
+        f" host killed mid-invocation: worker (50 leaked threads, a stuck call) exited"
+        f" {gone:.2f} s later"
+    )
+    assert gone < 5
+
+
+@pytest.mark.parametrize("function", ["forever_async", "forever"])
+def test_the_worker_exits_non_zero_promptly_when_the_stream_drops_mid_invocation(
+    tmp_path: Path, function: str
+) -> None:
+    """The python example, its call in flight an async def or a plain def stuck in its pool."""
+    app = python_app(tmp_path)
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            worker, conn = await start(host, "python", app=app)
+            reply = await conn.load(
+                "f", function, bindings=http_bindings(), entry_point=function,
+                script_file=str(app / "shared" / "misbehave.py"),
+            )  # fmt: skip
+            assert reply.result.status == SUCCESS, reply.result
+            await conn.start_invocation("f", {"req": HttpRequest("GET", "http://x")})
+            await asyncio.sleep(0.3)
+            assert worker.process.returncode is None
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            conn.close()
+            code = await worker.wait(10)
+            elapsed = loop.time() - started
+            assert code == 1
+            print(f"\nstream ended, {function} in flight: worker exited 1 after {elapsed:.3f} s")
+            assert elapsed < 3
+
+    arun(scenario())
+
+
+# -- the process example: no shell, whatever the input -------------------------------------
+
+ECHO = """#!/usr/bin/env bash
+printf '{"returnValue": {"status": 200, "body": {"argc": %d, "request": ' "$#"
+cat
+printf '}}}'
+"""
+EVIL = [
+    "$(touch pwned)", "`touch pwned`", "; touch pwned", "' ; touch pwned ; '",
+    '" && touch pwned && "', "| touch pwned", "$HOME %PATH% {x} \\ > pwned < /etc/passwd",
+    "\n touch pwned \n", "${IFS}touch${IFS}pwned", "*", "~root", "!!",
+]  # fmt: skip
+
+
+def no_marker(*roots: Path) -> None:
+    for root in roots:
+        assert not list(root.rglob("pwned")), f"a shell ran in {root}"
+
+
+def test_the_process_worker_passes_no_input_through_a_shell(tmp_path: Path) -> None:
+    """Function names, directories and script paths, inputs, trigger metadata keys and values,
+    and every part of an HTTP request reach the script as data, never as a command line."""
+    app = tmp_path / "app"
+    folder = app / "d $(touch pwned); `touch pwned` 'q' \"dq\""
+    folder.mkdir(parents=True)
+    scripts = {
+        "interpreted": folder / "s $(touch pwned);'q'\"`id`.sh",
+        "direct": folder / "n $(touch pwned) | x.bin",  # no known extension: run directly
+    }
+    for script in scripts.values():
+        script.write_text(ECHO)
+        script.chmod(0o755)
+    name = "f;$(touch pwned)`touch pwned`|x"
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            _, conn = await start(host, "process", app=app)
+            for kind, script in scripts.items():
+                reply = await conn.load(
+                    kind, f"{name}-{kind}", bindings=http_bindings(), script_file=str(script),
+                    directory=str(folder),
+                )  # fmt: skip
+                assert reply.result.status == SUCCESS, reply.result
+            for kind in scripts:
+                for text in EVIL:
+                    request = HttpRequest(
+                        text[:8].strip() or "GET", f"http://x/api/{urllib.parse.quote(text)}",
+                        headers={"x-evil": text}, query={text: text}, params={"p": text},
+                        body=text.encode(),
+                    )  # fmt: skip
+                    reply = await conn.invoke(
+                        kind, {"req": request}, trigger_metadata={text: text, "Id": text}
+                    )
+                    assert reply.result.status == SUCCESS, reply.result
+                    seen = decode_output(reply.return_value).json()
+                    assert seen["argc"] == 0  # nothing but the script path on the command line
+                    got = seen["request"]
+                    assert got["functionName"] == f"{name}-{kind}"
+                    assert got["functionDirectory"] == str(folder)
+                    req = got["inputs"]["req"]
+                    assert req["headers"]["x-evil"] == text
+                    assert req["query"] == {text: text} and req["params"] == {"p": text}
+                    assert req["body"] == text
+                    assert got["triggerMetadata"][text] == text
+                    assert got["triggerMetadata"]["Id"] == text
+        no_marker(tmp_path, Path.cwd())
+
+    arun(scenario())
+
+    # The same through workerkit host, from a real HTTP request (route, query, headers, body).
+    (app / "echo").mkdir()
+    (app / "echo" / "echo.sh").write_text(ECHO)
+    route = {**HTTP[0], "route": "echo/{*rest}"}
+    (app / "echo" / "function.json").write_text(json.dumps({"bindings": [route, HTTP[1]]}))
+    (app / "host.json").write_text('{"version": "2.0"}')
+    environ = {**os.environ, "languageWorkers__process__defaultExecutablePath": sys.executable}
+    running = RunningEmulator(
+        EmulatorOptions(app, EXAMPLES / "process", port=0, environ=environ)
+    ).start()
+    try:
+        assert running.start_error is None, running.output
+        for text in EVIL:
+            quoted = urllib.parse.quote(text, safe="")
+            reply = running.request(
+                "POST", f"/api/echo/{quoted}?q={quoted}", text.encode(),
+                headers={"X-Evil": text.replace("\n", " ")},
+            )  # fmt: skip
+            assert reply.status == 200, reply.text
+            seen = reply.json()
+            assert seen["argc"] == 0
+            req = seen["request"]["inputs"]["req"]
+            # %2F stays encoded in a route value, as in ASP.NET Core
+            assert req["params"] == {"rest": text.replace("/", "%2F")}
+            assert req["query"] == {"q": text}
+            assert req["headers"]["x-evil"] == text.replace("\n", " ").strip()
+            assert req["body"] == text
+    finally:
+        assert running.stop() == 0
+    no_marker(tmp_path, Path.cwd())
+
+
+# -- the Lua example: sandbox and runaway code ----------------------------------------------
+
+PROBE = """
+return function(inputs)
+  local f, err = load(inputs.msg)
+  if not f then return { ok = false, err = err } end
+  local ok, result = pcall(f)
+  return { ok = ok, err = not ok and tostring(result) or nil }
+end
+"""
+SPIN_AT_LOAD = "while true do end\nreturn function() end\n"
+C_CALL = 'return function() return string.find(string.rep("a", 300), ".-.-.-b") end'
+OK = 'return function() return "ok" end'
+
+
+def lua_app(root: Path) -> Path:
+    for name, source in (("probe", PROBE), ("spinload", SPIN_AT_LOAD), ("ccall", C_CALL),
+                         ("ok", OK)):  # fmt: skip
+        (root / name).mkdir(parents=True)
+        (root / name / f"{name}.lua").write_text(source)
+    (root / "lib").mkdir()
+    import lupa  # the Lua runtime's own native module, as a C module a function might want
+
+    native = next(Path(lupa.__file__).parent.glob("lua54*.so"))
+    shutil.copy(native, root / "lib" / "native.so")
+    return root
+
+
+async def lua_load(conn: Any, app: Path, name: str) -> Any:
+    return await conn.load(
+        name, name, script_file=str(app / name / f"{name}.lua"),
+        bindings={"msg": binding("queueTrigger"), "$return": binding("queue", "out")},
+    )  # fmt: skip
+
+
+def test_the_lua_sandbox_refuses_c_modules_and_caps_memory(tmp_path: Path) -> None:
+    app = lua_app(tmp_path / "app")
+    escapes = {
+        "return require('native')": "module 'native' not found",
+        "return require('lua54')": "module 'lua54' not found",
+        "return require('lupa.lua54')": "module 'lupa.lua54' not found",
+        "return require('../lib/native')": "module names are dotted Lua identifiers",
+        "return require('/usr/lib/x86_64-linux-gnu/libc.so.6')": "dotted Lua identifiers",
+        "return io.popen('touch pwned')": "attempt to index a nil value (global 'io')",
+        "return os.exit(1)": "attempt to call a nil value (field 'exit')",
+        "return collectgarbage('count')": "attempt to call a nil value (global 'collectgarbage')",
+        "return string.rep('x', 1 << 30)": "not enough memory",
+        "local t = {} for i = 1, 1e9 do t[i] = i end": "not enough memory",
+    }
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            worker, conn = await start(host, "lua", app=app, env={"LUA_MAX_MEMORY_MB": "32"})
+            assert (await lua_load(conn, app, "probe")).result.status == SUCCESS
+            for code, expected in escapes.items():
+                reply = await conn.invoke("probe", {"msg": code}, timeout=30)
+                assert reply.result.status == SUCCESS, (code, reply.result)
+                outcome = decode_output(reply.return_value)
+                assert outcome["ok"] is False and expected in outcome["err"], (code, outcome)
+            # 32 MB at a time, never more: the worker is still there and well.
+            assert worker.process.returncode is None
+            assert (await lua_load(conn, app, "ok")).result.status == SUCCESS
+            reply = await conn.invoke("ok", {"msg": "x"})
+            assert decode_output(reply.return_value) == "ok"
+        no_marker(tmp_path, Path.cwd())
+
+    arun(scenario())
+
+
+def test_lua_runaway_code_at_load_and_in_c_calls(tmp_path: Path) -> None:
+    app = lua_app(tmp_path / "app")
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            env = {"LUA_TIMEOUT_SECONDS": "1", "WORKERKIT_THREADS": "1"}
+            _, conn = await start(host, "lua", app=app, env=env)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            reply = await lua_load(conn, app, "spinload")  # the chunk itself never ends
+            assert reply.result.status == FAILURE
+            assert "spinload.lua: timed out after 1 s" in reply.result.exception.message
+            assert loop.time() - started < 5
+            for name in ("ccall", "ok"):
+                assert (await lua_load(conn, app, name)).result.status == SUCCESS
+
+            # A long C call (a backtracking string.find) cannot be interrupted by the count
+            # hook: the cancel is answered at once, but the call holds its thread until the
+            # C function returns. With one thread, the next call waits for it.
+            stuck = await conn.start_invocation("ccall", {"msg": "x"})
+            await asyncio.sleep(0.2)
+            cancelled_at = loop.time()
+            await conn.cancel(stuck.invocation_id)
+            assert (await stuck.result(5)).result.status == CANCELLED
+            answered = loop.time() - cancelled_at
+            after = await conn.invoke("ok", {"msg": "x"}, timeout=60)
+            waited = loop.time() - cancelled_at
+            assert decode_output(after.return_value) == "ok"
+            print(f"\nLua C call: cancel answered in {answered:.3f} s; the next call on its"
+                  f" thread waited {waited:.2f} s for the C function to return")  # fmt: skip
+            assert answered < 1.0
+            assert waited > answered
+
+    arun(scenario())
+
+
+def test_a_runaway_lua_loop_through_workerkit_host_times_out_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    app = tmp_path / "app"
+    for name, source in (("spin", "return function() while true do end end"), ("hello", OK)):
+        (app / name).mkdir(parents=True)
+        (app / name / f"{name}.lua").write_text(source)
+        (app / name / "function.json").write_text(json.dumps({"bindings": HTTP}))
+    (app / "host.json").write_text('{"version": "2.0", "functionTimeout": "00:00:02"}')
+    environ = {**os.environ, "languageWorkers__lua__defaultExecutablePath": sys.executable}
+    running = RunningEmulator(EmulatorOptions(app, EXAMPLES / "lua", port=0, environ=environ))
+    running.start()
+    try:
+        assert running.start_error is None, running.output
+        started = time.monotonic()
+        reply = running.request("GET", "/api/spin")
+        assert reply.status == 500 and "timed out" in reply.text
+        assert time.monotonic() - started < 4
+        assert running.request("GET", "/api/hello").text == "ok"
+        assert "Restarting worker process" not in running.output
+        assert starts(running) == 1
+    finally:
+        assert running.stop() == 0
