@@ -705,3 +705,27 @@ def test_a_return_value_without_a_return_binding_is_refused() -> None:
             assert reply.result.status == SUCCESS
 
     arun(scenario())
+
+
+def test_generator_exit_from_a_plain_def_hook_is_answered_like_any_error() -> None:
+    class Closing(SyncScenarios):
+        def on_function_load(self, function: workerkit.FunctionInfo) -> None:
+            if function.name == "closing-load":
+                raise GeneratorExit("from load")
+
+        def on_invocation(self, invocation: workerkit.Invocation) -> Any:
+            raise GeneratorExit("from invocation")
+
+    async def scenario() -> None:
+        async with serving(Closing()) as (conn, started):
+            loaded = await conn.load("id-l", "closing-load")
+            assert loaded.result.status == FAILURE
+            assert "GeneratorExit" in loaded.result.exception.message
+            function_id = await load(conn, "closing")
+            reply = await conn.invoke(function_id, {})
+            assert reply.result.status == FAILURE
+            assert "GeneratorExit: from invocation" in reply.result.exception.message
+            await conn.status()
+            assert not started.task.done()
+
+    arun(scenario())

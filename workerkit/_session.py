@@ -249,7 +249,12 @@ class Session:
         if hook not in self._overridden:
             return method(arg)  # the base class's defaults are trivial
         context = contextvars.copy_context()
-        return await self._loop.run_in_executor(self._pool, context.run, method, arg)
+        ok, value = await self._loop.run_in_executor(
+            self._pool, context.run, _captured, method, arg
+        )
+        if ok:
+            return value
+        raise value  # raised here, not thrown in: GeneratorExit included
 
     def dispatch(self, message: Message | RawInvocation | Unreadable) -> None:
         if type(message) is RawInvocation:  # the hot path, read by _fastwire
@@ -659,6 +664,17 @@ class Session:
 
     def _file_change(self, request_id: str, request: pb.FileChangeEventRequest) -> None:
         log.info("file change reported by the host: %s %s", request.type, request.full_path)
+
+
+def _captured(method: Callable[[Any], Any], arg: Any) -> tuple[bool, Any]:
+    """Run a plain-def hook in a pool thread, returning its exception instead of raising it.
+
+    A future's exception is thrown into the awaiting coroutine, and a thrown GeneratorExit
+    closes that coroutine instead of reaching its handlers: the reply would be lost."""
+    try:
+        return True, method(arg)
+    except BaseException as exc:
+        return False, exc
 
 
 def _invocation(
