@@ -376,19 +376,8 @@ class _Runner:
         self, worker: _Worker, request: pb.FunctionLoadRequest
     ) -> pb.FunctionLoadResponse:
         conn = worker.connection()
-        metadata = request.metadata
-        assert metadata is not None  # load_request() always fills it
         try:
-            return await conn.load(
-                request.function_id,
-                metadata.name,
-                bindings=metadata.bindings,
-                script_file=metadata.script_file,
-                entry_point=metadata.entry_point,
-                directory=metadata.directory,
-                properties=metadata.properties,
-                timeout=self.options.timeout,
-            )
+            return await conn.send_load(request, timeout=self.options.timeout)
         except TimeoutError:
             worker.timed_out.add(("function_load_response", request.function_id))
             raise

@@ -273,8 +273,17 @@ class HostConnection:
             directory=directory,
             properties=properties,
         )
+        return await self.send_load(request, timeout=timeout)
+
+    async def send_load(
+        self, request: pb.FunctionLoadRequest, *, timeout: float | None = 60.0
+    ) -> pb.FunctionLoadResponse:
+        """Send a ready-made `FunctionLoadRequest` and wait for its response."""
         reply: pb.FunctionLoadResponse = await self._request(
-            Message(function_load_request=request), "function_load_response", function_id, timeout
+            Message(function_load_request=request),
+            "function_load_response",
+            request.function_id,
+            timeout,
         )
         return reply
 

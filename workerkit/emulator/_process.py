@@ -637,19 +637,7 @@ class Supervisor:
         timeout = None if self.function_timeout is None else max(60.0, self.function_timeout)
 
         async def load_one(spec: FunctionSpec) -> None:
-            request = spec.load_request()
-            metadata = request.metadata
-            assert metadata is not None
-            reply = await connection.load(
-                request.function_id,
-                metadata.name,
-                bindings=metadata.bindings,
-                script_file=metadata.script_file,
-                entry_point=metadata.entry_point,
-                directory=metadata.directory,
-                properties={k: v for k, v in metadata.properties.items() if k != "FunctionId"},
-                timeout=None,
-            )
+            reply = await connection.send_load(spec.load_request(), timeout=None)
             if reply.result is None or reply.result.status != pb.StatusResultStatus.Success:
                 error = _failure_text(reply.result)
                 channel.load_errors[spec.function_id] = error
