@@ -27,7 +27,6 @@ from ._fastwire import (
     decode_value,
     encode_chunks,
     invocation_response,
-    read_invocation,
     read_trace,
     typed_data,
 )
@@ -133,7 +132,6 @@ class Session:
             "functions_metadata_request": self._spawner(self._metadata),
             "function_load_request": self._spawner(self._load_one),
             "function_load_request_collection": self._spawner(self._load_collection),
-            "invocation_request": self._invocation_message,
             "invocation_cancel": self._invocation_cancel,
             "worker_status_request": self._status,
             "worker_terminate": self._terminate,
@@ -451,10 +449,6 @@ class Session:
                 invocation_id=frame.invocation_id, result=failure(reason)
             ),
         )
-
-    def _invocation_message(self, request_id: str, request: pb.InvocationRequest) -> None:
-        """An InvocationRequest the codec parsed the general way (e.g. a malformed one)."""
-        self._invocation_request(read_invocation(request_id, bytes(request)))
 
     def _invocation_request(self, request: RawInvocation) -> None:
         request_id = request.request_id

@@ -210,10 +210,6 @@ class Transport:
         else:
             self._queue.put_nowait((entry, None))
 
-    async def drain(self) -> None:
-        """Wait until everything queued so far has been handed to HTTP/2."""
-        await self._queue.join()
-
     # -- the call ---------------------------------------------------------------------------
     async def run(
         self,
@@ -248,7 +244,7 @@ class Transport:
                     reason = "stopped"
                     await asyncio.wait({writer, reader}, timeout=0)
                     if not writer.done():
-                        await self._flush(writer)
+                        await self._flush()
                     try:
                         await asyncio.wait_for(stream.end(), 1.0)
                     except Exception:  # the host may already be gone
@@ -301,7 +297,7 @@ class Transport:
         log.error("dropped a message that could not be sent: %s", problem)
         return None
 
-    async def _flush(self, writer: asyncio.Task[None]) -> None:
+    async def _flush(self) -> None:
         try:
             await asyncio.wait_for(self._queue.join(), 2.0)
         except TimeoutError:
