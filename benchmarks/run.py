@@ -654,8 +654,8 @@ def ratios(report: Report, summary: dict[str, dict[str, Any]]) -> list[tuple[str
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "FAIL/—"
+    if value is None:  # not measured in this run (e.g. --quick), or the measurement failed
+        return "—"
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
     return str(value)
