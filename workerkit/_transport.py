@@ -20,7 +20,7 @@ from grpclib.config import Configuration
 from grpclib.const import Cardinality
 from grpclib.encoding.base import CodecBase
 
-from ._fastwire import RawInvocation, fields, read_invocation, rpc_log
+from ._fastwire import RawInvocation, _varint, fields, read_invocation, rpc_log
 from ._generated import AzureFunctionsRpcMessages as pb
 from .cli import HostArgs
 from .errors import MessageTooLarge
@@ -66,22 +66,10 @@ def salvage(data: bytes, reason: str) -> Unreadable:
         pos, size = 0, len(view)
         try:
             while pos < size:
-                key = 0
-                for shift in range(0, 70, 7):
-                    byte = view[pos]
-                    pos += 1
-                    key |= (byte & 0x7F) << shift
-                    if byte < 0x80:
-                        break
+                key, pos = _varint(view, pos)
                 if key & 7 != 2:
                     return  # only length-delimited fields matter here
-                length = 0
-                for shift in range(0, 70, 7):
-                    byte = view[pos]
-                    pos += 1
-                    length |= (byte & 0x7F) << shift
-                    if byte < 0x80:
-                        break
+                length, pos = _varint(view, pos)
                 value = view[pos : min(pos + length, size)]
                 pos += length
                 number = key >> 3
@@ -89,7 +77,7 @@ def salvage(data: bytes, reason: str) -> Unreadable:
                     found[wanted[number]] = str(value, "utf-8", "replace")
                 elif number == nested:
                     walk(value, {1: "invocation_id"}, 0)
-        except IndexError:  # truncated: keep what was read
+        except (IndexError, ValueError):  # truncated or garbled: keep what was read
             return
 
     walk(memoryview(data), {1: "request_id"}, 4)
