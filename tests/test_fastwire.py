@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import pytest
 from google_pb2 import PACKAGE, Pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,14 +16,23 @@ from workerkit._fastwire import (
     decode_value,
     encode_chunks,
     encode_value,
+    function_load_response,
     invocation_response,
+    read_function_load,
+    read_init,
     read_invocation,
     read_trace,
     rpc_log,
+    start_stream,
+    status_result,
     typed_data,
+    worker_init_response,
 )
 from workerkit._generated import AzureFunctionsRpcMessages as pb
+from workerkit._logs import LogEntry
+from workerkit._types import FunctionInfo, InitRequest
 from workerkit.convert import ConversionError, HttpCookie, HttpResponse
+from workerkit.errors import CANCELLED, FAILURE, SUCCESS, ErrorDetails, error_details, failure
 
 PROPERTY = settings(
     max_examples=200,
@@ -163,26 +171,182 @@ def test_invocation_response_matches_the_message(
     assert pb.StreamingMessage.parse(encoded) == expected
 
 
+ERROR_DETAILS = st.builds(
+    ErrorDetails,
+    message=TEXT,
+    type=TEXT,
+    stack_trace=TEXT,
+    source=TEXT,
+    is_user_exception=st.booleans(),
+)
+
+
+def sendable(text: str) -> str:
+    """What a str with lone surrogates becomes on the wire: escaped, not an error."""
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
+def expected_exception(details: ErrorDetails) -> pb.RpcException:
+    return pb.RpcException(
+        message=sendable(details.message),
+        type=sendable(details.type),
+        stack_trace=sendable(details.stack_trace),
+        source=sendable(details.source),
+        is_user_exception=details.is_user_exception,
+    )
+
+
 @PROPERTY
 @given(
     entry=st.builds(
-        pb.RpcLog,
-        invocation_id=st.text(max_size=10),
-        category=st.text(max_size=10),
-        level=st.sampled_from(list(pb.RpcLogLevel)),
-        message=st.text(max_size=30),
-        log_category=st.sampled_from(list(pb.RpcLogRpcLogCategory)),
-        event_id=st.sampled_from(["", "e1"]),
+        LogEntry,
+        message=TEXT,
+        invocation_id=TEXT,
+        category=TEXT,
+        level=st.integers(0, 6),
+        log_category=st.integers(0, 2),
+        exception=st.none() | ERROR_DETAILS,
     )
 )
-def test_rpc_log_matches_the_message(entry: pb.RpcLog) -> None:
+def test_rpc_log_matches_the_message(entry: LogEntry) -> None:
+    expected = pb.RpcLog(
+        invocation_id=sendable(entry.invocation_id),
+        category=sendable(entry.category),
+        level=pb.RpcLogLevel(entry.level),
+        message=sendable(entry.message),
+        log_category=pb.RpcLogRpcLogCategory(entry.log_category),
+        exception=None if entry.exception is None else expected_exception(entry.exception),
+    )
+    assert pb.StreamingMessage.parse(rpc_log(entry)) == pb.StreamingMessage(rpc_log=expected)
+
+
+@PROPERTY
+@given(status=st.sampled_from([FAILURE, SUCCESS, CANCELLED]), details=st.none() | ERROR_DETAILS)
+def test_status_result_matches_the_message(status: int, details: ErrorDetails | None) -> None:
+    expected = pb.StatusResult(
+        status=pb.StatusResultStatus(status),
+        exception=None if details is None else expected_exception(details),
+    )
+    assert pb.StatusResult.parse(status_result(status, details)) == expected
+
+
+def test_status_result_of_a_real_failure_is_what_errors_failure_builds() -> None:
     try:
-        expected = bytes(pb.StreamingMessage(rpc_log=entry))
-    except Exception:
-        with pytest.raises(UnicodeEncodeError):
-            rpc_log(entry)
-        return
-    assert pb.StreamingMessage.parse(rpc_log(entry)) == pb.StreamingMessage.parse(expected)
+        raise KeyError("missing")
+    except KeyError as exc:
+        error = exc
+    details = error_details(error, user=True, source="on_init")
+    assert pb.StatusResult.parse(status_result(FAILURE, details)) == failure(
+        error, user=True, source="on_init"
+    )
+
+
+@PROPERTY
+@given(data=st.data())
+def test_read_init_agrees_with_betterproto2(pb2: Pb2, data: st.DataObject) -> None:
+    raw = data.draw(pb_messages(pb2.descriptor(f"{PACKAGE}.WorkerInitRequest")))
+    general = pb.WorkerInitRequest.parse(raw.SerializeToString())
+    assert read_init(raw.SerializeToString()) == InitRequest(
+        host_version=general.host_version,
+        worker_directory=general.worker_directory,
+        function_app_directory=general.function_app_directory,
+        capabilities=general.capabilities,
+        log_categories={k: int(v) for k, v in general.log_categories.items()},
+    )
+
+
+@PROPERTY
+@given(data=st.data())
+def test_read_function_load_agrees_with_from_rpc(pb2: Pb2, data: st.DataObject) -> None:
+    raw = data.draw(pb_messages(pb2.descriptor(f"{PACKAGE}.FunctionLoadRequest")))
+    general = pb.FunctionLoadRequest.parse(raw.SerializeToString())
+    expected = FunctionInfo.from_rpc(
+        general.function_id, general.metadata or pb.RpcFunctionMetadata()
+    )
+    assert read_function_load(raw.SerializeToString()) == expected
+
+
+@PROPERTY
+@given(request_id=TEXT, worker_id=TEXT)
+def test_start_stream_matches_the_message(request_id: str, worker_id: str) -> None:
+    expected = pb.StreamingMessage(
+        request_id=sendable(request_id), start_stream=pb.StartStream(worker_id=sendable(worker_id))
+    )
+    assert pb.StreamingMessage.parse(start_stream(request_id, worker_id)) == expected
+
+
+@PROPERTY
+@given(
+    request_id=TEXT,
+    texts=st.lists(TEXT, min_size=5, max_size=5),
+    capabilities=st.dictionaries(TEXT, TEXT, max_size=3),
+    custom=st.dictionaries(TEXT, TEXT, max_size=3),
+    details=st.none() | ERROR_DETAILS,
+)
+def test_worker_init_response_matches_the_message(
+    request_id: str,
+    texts: list[str],
+    capabilities: dict[str, str],
+    custom: dict[str, str],
+    details: ErrorDetails | None,
+) -> None:
+    status = SUCCESS if details is None else FAILURE
+    version, name, runtime_version, bitness, _ = texts
+    encoded = worker_init_response(
+        request_id,
+        worker_version=version,
+        capabilities=capabilities,
+        result=status_result(status, details),
+        runtime_name=name,
+        runtime_version=runtime_version,
+        worker_bitness=bitness,
+        custom_properties=custom,
+    )
+
+    def escaped(mapping: dict[str, str]) -> dict[str, str]:
+        return {sendable(k): sendable(v) for k, v in mapping.items()}
+
+    expected = pb.StreamingMessage(
+        request_id=sendable(request_id),
+        worker_init_response=pb.WorkerInitResponse(
+            worker_version=sendable(version),
+            capabilities=escaped(capabilities),
+            result=pb.StatusResult.parse(status_result(status, details)),
+            worker_metadata=pb.WorkerMetadata(
+                runtime_name=sendable(name),
+                runtime_version=sendable(runtime_version),
+                worker_version=sendable(version),
+                worker_bitness=sendable(bitness),
+                custom_properties=escaped(custom),
+            ),
+        ),
+    )
+    assert pb.StreamingMessage.parse(encoded) == expected
+
+
+@PROPERTY
+@given(request_id=TEXT, function_id=TEXT, details=st.none() | ERROR_DETAILS)
+def test_function_load_response_matches_the_message(
+    request_id: str, function_id: str, details: ErrorDetails | None
+) -> None:
+    result = status_result(SUCCESS if details is None else FAILURE, details)
+    expected = pb.StreamingMessage(
+        request_id=sendable(request_id),
+        function_load_response=pb.FunctionLoadResponse(
+            function_id=sendable(function_id), result=pb.StatusResult.parse(result)
+        ),
+    )
+    assert pb.StreamingMessage.parse(function_load_response(request_id, function_id, result)) == (
+        expected
+    )
+
+
+def test_an_empty_result_is_still_sent() -> None:
+    """A Failure with no exception encodes to no bytes; the `result` field must still be
+    present, or the host would see no result at all."""
+    message = pb.StreamingMessage.parse(function_load_response("", "f", status_result(FAILURE)))
+    assert message.function_load_response is not None
+    assert message.function_load_response.result == pb.StatusResult()
 
 
 def test_a_16_mib_body_is_read_without_building_messages() -> None:

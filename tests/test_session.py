@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -97,6 +98,55 @@ def test_init_failure_is_reported_not_raised() -> None:
             await started.connection.status()  # still serving
 
     arun(scenario())
+
+
+def test_an_init_result_that_cannot_be_sent_is_a_failure_not_a_lost_reply() -> None:
+    class BadInit(Scenarios):
+        def on_init(self, request: workerkit.InitRequest) -> workerkit.InitResult:
+            return workerkit.InitResult(capabilities={"Retries": 3})  # type: ignore[dict-item]
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            started = await host.start_worker(BadInit())
+            init = await started.connection.init()
+            assert init.result.status == FAILURE
+            assert "InitResult.capabilities must map str to str" in init.result.exception.message
+            assert "Retries" not in init.capabilities
+            await started.connection.status()  # still serving
+
+    arun(scenario())
+
+
+def test_the_init_request_reaches_on_init_as_the_host_sent_it() -> None:
+    seen: list[workerkit.InitRequest] = []
+
+    class Recording(Scenarios):
+        def on_init(self, request: workerkit.InitRequest) -> workerkit.InitResult:
+            seen.append(request)
+            return super().on_init(request)
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            started = await host.start_worker(Recording())
+            init = await started.connection.init(
+                function_app_directory="/app",
+                worker_directory="/worker",
+                capabilities={"MultiStream": "10", "ü": "✓"},
+                log_categories={"Default": pb.RpcLogLevel.Warning, "Host.Function": 1},
+                host_version="4.1040.0",
+            )
+            assert init.result.status == SUCCESS
+
+    arun(scenario())
+    assert seen == [
+        workerkit.InitRequest(
+            host_version="4.1040.0",
+            worker_directory="/worker",
+            function_app_directory="/app",
+            capabilities={"MultiStream": "10", "ü": "✓"},
+            log_categories={"Default": 3, "Host.Function": 1},
+        )
+    ]
 
 
 def test_requests_sent_before_init_completes_wait_for_it() -> None:
@@ -649,6 +699,29 @@ def test_logs_are_attributed_categorised_and_sent_before_the_response() -> None:
                 if k == "rpc_log" and b.invocation_id == reply.invocation_id
             ]  # fmt: skip
             assert max(log_positions) < response_at
+
+    arun(scenario())
+
+
+def test_a_log_over_the_size_limit_is_shortened_and_unsendable_text_escaped() -> None:
+    class Loud(Scenarios):
+        async def fn_loud(self, invocation: workerkit.Invocation) -> Any:
+            try:
+                raise ValueError("with a traceback")
+            except ValueError:
+                logging.getLogger("tests.user").exception("x" * 100_000)
+            logging.getLogger("tests.user").warning("lone \udc80 surrogate")
+            return "done"
+
+    async def scenario() -> None:
+        async with serving(Loud(), max_message_length=64 * 1024) as (conn, _):
+            function_id = await load(conn, "loud")
+            reply = await conn.invoke(function_id, {})
+            assert reply.return_value.string == "done"
+            long, odd = conn.logs_for(reply.invocation_id)
+            assert long.message.endswith(" [truncated: over the message size limit]")
+            assert len(long.message) < 64 * 1024 and long.exception is None
+            assert odd.message == "lone \\udc80 surrogate"
 
     arun(scenario())
 

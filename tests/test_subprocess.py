@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from conftest import arun, running
 
+from workerkit import HttpRequest
 from workerkit._generated import AzureFunctionsRpcMessages as pb
 from workerkit.testing import TestHost, WorkerProcess
 
@@ -87,6 +89,32 @@ def test_environment_reload_in_a_real_process(tmp_path: Path) -> None:
             await conn.load("e", "env")
             result = await conn.invoke("e", {})
             assert result.return_value.json == f'{{"value":"reloaded","cwd":"{tmp_path}"}}'
+
+    arun(scenario())
+
+
+def test_betterproto2_is_imported_only_for_a_message_the_fast_path_does_not_read() -> None:
+    """Start-up (StartStream, init, loads), HTTP invocations and their logs are read and
+    written by `_fastwire`, so a worker is ready and serving without importing betterproto2
+    (~60 ms of start-up); the first uncommon message (here a status request) imports it."""
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            worker = await spawn(host)
+            conn = worker.connection
+            assert conn is not None
+            assert (await conn.load("m", "modules")).result.status == SUCCESS
+            request = HttpRequest("POST", "http://127.0.0.1/api/m", headers={"a": "b"}, body=b"{}")
+            inputs = {"req": request}
+            metadata = {"Headers": {"a": "b"}, "Query": {}}
+            first = await conn.invoke("m", inputs, trigger_metadata=metadata)
+            assert first.result.status == SUCCESS
+            assert json.loads(first.return_value.json) == {"betterproto2": False}
+            logs = [log.message for log in conn.logs_for(first.invocation_id)]
+            assert logs == ["checking the modules"]
+            await conn.status()
+            later = await conn.invoke("m", inputs, trigger_metadata=metadata)
+            assert json.loads(later.return_value.json) == {"betterproto2": True}
 
     arun(scenario())
 

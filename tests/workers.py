@@ -54,6 +54,11 @@ class Scenarios(workerkit.Worker):
         return await handler(invocation)
 
     # async functions -----------------------------------------------------------------------
+    async def fn_modules(self, invocation: Invocation) -> Any:
+        """Whether betterproto2 has been imported in this process (workerkit._pb)."""
+        user_log.warning("checking the modules")
+        return {"betterproto2": "betterproto2" in sys.modules}
+
     async def fn_echo(self, invocation: Invocation) -> Any:
         request = invocation.inputs["req"]
         return HttpResponse(body=request.body, headers={"x-echo": "1"})

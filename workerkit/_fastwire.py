@@ -8,7 +8,9 @@ writes those few messages directly:
 - `read_invocation` splits an `InvocationRequest` into its parts without building messages;
   inputs are decoded straight to Python values (`decode_value`), trigger metadata and the
   raw `TypedData` of inputs only when a hook asks for them (`LazyValues`);
-- `encode_value`, `invocation_response` and `rpc_log` write the bytes betterproto2 would.
+- `encode_value`, `invocation_response` and `rpc_log` write the bytes betterproto2 would;
+- the start-up conversation (StartStream, init, function loads) is read and written here too,
+  so a worker reaches "ready" without importing betterproto2 at all (`workerkit._pb`).
 
 Anything off the beaten path (cookies, collections, identities, shared memory, ...) falls back
 to betterproto2 and `workerkit.convert`, so the results are always those of the general code:
@@ -21,10 +23,12 @@ import json
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
-from ._generated import AzureFunctionsRpcMessages as pb
-from ._generated import RpcClaimsIdentity
+from ._logs import LogEntry
+from ._pb import pb, shared
+from ._types import Binding, DataType, Direction, FunctionInfo, InitRequest
 from .convert import (
     ConversionError,
     HttpRequest,
@@ -34,21 +38,29 @@ from .convert import (
     decode,
     encode,
 )
+from .errors import ErrorDetails
 
 __all__ = [
+    "HostRequest",
     "LazyValues",
     "RawInvocation",
     "decode_value",
     "encode_chunks",
     "encode_value",
+    "function_load_response",
     "invocation_response",
-    "read_invocation",
+    "read_function_load",
+    "read_init",
     "rpc_log",
+    "start_stream",
+    "status_result",
+    "worker_init_response",
 ]
 
 Buffer = bytes | memoryview
 _DOUBLE = struct.Struct("<d")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -293,7 +305,9 @@ def _http_request(view: memoryview) -> HttpRequest:
         query=query,
         params=params,
         body=_http_body(body, raw_body),
-        identities=tuple(_decode_identity(RpcClaimsIdentity.parse(bytes(i))) for i in identities)
+        identities=tuple(
+            _decode_identity(shared.RpcClaimsIdentity.parse(bytes(i))) for i in identities
+        )
         if identities
         else (),
     )
@@ -453,19 +467,211 @@ def invocation_response(
     return b"".join(message)
 
 
-def rpc_log(entry: pb.RpcLog) -> bytes:
-    """`StreamingMessage{rpc_log=entry}` for the common fields; betterproto2 otherwise."""
-    if entry.exception is not None or entry.properties_map or entry.event_id or entry.properties:
-        return bytes(pb.StreamingMessage(rpc_log=entry))
-    parts = []
-    if entry.invocation_id:
-        parts.append(_text_field(b"\x0a", entry.invocation_id))
-    if entry.category:
-        parts.append(_text_field(b"\x12", entry.category))
-    if entry.level:
-        parts.append(b"\x18" + _varint_bytes(int(entry.level)))
-    if entry.message:
-        parts.append(_text_field(b"\x22", entry.message))
+def _utf8(text: str) -> bytes:
+    """`text` as UTF-8; lone surrogates (possible in user strings) escaped, not fatal."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
+
+
+def _string(key: bytes, text: str) -> bytes:
+    """A string field, left out when empty (the proto3 default)."""
+    return _field(key, _utf8(text)) if text else b""
+
+
+def _string_map(key: bytes, mapping: Mapping[str, str]) -> bytes:
+    return b"".join(
+        _field(key, _field(b"\x0a", _utf8(name)) + _field(b"\x12", _utf8(value)))
+        for name, value in mapping.items()
+    )
+
+
+def _rpc_exception(details: ErrorDetails) -> bytes:
+    return b"".join(
+        (
+            _string(b"\x0a", details.stack_trace),
+            _string(b"\x12", details.message),
+            _string(b"\x1a", details.source),
+            b"\x20\x01" if details.is_user_exception else b"",
+            _string(b"\x2a", details.type),
+        )
+    )
+
+
+def status_result(status: int, exception: ErrorDetails | None = None) -> bytes:
+    """A `StatusResult` (`errors.SUCCESS`, `FAILURE` or `CANCELLED`)."""
+    parts = _field(b"\x12", _rpc_exception(exception)) if exception is not None else b""
+    return parts + (b"\x20" + _varint_bytes(status) if status else b"")
+
+
+def rpc_log(entry: LogEntry) -> bytes:
+    """`StreamingMessage{rpc_log=entry}`."""
+    parts = [
+        _string(b"\x0a", entry.invocation_id),
+        _string(b"\x12", entry.category),
+        b"\x18" + _varint_bytes(entry.level) if entry.level else b"",
+        _string(b"\x22", entry.message),
+    ]
+    if entry.exception is not None:
+        parts.append(_field(b"\x32", _rpc_exception(entry.exception)))
     if entry.log_category:
-        parts.append(b"\x40" + _varint_bytes(int(entry.log_category)))
+        parts.append(b"\x40" + _varint_bytes(entry.log_category))
     return _field(b"\x12", b"".join(parts))
+
+
+# -- the start-up conversation -------------------------------------------------------------------
+@dataclass(slots=True)
+class HostRequest:
+    """A start-up request read by hand: `kind` is the `StreamingMessage.content` member's name,
+    `body` an `InitRequest` (worker_init_request) or `FunctionInfo` (function_load_request)."""
+
+    request_id: str
+    kind: str
+    body: Any
+
+
+def _message(request_id: str, key: bytes, content: bytes) -> bytes:
+    """`StreamingMessage{request_id, <content member>}`; the member is sent even if empty."""
+    return _string(b"\x0a", request_id) + _field(key, content)
+
+
+def start_stream(request_id: str, worker_id: str) -> bytes:
+    """`StreamingMessage{start_stream={worker_id}}` (content field 20)."""
+    return _message(request_id, b"\xa2\x01", _string(b"\x12", worker_id))
+
+
+def worker_init_response(
+    request_id: str,
+    *,
+    worker_version: str,
+    capabilities: Mapping[str, str],
+    result: bytes,
+    runtime_name: str,
+    runtime_version: str,
+    worker_bitness: str,
+    custom_properties: Mapping[str, str],
+) -> bytes:
+    """`StreamingMessage{worker_init_response}` (content field 16); `result` is a
+    `status_result`."""
+    metadata = b"".join(
+        (
+            _string(b"\x0a", runtime_name),
+            _string(b"\x12", runtime_version),
+            _string(b"\x1a", worker_version),
+            _string(b"\x22", worker_bitness),
+            _string_map(b"\x2a", custom_properties),
+        )
+    )
+    content = b"".join(
+        (
+            _string(b"\x0a", worker_version),
+            _string_map(b"\x12", capabilities),
+            _field(b"\x1a", result),
+            _field(b"\x22", metadata),
+        )
+    )
+    return _message(request_id, b"\x82\x01", content)
+
+
+def function_load_response(request_id: str, function_id: str, result: bytes) -> bytes:
+    """`StreamingMessage{function_load_response}` (content field 9)."""
+    return _message(request_id, b"\x4a", _string(b"\x0a", function_id) + _field(b"\x12", result))
+
+
+def _string_entry(view: memoryview) -> tuple[str, str]:
+    key, value = _entry(view)
+    return key, _text(value) if value is not None else ""
+
+
+def read_init(data: Buffer) -> InitRequest:
+    """A `WorkerInitRequest`; raises ValueError if it is malformed."""
+    texts = ["", "", "", "", "", ""]  # by field number: host_version 1, directories 4 and 5
+    capabilities: dict[str, str] = {}
+    levels: dict[str, int] = {}
+    for number, wire_type, value in fields(data):
+        if wire_type != 2:
+            continue
+        if number in (1, 4, 5):
+            texts[number] = _text(value)
+        elif number == 2:
+            key, text = _string_entry(value)
+            capabilities[key] = text
+        elif number == 3:
+            key, level = "", 0
+            for inner, inner_type, item in fields(value):
+                if inner == 1 and inner_type == 2:
+                    key = _text(item)
+                elif inner == 2 and inner_type == 0:
+                    level = _int32(item)
+            levels[key] = level
+    return InitRequest(
+        host_version=texts[1],
+        worker_directory=texts[4],
+        function_app_directory=texts[5],
+        capabilities=capabilities,
+        log_categories=levels,
+    )
+
+
+def _int32(value: int) -> int:
+    """An enum or int32 varint (negative values arrive as 64-bit two's complement)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+_DIRECTIONS: dict[int, Direction] = {0: "in", 1: "out", 2: "inout"}
+_DATA_TYPES: dict[int, DataType] = {0: "undefined", 1: "string", 2: "binary", 3: "stream"}
+
+
+def read_function_load(data: Buffer) -> FunctionInfo:
+    """A `FunctionLoadRequest` as the `FunctionInfo` `on_function_load` receives (what
+    `FunctionInfo.from_rpc` makes of the same message); raises ValueError if malformed."""
+    function_id = ""
+    metadata: memoryview | None = None
+    for number, wire_type, value in fields(data):
+        if wire_type == 2:
+            if number == 1:
+                function_id = _text(value)
+            elif number == 2:
+                metadata = value
+    texts = ["", "", "", "", ""]  # by field number: directory 1, script 2, entry 3, name 4
+    bindings: dict[str, Binding] = {}
+    properties: dict[str, str] = {}
+    for number, wire_type, value in fields(metadata if metadata is not None else b""):
+        if wire_type != 2:
+            continue
+        if number <= 4:
+            texts[number] = _text(value)
+        elif number == 6:
+            name, info = _entry(value)
+            bindings[name] = _binding(name, info)
+        elif number == 16:
+            key, text = _string_entry(value)
+            properties[key] = text
+    return FunctionInfo(
+        function_id=function_id,
+        name=texts[4],
+        directory=texts[1],
+        script_file=texts[2],
+        entry_point=texts[3],
+        bindings=MappingProxyType(bindings),
+        properties=MappingProxyType(properties) if properties else _EMPTY,
+    )
+
+
+def _binding(name: str, info: memoryview | None) -> Binding:
+    kind, direction, data_type = "", 0, 0
+    for number, wire_type, value in fields(info if info is not None else b""):
+        if number == 2 and wire_type == 2:
+            kind = _text(value)
+        elif number == 3 and wire_type == 0:
+            direction = _int32(value)
+        elif number == 4 and wire_type == 0:
+            data_type = _int32(value)
+    return Binding(
+        name=name,
+        type=kind,
+        direction=_DIRECTIONS.get(direction, "in"),
+        data_type=_DATA_TYPES.get(data_type, "undefined"),
+    )

@@ -16,10 +16,9 @@ import sys
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 
-from ._generated import AzureFunctionsRpcMessages as pb
-from .errors import rpc_exception
+from .errors import ErrorDetails, error_details
 
-__all__ = ["current_invocation_id"]
+__all__ = ["LogEntry", "current_invocation_id"]
 
 SDK_LOGGER = "workerkit"
 log = logging.getLogger(SDK_LOGGER)
@@ -27,31 +26,64 @@ log = logging.getLogger(SDK_LOGGER)
 #: The invocation being served in this context ("" outside invocations).
 current_invocation_id: ContextVar[str] = ContextVar("workerkit_invocation_id", default="")
 
-_Level = pb.RpcLogLevel
-_LEVELS: tuple[tuple[int, pb.RpcLogLevel], ...] = (
-    (logging.CRITICAL, _Level.Critical),
-    (logging.ERROR, _Level.Error),
-    (logging.WARNING, _Level.Warning),
-    (logging.INFO, _Level.Information),
-    (logging.DEBUG, _Level.Debug),
+# `RpcLog.Level` and `RpcLog.RpcLogCategory` values (as on the wire).
+TRACE, DEBUG, INFORMATION, WARNING, ERROR, CRITICAL, NONE = range(7)
+USER, SYSTEM = 0, 1
+_LEVELS: tuple[tuple[int, int], ...] = (
+    (logging.CRITICAL, CRITICAL),
+    (logging.ERROR, ERROR),
+    (logging.WARNING, WARNING),
+    (logging.INFO, INFORMATION),
+    (logging.DEBUG, DEBUG),
 )
 # The host's levels (WorkerInitRequest.log_categories values) as logging levels.
 _HOST_LEVELS: dict[int, int] = {
-    _Level.Trace: 5,
-    _Level.Debug: logging.DEBUG,
-    _Level.Information: logging.INFO,
-    _Level.Warning: logging.WARNING,
-    _Level.Error: logging.ERROR,
-    _Level.Critical: logging.CRITICAL,
-    _Level.None_: logging.CRITICAL + 10,
+    TRACE: 5,
+    DEBUG: logging.DEBUG,
+    INFORMATION: logging.INFO,
+    WARNING: logging.WARNING,
+    ERROR: logging.ERROR,
+    CRITICAL: logging.CRITICAL,
+    NONE: logging.CRITICAL + 10,
 }
 
 
-def rpc_level(levelno: int) -> pb.RpcLogLevel:
+class LogEntry:
+    """One `RpcLog` to send: the fields workerkit fills, as plain values (`_fastwire.rpc_log`
+    writes it)."""
+
+    __slots__ = ("category", "exception", "invocation_id", "level", "log_category", "message")
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        category: str = "",
+        level: int = INFORMATION,
+        log_category: int = SYSTEM,
+        invocation_id: str = "",
+        exception: ErrorDetails | None = None,
+    ) -> None:
+        self.message = message
+        self.category = category
+        self.level = level
+        self.log_category = log_category
+        self.invocation_id = invocation_id
+        self.exception = exception
+
+    def __repr__(self) -> str:
+        return (
+            f"LogEntry({self.message!r}, category={self.category!r}, level={self.level}, "
+            f"log_category={self.log_category}, invocation_id={self.invocation_id!r})"
+        )
+
+
+def rpc_level(levelno: int) -> int:
+    """A `logging` level as an `RpcLog.Level` value."""
     for threshold, level in _LEVELS:
         if levelno >= threshold:
             return level
-    return _Level.Trace
+    return TRACE
 
 
 def host_level(level: int) -> int | None:
@@ -64,23 +96,24 @@ def is_sdk_record(record: logging.LogRecord) -> bool:
     return name == SDK_LOGGER or name.startswith(SDK_LOGGER + ".")
 
 
-def to_rpc_log(record: logging.LogRecord, invocation_id: str) -> pb.RpcLog:
+def to_rpc_log(record: logging.LogRecord, invocation_id: str) -> LogEntry:
     """`record` as an `RpcLog`; the caller has decided the category by `invocation_id`."""
     try:
         message = record.getMessage()
     except Exception as error:  # a bad format string must not lose the record
         message = f"{record.msg!r} (could not format arguments: {error})"
     user = bool(invocation_id) and not is_sdk_record(record)
-    entry = pb.RpcLog(
+    exception = None
+    if record.exc_info and record.exc_info[1] is not None:
+        exception = error_details(record.exc_info[1], user=user)
+    return LogEntry(
+        message,
         invocation_id=invocation_id if user else "",
         category=record.name,
         level=rpc_level(record.levelno),
-        message=message,
-        log_category=pb.RpcLogRpcLogCategory.User if user else pb.RpcLogRpcLogCategory.System,
+        log_category=USER if user else SYSTEM,
+        exception=exception,
     )
-    if record.exc_info and record.exc_info[1] is not None:
-        entry.exception = rpc_exception(record.exc_info[1], user=user)
-    return entry
 
 
 class RpcLogHandler(logging.Handler):
@@ -93,11 +126,11 @@ class RpcLogHandler(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.NOTSET)
-        self.sink: Callable[[pb.RpcLog], None] | None = None
+        self.sink: Callable[[LogEntry], None] | None = None
         self._category_levels: dict[str, int] = {}
         self._default_level = logging.INFO
 
-    def apply_host_levels(self, categories: Mapping[str, pb.RpcLogLevel]) -> None:
+    def apply_host_levels(self, categories: Mapping[str, int]) -> None:
         """Honour the host's ``log_categories`` (category -> minimum level); a category
         named ``Default`` (or empty) sets the level of every other category. Replaces
         whatever an earlier init asked for."""

@@ -17,22 +17,25 @@ import threading
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-import betterproto2
+from typing import TYPE_CHECKING, Any
 
 from ._fastwire import (
+    HostRequest,
     LazyValues,
     RawInvocation,
     decode_value,
     encode_chunks,
+    function_load_response,
     invocation_response,
     read_trace,
+    start_stream,
+    status_result,
     typed_data,
+    worker_init_response,
 )
-from ._generated import AzureFunctionsRpcMessages as pb
 from ._logs import RpcLogHandler, current_invocation_id
-from ._transport import Message, Transport, Unreadable
+from ._pb import pb
+from ._transport import Transport, Unreadable
 from ._types import (
     EnvironmentReload,
     FunctionInfo,
@@ -51,14 +54,19 @@ from ._watchdog import LoopWatchdog
 from .cli import HostArgs
 from .convert import ConversionError, HttpResponse
 from .errors import (
+    FAILURE,
+    SUCCESS,
     InvocationCancelled,
     MessageTooLarge,
     cancelled,
+    error_details,
     failure,
-    rpc_exception,
     success,
 )
 from .worker import HOOKS, Worker
+
+if TYPE_CHECKING:
+    from ._generated.AzureFunctionsRpcMessages import StreamingMessage as Message
 
 log = logging.getLogger("workerkit")
 
@@ -151,10 +159,7 @@ class Session:
         if _handler not in root.handlers:
             root.addHandler(_handler)
         _handler.sink = self.transport.offer_log
-        first = Message(
-            request_id=self.args.request_id,
-            start_stream=pb.StartStream(worker_id=self.args.worker_id),
-        )
+        first = start_stream(self.args.request_id, self.args.worker_id)
         reason = "cancelled"
         watchdog = None
         if self.options.loop_block_warning > 0:
@@ -237,7 +242,7 @@ class Session:
         return spawn
 
     def _reply(self, request_id: str, **content: Any) -> None:
-        self._spawn(self.transport.send(Message(request_id=request_id, **content)))
+        self._spawn(self.transport.send(pb.StreamingMessage(request_id=request_id, **content)))
 
     async def call(self, hook: str, arg: Any) -> Any:
         """Run a worker hook: await it when async, otherwise in the pool with our context."""
@@ -254,14 +259,19 @@ class Session:
             return value
         raise value  # raised here, not thrown in: GeneratorExit included
 
-    def dispatch(self, message: Message | RawInvocation | Unreadable) -> None:
+    def dispatch(self, message: Message | RawInvocation | HostRequest | Unreadable) -> None:
         if type(message) is RawInvocation:  # the hot path, read by _fastwire
             self._invocation_request(message)
+            return
+        if type(message) is HostRequest:  # init and loads, read by _fastwire
+            self._handlers[message.kind](message.request_id, message.body)
             return
         if isinstance(message, Unreadable):
             self._unreadable(message)
             return
-        assert isinstance(message, Message)
+        import betterproto2  # loaded with the messages
+
+        assert isinstance(message, pb.StreamingMessage)
         kind, body = betterproto2.which_one_of(message, "content")
         handler = self._handlers.get(kind)
         if handler is not None:
@@ -273,74 +283,69 @@ class Session:
 
     def _replace(self, message: Message, problem: Exception) -> Message | None:
         """What to send instead of a message the writer cannot send as it is: a Failure
-        for an invocation's response (so it still gets exactly one), a shortened log."""
+        for an invocation's response (so it still gets exactly one)."""
+        import betterproto2
+
         kind, body = betterproto2.which_one_of(message, "content")
         assert body is not None
         if kind == "invocation_response":
             invocation_id = body.invocation_id
             log.error("the response of invocation %s cannot be sent: %s", invocation_id, problem)
-            return Message(
+            return pb.StreamingMessage(
                 request_id=message.request_id,
                 invocation_response=pb.InvocationResponse(
                     invocation_id=invocation_id,
                     result=failure(f"the function's result cannot be sent to the host: {problem}"),
                 ),
             )
-        if kind == "rpc_log" and isinstance(problem, MessageTooLarge):
-            keep = max(problem.limit // 2 - 1024, 0)
-            body.message = body.message[:keep] + " [truncated: over the message size limit]"
-            body.exception = None
-            return message
         log.error("dropped a %s that cannot be sent: %s", kind, problem)
         return None
 
     # -- handshake ---------------------------------------------------------------------------
-    async def _init(self, request_id: str, request: pb.WorkerInitRequest) -> None:
+    async def _init(self, request_id: str, request: InitRequest) -> None:
+        error: BaseException | None = None
         try:
             _handler.apply_host_levels(request.log_categories)
-            result = await self.call(
-                "on_init",
-                InitRequest(
-                    host_version=request.host_version,
-                    worker_directory=request.worker_directory,
-                    function_app_directory=request.function_app_directory,
-                    capabilities=dict(request.capabilities),
-                    log_categories=dict(request.log_categories),
-                ),
-            )
+            result = await self.call("on_init", request)
             if result is not None:
                 if not isinstance(result, InitResult):
                     raise TypeError(f"on_init must return InitResult or None, not {result!r}")
+                _check_strings(result.capabilities, "InitResult.capabilities")
+                _check_strings(result.custom_properties, "InitResult.custom_properties")
                 self._init_result = result
                 self._capabilities.update(result.capabilities)
-            status = success()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             log.error("on_init failed: %s", exc, exc_info=True)
-            status = failure(exc, user=True, source="on_init")
+            error = exc
         self._initialized.set()
+        metadata = self._worker_metadata_fields()
         await self.transport.send(
-            Message(
-                request_id=request_id,
-                worker_init_response=pb.WorkerInitResponse(
-                    worker_version=self._init_result.worker_version or self.worker.worker_version,
-                    capabilities=dict(self._capabilities),
-                    worker_metadata=self._worker_metadata(),
-                    result=status,
-                ),
+            worker_init_response(
+                request_id,
+                worker_version=metadata["worker_version"],
+                capabilities=self._capabilities,
+                result=_status(error, "on_init"),
+                runtime_name=metadata["runtime_name"],
+                runtime_version=metadata["runtime_version"],
+                worker_bitness=metadata["worker_bitness"],
+                custom_properties=metadata["custom_properties"],
             )
         )
 
-    def _worker_metadata(self) -> pb.WorkerMetadata:
+    def _worker_metadata_fields(self) -> dict[str, Any]:
         result, worker = self._init_result, self.worker
-        return pb.WorkerMetadata(
-            runtime_name=result.runtime_name or worker.runtime_name,
-            runtime_version=result.runtime_version or worker.runtime_version,
-            worker_version=result.worker_version or worker.worker_version,
-            worker_bitness=os.uname().machine,
-            custom_properties=dict(result.custom_properties),
-        )
+        return {
+            "runtime_name": result.runtime_name or worker.runtime_name,
+            "runtime_version": result.runtime_version or worker.runtime_version,
+            "worker_version": result.worker_version or worker.worker_version,
+            "worker_bitness": os.uname().machine,
+            "custom_properties": dict(result.custom_properties),
+        }
+
+    def _worker_metadata(self) -> pb.WorkerMetadata:
+        return pb.WorkerMetadata(**self._worker_metadata_fields())
 
     async def _metadata(self, request_id: str, request: pb.FunctionsMetadataRequest) -> None:
         await self._initialized.wait()
@@ -361,7 +366,7 @@ class Session:
                 result=failure(exc, user=True, source="on_functions_metadata")
             )
         await self.transport.send(
-            Message(request_id=request_id, function_metadata_response=response)
+            pb.StreamingMessage(request_id=request_id, function_metadata_response=response)
         )
 
     async def _build_index(self, directory: str) -> dict[str, FunctionMetadata] | None:
@@ -379,48 +384,61 @@ class Session:
         return index
 
     # -- loading -----------------------------------------------------------------------------
-    async def _load_one(self, request_id: str, request: pb.FunctionLoadRequest) -> None:
-        response = await self._load(request)
-        await self.transport.send(Message(request_id=request_id, function_load_response=response))
+    async def _load_one(self, request_id: str, info: FunctionInfo) -> None:
+        error = await self._load(info)
+        status = _status(error, "on_function_load")
+        await self.transport.send(function_load_response(request_id, info.function_id, status))
 
     async def _load_collection(
         self, request_id: str, request: pb.FunctionLoadRequestCollection
     ) -> None:
-        responses = await asyncio.gather(*(self._load(r) for r in request.function_load_requests))
+        infos = [
+            FunctionInfo.from_rpc(r.function_id, r.metadata or pb.RpcFunctionMetadata())
+            for r in request.function_load_requests
+        ]
+        errors = await asyncio.gather(*(self._load(info) for info in infos))
+        responses = [
+            pb.FunctionLoadResponse(
+                function_id=info.function_id,
+                result=success()
+                if error is None
+                else failure(error, user=True, source="on_function_load"),
+            )
+            for info, error in zip(infos, errors, strict=True)
+        ]
         await self.transport.send(
-            Message(
+            pb.StreamingMessage(
                 request_id=request_id,
                 function_load_response_collection=pb.FunctionLoadResponseCollection(
-                    function_load_responses=list(responses)
+                    function_load_responses=responses
                 ),
             )
         )
 
-    async def _load(self, request: pb.FunctionLoadRequest) -> pb.FunctionLoadResponse:
-        function_id = request.function_id
+    async def _load(self, info: FunctionInfo) -> BaseException | None:
+        """Load one function; what it failed with, or None."""
+        function_id = info.function_id
         done = self._loading.setdefault(function_id, asyncio.Event())
         try:
             await self._initialized.wait()
             if not function_id:
                 raise ValueError("the FunctionLoadRequest has no function_id")
-            info = FunctionInfo.from_rpc(function_id, request.metadata or pb.RpcFunctionMetadata())
             info = await self._with_index(info)
             await self.call("on_function_load", info)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             log.error("function %s failed to load: %s", function_id, exc)
-            self._load_errors[function_id] = rpc_exception(exc).message
+            self._load_errors[function_id] = error_details(exc).message
             self._functions.pop(function_id, None)
-            status = failure(exc, user=True, source="on_function_load")
+            return exc
         else:
             self._functions[function_id] = info
             self._load_errors.pop(function_id, None)
-            status = success()
+            return None
         finally:
             done.set()
             self._loading.pop(function_id, None)
-        return pb.FunctionLoadResponse(function_id=function_id, result=status)
 
     async def _with_index(self, info: FunctionInfo) -> FunctionInfo:
         """Attach the worker's own index entry; a restarted worker, which the host never
@@ -508,12 +526,12 @@ class Session:
                 self._running.pop(invocation_id, None)
             # The slot is held until the response is on the wire: with a host that reads
             # slowly, at most `max_in_flight` responses wait in memory.
-            if isinstance(response, pb.InvocationResponse):
-                await self.transport.send_and_wait(
-                    Message(request_id=request.request_id, invocation_response=response)
-                )
-            else:
+            if isinstance(response, bytes):
                 await self.transport.send_and_wait(response)
+            else:  # a Failure or Cancelled: uncommon, built with the generated messages
+                await self.transport.send_and_wait(
+                    pb.StreamingMessage(request_id=request.request_id, invocation_response=response)
+                )
         finally:
             if holding:
                 self._slots.release()
@@ -620,7 +638,7 @@ class Session:
             log.error("environment reload failed: %s", exc, exc_info=True)
             status = failure(exc, user=True, source="on_environment_reload")
         await self.transport.send(
-            Message(
+            pb.StreamingMessage(
                 request_id=request_id,
                 function_environment_reload_response=pb.FunctionEnvironmentReloadResponse(
                     worker_metadata=self._worker_metadata(),
@@ -639,7 +657,9 @@ class Session:
         except BaseException as exc:
             status = failure(exc, user=True, source="on_warmup")
         await self.transport.send(
-            Message(request_id=request_id, worker_warmup_response=pb.WorkerWarmupResponse(status))
+            pb.StreamingMessage(
+                request_id=request_id, worker_warmup_response=pb.WorkerWarmupResponse(status)
+            )
         )
 
     async def _close_shared_memory(
@@ -648,7 +668,7 @@ class Session:
         # This worker never creates shared memory maps, so there is nothing to close.
         results = dict.fromkeys(request.map_names, False)
         await self.transport.send(
-            Message(
+            pb.StreamingMessage(
                 request_id=request_id,
                 close_shared_memory_resources_response=pb.CloseSharedMemoryResourcesResponse(
                     close_map_results=results
@@ -658,6 +678,19 @@ class Session:
 
     def _file_change(self, request_id: str, request: pb.FileChangeEventRequest) -> None:
         log.info("file change reported by the host: %s %s", request.type, request.full_path)
+
+
+def _status(error: BaseException | None, hook: str) -> bytes:
+    """The encoded `StatusResult` of a hook that raised `error` (None: it succeeded)."""
+    if error is None:
+        return status_result(SUCCESS)
+    return status_result(FAILURE, error_details(error, user=True, source=hook))
+
+
+def _check_strings(mapping: Mapping[str, str], what: str) -> None:
+    for key, value in mapping.items():
+        if type(key) is not str or type(value) is not str:
+            raise TypeError(f"{what} must map str to str, got {key!r}: {value!r}")
 
 
 def _captured(method: Callable[[Any], Any], arg: Any) -> tuple[bool, Any]:

@@ -13,15 +13,25 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.const import Cardinality
 from grpclib.encoding.base import CodecBase
 
-from ._fastwire import RawInvocation, _varint, fields, read_invocation, rpc_log
-from ._generated import AzureFunctionsRpcMessages as pb
+from ._fastwire import (
+    HostRequest,
+    RawInvocation,
+    _varint,
+    fields,
+    read_function_load,
+    read_init,
+    read_invocation,
+    rpc_log,
+)
+from ._logs import WARNING, LogEntry
+from ._pb import pb
 from .cli import HostArgs
 from .errors import MessageTooLarge
 
@@ -30,13 +40,15 @@ __all__ = ["EVENT_STREAM_PATH", "Codec", "Transport"]
 EVENT_STREAM_PATH = "/AzureFunctionsRpcMessages.FunctionRpc/EventStream"
 log = logging.getLogger("workerkit.transport")
 
-Message = pb.StreamingMessage
-#: What the writer sends: a message, a log record, or bytes already encoded (and measured)
-#: by the invocation fast path.
-Outgoing = Message | pb.RpcLog | bytes
-#: Given a message that cannot be sent as it is (over the size limit, or not serialisable)
-#: and why, return a stand-in to send instead, or None to drop it.
-Replace = Callable[[Message, Exception], "Message | None"]
+if TYPE_CHECKING:
+    from ._generated.AzureFunctionsRpcMessages import StreamingMessage as Message
+
+    #: What the writer sends: a message, a log record, or bytes already encoded by
+    #: `_fastwire` (the hot path and the start-up conversation).
+    Outgoing = Message | LogEntry | bytes
+    #: Given a message that cannot be sent as it is (over the size limit, or not
+    #: serialisable) and why, return a stand-in to send instead, or None to drop it.
+    Replace = Callable[[Message, Exception], Message | None]
 
 
 class DecodeError(ValueError):
@@ -51,10 +63,6 @@ class Unreadable:
     reason: str
     request_id: str = ""
     invocation_id: str = ""
-
-
-#: What the reader hands to the session.
-Incoming = Message | RawInvocation | Unreadable
 
 
 def salvage(data: bytes, reason: str) -> Unreadable:
@@ -84,10 +92,18 @@ def salvage(data: bytes, reason: str) -> Unreadable:
     return Unreadable(reason, found["request_id"], found["invocation_id"])
 
 
+if TYPE_CHECKING:
+    #: What the reader hands to the session.
+    Incoming = Message | RawInvocation | HostRequest | Unreadable
+
+
 class Codec(CodecBase):
     """Protobuf framing for betterproto2 messages, with the host's size limit applied on
     receipt. Already-serialised ``bytes`` pass through `encode` untouched, so the writer can
-    measure a message before sending it."""
+    measure a message before sending it.
+
+    With `fast_invocations` (the worker's side) the messages `_fastwire` reads are handed
+    over as `RawInvocation` and `HostRequest`, everything else as a `StreamingMessage`."""
 
     __content_subtype__ = "proto"
 
@@ -114,11 +130,19 @@ class Codec(CodecBase):
                     request_id = str(value, "utf-8")
                 else:
                     content, payload = number, value
-            if self.fast_invocations and content == 4 and payload is not None:
-                return read_invocation(request_id, payload)
+            if self.fast_invocations:
+                if payload is not None:
+                    if content == 4:
+                        return read_invocation(request_id, payload)
+                    if content == 17:
+                        return HostRequest(request_id, "worker_init_request", read_init(payload))
+                    if content == 8:
+                        info = read_function_load(payload)
+                        return HostRequest(request_id, "function_load_request", info)
+                return pb.StreamingMessage.parse(data)
             return message_type.parse(data)
         except Exception as exc:
-            reason = f"malformed {message_type.__name__} ({len(data)} bytes): {exc}"
+            reason = f"malformed StreamingMessage ({len(data)} bytes): {exc}"
             if self.fast_invocations:
                 return salvage(data, reason)
             raise DecodeError(reason) from None
@@ -144,11 +168,11 @@ class Transport:
         # overtaken by a flood of logs.
         self._log_room = max(1, queue_size * 3 // 4)
         self._lock = threading.Lock()
-        self._from_threads: list[pb.RpcLog] = []
+        self._from_threads: list[LogEntry] = []
         self._wakeup_pending = False
 
     # -- sending ----------------------------------------------------------------------------
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Message | bytes) -> None:
         """Queue a reply; waits while the queue is full (backpressure from the host)."""
         await self._queue.put((message, None))
 
@@ -159,7 +183,7 @@ class Transport:
         await self._queue.put((message, sent))
         await sent
 
-    def offer_log(self, entry: pb.RpcLog) -> None:
+    def offer_log(self, entry: LogEntry) -> None:
         """Queue a log record from any thread without ever blocking (dropped when full).
 
         Records from other threads gather in a list that the loop takes in one go: waking
@@ -190,7 +214,7 @@ class Transport:
         for entry in entries:
             self._offer(entry)
 
-    def _offer(self, entry: pb.RpcLog) -> None:
+    def _offer(self, entry: LogEntry) -> None:
         if self._closing:
             return
         if self._queue.qsize() >= self._log_room:
@@ -201,13 +225,14 @@ class Transport:
     # -- the call ---------------------------------------------------------------------------
     async def run(
         self,
-        first: Message,
+        first: bytes,
         on_message: Callable[[Incoming], None],
         replace: Replace,
         stop: asyncio.Event,
     ) -> str:
-        """Open the stream, send `first`, feed each received message to `on_message` until
-        the host ends the stream or `stop` is set. Returns why it ended."""
+        """Open the stream, send `first` (StartStream, encoded), feed each received message
+        to `on_message` until the host ends the stream or `stop` is set. Returns why it
+        ended."""
         limit = self.args.max_message_length
         window = min(max(limit, 65_535), 16 * 1024 * 1024)
         # Bigger HTTP/2 windows than grpclib's defaults help large bodies on loopback.
@@ -215,11 +240,13 @@ class Transport:
         codec = Codec(limit, fast_invocations=True)
         channel = Channel(self.args.host, self.args.port, codec=codec, config=config)
         try:
+            # The codec reads every message itself: no message class is needed here, and
+            # none is imported before the host sends something `_fastwire` does not read.
             async with channel.request(
-                EVENT_STREAM_PATH, Cardinality.STREAM_STREAM, Message, Message
+                EVENT_STREAM_PATH, Cardinality.STREAM_STREAM, bytes, object
             ) as stream:
                 await stream.send_request()
-                await stream.send_message(bytes(first))  # type: ignore[arg-type]
+                await stream.send_message(first)
                 writer = asyncio.create_task(self._write(stream, replace), name="workerkit-writer")
                 reader = asyncio.create_task(
                     self._read(stream, on_message), name="workerkit-reader"
@@ -255,20 +282,18 @@ class Transport:
             channel.close()
 
     def _serialise(self, outgoing: Outgoing, replace: Replace) -> bytes | None:
-        if type(outgoing) is bytes:
-            return outgoing  # measured by whoever encoded it
         limit = self.args.max_message_length
-        if isinstance(outgoing, pb.RpcLog):
-            try:
-                data = rpc_log(outgoing)
-                if len(data) <= limit:
-                    return data
-            except Exception:
-                pass
-            message = Message(rpc_log=outgoing)
-        else:
-            assert isinstance(outgoing, Message)
-            message = outgoing
+        if isinstance(outgoing, bytes):
+            if len(outgoing) <= limit:
+                return outgoing
+            log.error(
+                "dropped a message that could not be sent: %s",
+                MessageTooLarge(len(outgoing), limit),
+            )
+            return None
+        if isinstance(outgoing, LogEntry):
+            return self._log_bytes(outgoing, limit)
+        message = outgoing
         for _attempt in range(2):
             try:
                 data = bytes(message)
@@ -283,6 +308,21 @@ class Transport:
                 return None
             message = stand_in
         log.error("dropped a message that could not be sent: %s", problem)
+        return None
+
+    @staticmethod
+    def _log_bytes(entry: LogEntry, limit: int) -> bytes | None:
+        """A log record, shortened when it is over the size limit."""
+        data = rpc_log(entry)
+        if len(data) <= limit:
+            return data
+        keep = max(limit // 2 - 1024, 0)
+        entry.message = entry.message[:keep] + " [truncated: over the message size limit]"
+        entry.exception = None
+        data = rpc_log(entry)
+        if len(data) <= limit:
+            return data
+        log.error("dropped a log record over the message size limit (%d bytes)", len(data))
         return None
 
     async def _flush(self) -> None:
@@ -320,12 +360,11 @@ class Transport:
                     sent.set_result(None)
                 if self.dropped_logs and not queue.full():
                     count, self.dropped_logs = self.dropped_logs, 0
-                    note = pb.RpcLog(
+                    note = LogEntry(
+                        f"dropped {count} log records: the send buffer was full",
                         category="workerkit",
-                        level=pb.RpcLogLevel.Warning,
-                        message=f"dropped {count} log records: the send buffer was full",
-                        log_category=pb.RpcLogRpcLogCategory.System,
+                        level=WARNING,
                     )
-                    await stream.send_message(bytes(Message(rpc_log=note)))
+                    await stream.send_message(rpc_log(note))
             finally:
                 queue.task_done()

@@ -6,9 +6,15 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ._generated import AzureFunctionsRpcMessages as pb
+if TYPE_CHECKING:
+    from ._generated import AzureFunctionsRpcMessages as pb
+    from ._generated.AzureFunctionsRpcMessages import TypedData
+else:
+    # The generated classes are imported on first use (`workerkit._pb`), not for an
+    # annotation: at run time `Invocation.raw_inputs` is annotated with Any values.
+    TypedData = Any
 
 __all__ = [
     "Binding",
@@ -86,7 +92,7 @@ class FunctionInfo:
         return {name: b for name, b in self.bindings.items() if b.is_output}
 
     @classmethod
-    def from_rpc(cls, function_id: str, metadata: pb.RpcFunctionMetadata) -> "FunctionInfo":
+    def from_rpc(cls, function_id: str, metadata: "pb.RpcFunctionMetadata") -> "FunctionInfo":
         bindings = {
             name: Binding(
                 name=name,
@@ -137,7 +143,7 @@ class Invocation:
     invocation_id: str
     function: FunctionInfo
     inputs: Mapping[str, Any]
-    raw_inputs: Mapping[str, pb.TypedData]
+    raw_inputs: Mapping[str, TypedData]
     trigger_metadata: Mapping[str, Any]
     trace_context: TraceContext = field(default_factory=TraceContext)
     retry_context: RetryContext | None = None
@@ -173,8 +179,10 @@ class InitRequest:
     worker_directory: str
     function_app_directory: str
     capabilities: Mapping[str, str]
-    #: Category -> minimum level the host wants; workerkit applies it to forwarded logs.
-    log_categories: Mapping[str, pb.RpcLogLevel]
+    #: Category -> minimum level the host wants, as `RpcLog.Level` numbers (0 Trace,
+    #: 1 Debug, 2 Information, 3 Warning, 4 Error, 5 Critical, 6 None); workerkit applies
+    #: it to forwarded logs.
+    log_categories: Mapping[str, int]
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,19 +65,16 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
-import betterproto2
+from workerkit._pb import pb, shared
 
-from workerkit._generated import AzureFunctionsRpcMessages as pb
-from workerkit._generated import (
-    NullableBool,
-    NullableDouble,
-    NullableString,
-    NullableTimestamp,
-    RpcClaim,
-    RpcClaimsIdentity,
-)
+if TYPE_CHECKING:
+    from workerkit._generated import (
+        NullableBool,
+        NullableString,
+        RpcClaimsIdentity,
+    )
 
 __all__ = [
     "Claim",
@@ -274,7 +271,7 @@ class ModelBindingData:
 # Worker side
 
 
-def decode(data: pb.TypedData) -> Any:
+def decode(data: "pb.TypedData") -> Any:
     """Convert a `TypedData` sent by the host into a Python value (see the module table).
 
     Raises:
@@ -283,7 +280,7 @@ def decode(data: pb.TypedData) -> Any:
     return _guarded_decode(data, output=False)
 
 
-def encode(value: Any) -> pb.TypedData:
+def encode(value: Any) -> "pb.TypedData":
     """Convert a function output into a `TypedData` the host accepts (see the module table).
 
     Raises:
@@ -296,7 +293,7 @@ def encode(value: Any) -> pb.TypedData:
 # Host side
 
 
-def encode_input(value: Any, nullable: bool = True) -> pb.TypedData:
+def encode_input(value: Any, nullable: bool = True) -> "pb.TypedData":
     """Convert a Python value into a `TypedData` as the host sends it to a worker.
 
     Args:
@@ -310,7 +307,7 @@ def encode_input(value: Any, nullable: bool = True) -> pb.TypedData:
     return _guarded_encode(value, host=True, nullable=nullable)
 
 
-def decode_output(data: pb.TypedData) -> Any:
+def decode_output(data: "pb.TypedData") -> Any:
     """Convert a `TypedData` produced by a worker back into a Python value, as the host reads it.
 
     Raises:
@@ -333,7 +330,7 @@ _REJECTED_OUTPUTS: Final = frozenset(
 )
 
 
-def _guarded_decode(data: pb.TypedData, output: bool) -> Any:
+def _guarded_decode(data: "pb.TypedData", output: bool) -> Any:
     if not isinstance(data, pb.TypedData):
         raise ConversionError(f"cannot decode value of type {type(data).__name__!r}: not TypedData")
     try:
@@ -344,14 +341,16 @@ def _guarded_decode(data: pb.TypedData, output: bool) -> Any:
         raise ConversionError(f"cannot decode TypedData: {type(exc).__name__}: {exc}") from exc
 
 
-def _which(data: pb.TypedData | None) -> tuple[str, Any]:
+def _which(data: "pb.TypedData | None") -> tuple[str, Any]:
     """Name and value of the set `data` member; ("", None) when unset or absent."""
     if data is None:
         return "", None
+    import betterproto2  # loaded with the messages
+
     return betterproto2.which_one_of(data, "data")
 
 
-def _decode(data: pb.TypedData, output: bool) -> Any:
+def _decode(data: "pb.TypedData", output: bool) -> Any:
     kind, value = _which(data)
     if output and kind in _REJECTED_OUTPUTS:
         raise ConversionError(
@@ -384,7 +383,7 @@ def _loads(text: str | bytes, where: str) -> Any:
         raise ConversionError(f"cannot decode {where}: {exc}") from exc
 
 
-def _decode_model_binding_data(value: pb.ModelBindingData) -> ModelBindingData:
+def _decode_model_binding_data(value: "pb.ModelBindingData") -> ModelBindingData:
     return ModelBindingData(
         version=value.version,
         source=value.source,
@@ -393,7 +392,7 @@ def _decode_model_binding_data(value: pb.ModelBindingData) -> ModelBindingData:
     )
 
 
-def _merge_maps(plain: dict[str, str], nullable: dict[str, NullableString]) -> dict[str, str]:
+def _merge_maps(plain: dict[str, str], nullable: "dict[str, NullableString]") -> dict[str, str]:
     if not nullable:
         return plain
     merged = dict(plain)
@@ -403,7 +402,7 @@ def _merge_maps(plain: dict[str, str], nullable: dict[str, NullableString]) -> d
     return merged
 
 
-def _decode_request(http: pb.RpcHttp) -> HttpRequest:
+def _decode_request(http: "pb.RpcHttp") -> HttpRequest:
     return HttpRequest(
         method=http.method,
         url=http.url,
@@ -415,7 +414,7 @@ def _decode_request(http: pb.RpcHttp) -> HttpRequest:
     )
 
 
-def _decode_request_body(http: pb.RpcHttp) -> bytes:
+def _decode_request_body(http: "pb.RpcHttp") -> bytes:
     where = "TypedData.http.body"
     kind, value = _which(http.body)
     if not kind and http.raw_body is not None:
@@ -434,11 +433,11 @@ def _decode_request_body(http: pb.RpcHttp) -> bytes:
             raise ConversionError(f"cannot decode {where}: unsupported kind {kind!r}")
 
 
-def _unwrap(wrapped: NullableString | None) -> str | None:
+def _unwrap(wrapped: "NullableString | None") -> str | None:
     return None if wrapped is None else wrapped.value
 
 
-def _decode_identity(identity: RpcClaimsIdentity) -> ClaimsIdentity:
+def _decode_identity(identity: "RpcClaimsIdentity") -> ClaimsIdentity:
     return ClaimsIdentity(
         authentication_type=_unwrap(identity.authentication_type),
         name_claim_type=_unwrap(identity.name_claim_type),
@@ -461,7 +460,7 @@ def _parse_status(text: str) -> int:
     return 200
 
 
-def _decode_response(http: pb.RpcHttp) -> HttpResponse:
+def _decode_response(http: "pb.RpcHttp") -> HttpResponse:
     return HttpResponse(
         status_code=_parse_status(http.status_code),
         body=_decode_response_body(http.body),
@@ -471,7 +470,7 @@ def _decode_response(http: pb.RpcHttp) -> HttpResponse:
     )
 
 
-def _decode_response_body(data: pb.TypedData | None) -> bytes | str:
+def _decode_response_body(data: "pb.TypedData | None") -> bytes | str:
     kind, value = _which(data)
     match kind:
         case "bytes" | "stream" | "string" | "json":
@@ -485,16 +484,12 @@ def _decode_response_body(data: pb.TypedData | None) -> bytes | str:
             )
 
 
-_SAME_SITE_TO_PB: Final[dict[_SameSite | None, pb.RpcHttpCookieSameSite]] = {
-    None: pb.RpcHttpCookieSameSite.None_,
-    "lax": pb.RpcHttpCookieSameSite.Lax,
-    "strict": pb.RpcHttpCookieSameSite.Strict,
-    "none": pb.RpcHttpCookieSameSite.ExplicitNone,
-}
+#: `RpcHttpCookie.SameSite` values: None_, Lax, Strict, ExplicitNone.
+_SAME_SITE_TO_PB: Final[dict[_SameSite | None, int]] = {None: 0, "lax": 1, "strict": 2, "none": 3}
 _SAME_SITE_FROM_PB: Final = {v: k for k, v in _SAME_SITE_TO_PB.items()}
 
 
-def _decode_cookie(cookie: pb.RpcHttpCookie) -> HttpCookie:
+def _decode_cookie(cookie: "pb.RpcHttpCookie") -> HttpCookie:
     try:
         same_site = _SAME_SITE_FROM_PB[cookie.same_site]
     except KeyError:
@@ -526,7 +521,7 @@ _HOST_TYPES: Final = (
 )
 
 
-def _guarded_encode(value: Any, host: bool, nullable: bool) -> pb.TypedData:
+def _guarded_encode(value: Any, host: bool, nullable: bool) -> "pb.TypedData":
     try:
         return _encode(value, host, nullable)
     except ConversionError:
@@ -538,7 +533,7 @@ def _guarded_encode(value: Any, host: bool, nullable: bool) -> pb.TypedData:
         ) from exc
 
 
-def _encode(value: Any, host: bool, nullable: bool) -> pb.TypedData:
+def _encode(value: Any, host: bool, nullable: bool) -> "pb.TypedData":
     if value is None:
         return pb.TypedData()
     if isinstance(value, str):
@@ -601,7 +596,7 @@ def _is_int64(item: object) -> bool:
     return isinstance(item, int) and not isinstance(item, bool) and _INT64_MIN <= item <= _INT64_MAX
 
 
-def _encode_collection(items: list[Any]) -> pb.TypedData | None:
+def _encode_collection(items: list[Any]) -> "pb.TypedData | None":
     first = items[0]
     if isinstance(first, str):
         if all(isinstance(item, str) for item in items):
@@ -623,7 +618,7 @@ def _encode_collection(items: list[Any]) -> pb.TypedData | None:
     return None
 
 
-def _encode_model_binding_data(value: ModelBindingData) -> pb.ModelBindingData:
+def _encode_model_binding_data(value: ModelBindingData) -> "pb.ModelBindingData":
     return pb.ModelBindingData(
         version=value.version,
         source=value.source,
@@ -644,21 +639,21 @@ def _str_map(mapping: Mapping[str, str], where: str) -> dict[str, str]:
     return out
 
 
-def _wrap(value: str | None) -> NullableString | None:
-    return None if value is None else NullableString(value=value)
+def _wrap(value: str | None) -> "NullableString | None":
+    return None if value is None else shared.NullableString(value=value)
 
 
-def _encode_request(request: HttpRequest, nullable: bool) -> pb.RpcHttp:
+def _encode_request(request: HttpRequest, nullable: bool) -> "pb.RpcHttp":
     http = pb.RpcHttp(
         method=request.method,
         url=request.url,
         body=pb.TypedData(bytes=request.body),
         identities=[
-            RpcClaimsIdentity(
+            shared.RpcClaimsIdentity(
                 authentication_type=_wrap(i.authentication_type),
                 name_claim_type=_wrap(i.name_claim_type),
                 role_claim_type=_wrap(i.role_claim_type),
-                claims=[RpcClaim(type=c.type, value=c.value) for c in i.claims],
+                claims=[shared.RpcClaim(type=c.type, value=c.value) for c in i.claims],
             )
             for i in request.identities
         ],
@@ -667,9 +662,9 @@ def _encode_request(request: HttpRequest, nullable: bool) -> pb.RpcHttp:
     query = _str_map(request.query, "HttpRequest.query")
     params = _str_map(request.params, "HttpRequest.params")
     if nullable:
-        http.nullable_headers = {k: NullableString(value=v) for k, v in headers.items()}
-        http.nullable_query = {k: NullableString(value=v) for k, v in query.items()}
-        http.nullable_params = {k: NullableString(value=v) for k, v in params.items()}
+        http.nullable_headers = {k: shared.NullableString(value=v) for k, v in headers.items()}
+        http.nullable_query = {k: shared.NullableString(value=v) for k, v in query.items()}
+        http.nullable_params = {k: shared.NullableString(value=v) for k, v in params.items()}
     else:
         http.headers = headers
         http.query = query
@@ -677,7 +672,7 @@ def _encode_request(request: HttpRequest, nullable: bool) -> pb.RpcHttp:
     return http
 
 
-def _encode_response(response: HttpResponse) -> pb.RpcHttp:
+def _encode_response(response: HttpResponse) -> "pb.RpcHttp":
     status = response.status_code
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
         raise ConversionError(
@@ -708,23 +703,23 @@ def _cookie_error(cookie: HttpCookie, problem: str) -> ConversionError:
     return ConversionError(f"cannot encode cookie {cookie.name!r}: {problem}")
 
 
-def _optional_str(cookie: HttpCookie, name: str, value: object) -> NullableString | None:
+def _optional_str(cookie: HttpCookie, name: str, value: object) -> "NullableString | None":
     if value is None:
         return None
     if not isinstance(value, str):
         raise _cookie_error(cookie, f"{name} must be str or None, got {type(value).__name__!r}")
-    return NullableString(value=value)
+    return shared.NullableString(value=value)
 
 
-def _optional_bool(cookie: HttpCookie, name: str, value: object) -> NullableBool | None:
+def _optional_bool(cookie: HttpCookie, name: str, value: object) -> "NullableBool | None":
     if value is None:
         return None
     if not isinstance(value, bool):
         raise _cookie_error(cookie, f"{name} must be bool or None, got {type(value).__name__!r}")
-    return NullableBool(value=value)
+    return shared.NullableBool(value=value)
 
 
-def _encode_cookie(cookie: HttpCookie) -> pb.RpcHttpCookie:
+def _encode_cookie(cookie: HttpCookie) -> "pb.RpcHttpCookie":
     if not isinstance(cookie, HttpCookie):
         raise ConversionError(
             f"cannot encode HttpResponse.cookies item of type {type(cookie).__name__!r}: "
@@ -750,7 +745,7 @@ def _encode_cookie(cookie: HttpCookie) -> pb.RpcHttpCookie:
     ):
         raise _cookie_error(cookie, f"max_age must be a finite number of seconds, got {max_age!r}")
     try:
-        same_site = _SAME_SITE_TO_PB[cookie.same_site]
+        same_site = pb.RpcHttpCookieSameSite(_SAME_SITE_TO_PB[cookie.same_site])
     except (KeyError, TypeError):
         raise _cookie_error(
             cookie, f"same_site must be 'lax', 'strict', 'none' or None, got {cookie.same_site!r}"
@@ -760,10 +755,10 @@ def _encode_cookie(cookie: HttpCookie) -> pb.RpcHttpCookie:
         value=cookie.value,
         domain=_optional_str(cookie, "domain", cookie.domain),
         path=_optional_str(cookie, "path", cookie.path),
-        expires=None if expires is None else NullableTimestamp(value=expires),
+        expires=None if expires is None else shared.NullableTimestamp(value=expires),
         secure=_optional_bool(cookie, "secure", cookie.secure),
         http_only=_optional_bool(cookie, "http_only", cookie.http_only),
-        max_age=None if max_age is None else NullableDouble(value=float(max_age)),
+        max_age=None if max_age is None else shared.NullableDouble(value=float(max_age)),
         same_site=same_site,
     )
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import traceback
+from dataclasses import dataclass
 
-from ._generated import AzureFunctionsRpcMessages as pb
+from ._pb import pb
 
 __all__ = [
     "FunctionLoadError",
@@ -16,8 +17,8 @@ __all__ = [
     "success",
 ]
 
-_SUCCESS = pb.StatusResultStatus.Success
-_FAILURE = pb.StatusResultStatus.Failure
+#: `StatusResult.Status` values.
+FAILURE, SUCCESS, CANCELLED = 0, 1, 2
 
 
 class WorkerError(Exception):
@@ -50,7 +51,7 @@ class MessageTooLarge(WorkerError):
 
 def success() -> pb.StatusResult:
     """An explicit Success: the proto default (0) would mean Failure to the host."""
-    return pb.StatusResult(status=_SUCCESS)
+    return pb.StatusResult(status=pb.StatusResultStatus.Success)
 
 
 def failure(exc: BaseException | str, *, user: bool = False, source: str = "") -> pb.StatusResult:
@@ -60,19 +61,47 @@ def failure(exc: BaseException | str, *, user: bool = False, source: str = "") -
     the host can tell them from worker faults. `WorkerError` subclasses carry their message
     only: they are the author telling the caller what went wrong, not a crash.
     """
-    return pb.StatusResult(status=_FAILURE, exception=rpc_exception(exc, user=user, source=source))
+    return pb.StatusResult(
+        status=pb.StatusResultStatus.Failure,
+        exception=rpc_exception(exc, user=user, source=source),
+    )
 
 
 def cancelled() -> pb.StatusResult:
     return pb.StatusResult(status=pb.StatusResultStatus.Cancelled)
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorDetails:
+    """The fields of an `RpcException`, as plain values."""
+
+    message: str
+    type: str = ""
+    stack_trace: str = ""
+    source: str = ""
+    is_user_exception: bool = False
+
+
 def rpc_exception(
     exc: BaseException | str, *, user: bool = False, source: str = ""
 ) -> pb.RpcException:
     """`exc` as an `RpcException` (message, type, stack trace); never raises."""
+    details = error_details(exc, user=user, source=source)
+    return pb.RpcException(
+        message=details.message,
+        type=details.type,
+        stack_trace=details.stack_trace,
+        source=details.source,
+        is_user_exception=details.is_user_exception,
+    )
+
+
+def error_details(
+    exc: BaseException | str, *, user: bool = False, source: str = ""
+) -> ErrorDetails:
+    """What `rpc_exception` puts in the message, without building it; never raises."""
     if isinstance(exc, str):
-        return pb.RpcException(message=_sendable(exc), source=source, is_user_exception=user)
+        return ErrorDetails(_sendable(exc), source=source, is_user_exception=user)
     try:
         kind = type(exc)
         name = (
@@ -86,15 +115,15 @@ def rpc_exception(
         else:
             message = f"{kind.__name__}: {text}" if text else kind.__name__
         stack = "" if isinstance(exc, WorkerError) else "".join(traceback.format_exception(exc))
-        return pb.RpcException(
+        return ErrorDetails(
             message=_sendable(message),
-            type=name,
+            type=_sendable(name),
             stack_trace=_sendable(stack),
             source=source,
             is_user_exception=user,
         )
     except BaseException:
-        return pb.RpcException(message="unprintable exception", source=source)
+        return ErrorDetails("unprintable exception", source=source)
 
 
 def _sendable(text: str) -> str:
