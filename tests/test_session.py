@@ -754,6 +754,41 @@ def test_logs_from_a_sync_hook_thread_are_attributed() -> None:
     arun(scenario())
 
 
+def test_logs_from_many_threads_at_once_arrive_whole_in_order_before_each_response() -> None:
+    """Records from pool threads take no lock on their way to the loop (`offer_log`): none
+    may be lost, duplicated, reordered within an invocation or overtaken by its response."""
+    from workers import Chatty
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            options = WorkerOptions(threads=16, send_queue=8192)  # room for every record
+            started = await host.start_worker(Chatty(options=options))
+            conn = started.connection
+            await conn.init()
+            await conn.load("f", "flood")
+            pending = [await conn.start_invocation("f", {"lines": 300}) for _ in range(16)]
+            replies = [await p.result(60) for p in pending]
+            assert all(r.return_value.string == "flooded" for r in replies)
+            kinds = [betterproto2.which_one_of(m, "content") for m in conn.messages]
+            for reply in replies:
+                lines = [e.message for e in conn.logs_for(reply.invocation_id)]
+                assert lines == [f"line {i}" for i in range(300)]
+                response_at = next(
+                    i
+                    for i, (k, b) in enumerate(kinds)
+                    if k == "invocation_response" and b.invocation_id == reply.invocation_id
+                )
+                last_log = max(
+                    i
+                    for i, (k, b) in enumerate(kinds)
+                    if k == "rpc_log" and b.invocation_id == reply.invocation_id
+                )
+                assert last_log < response_at
+            assert not [e for e in conn.logs if e.message.startswith("dropped ")]
+
+    arun(scenario(), timeout=120)
+
+
 def test_requests_on_a_closed_connection_fail_at_once() -> None:
     async def scenario() -> None:
         async with serving(Scenarios()) as (conn, started):

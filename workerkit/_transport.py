@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -167,9 +168,12 @@ class Transport:
         # Log records may fill the queue only so far, so replies waiting for room are not
         # overtaken by a flood of logs.
         self._log_room = max(1, queue_size * 3 // 4)
-        self._lock = threading.Lock()
-        self._from_threads: list[LogEntry] = []
+        # Records from other threads: appended there, taken by the loop (deque operations
+        # are atomic, so the common path takes no lock).
+        self._from_threads: deque[LogEntry] = deque()
         self._wakeup_pending = False
+        self._lock = threading.Lock()  # for `_dropped_in_threads` only
+        self._dropped_in_threads = 0
 
     # -- sending ----------------------------------------------------------------------------
     async def send(self, message: Message | bytes) -> None:
@@ -186,33 +190,40 @@ class Transport:
     def offer_log(self, entry: LogEntry) -> None:
         """Queue a log record from any thread without ever blocking (dropped when full).
 
-        Records from other threads gather in a list that the loop takes in one go: waking
-        the loop once per burst instead of once per record. They still reach the queue
-        before anything the thread hands over later (e.g. the hook's result), because the
-        wake-up is scheduled before it.
+        Records from other threads gather in a deque that the loop empties in one go:
+        waking the loop once per burst instead of once per record, and taking no lock, so
+        threads that log a lot do not queue up behind each other. They still reach the
+        queue before anything the thread hands over later (e.g. the hook's result): either
+        the wake-up already scheduled has not run yet, or this call schedules a new one
+        before the thread goes on.
         """
         if threading.get_ident() == self._loop_thread:
             self._offer(entry)
             return
-        with self._lock:
-            if len(self._from_threads) >= self._queue.maxsize:
-                self.dropped_logs += 1
-                return
-            self._from_threads.append(entry)
-            if self._wakeup_pending:
-                return
-            self._wakeup_pending = True
+        pending = self._from_threads
+        if len(pending) >= self._queue.maxsize:
+            with self._lock:
+                self._dropped_in_threads += 1
+            return
+        pending.append(entry)
+        if self._wakeup_pending:
+            return
+        self._wakeup_pending = True
         try:
             self._loop.call_soon_threadsafe(self._take_from_threads)
         except RuntimeError:  # the loop is closed: the stream is gone with it
             pass
 
     def _take_from_threads(self) -> None:
-        with self._lock:
-            entries, self._from_threads = self._from_threads, []
-            self._wakeup_pending = False
-        for entry in entries:
-            self._offer(entry)
+        # Cleared before taking: a record appended from now on schedules its own wake-up.
+        self._wakeup_pending = False
+        pending = self._from_threads
+        for _ in range(len(pending)):
+            self._offer(pending.popleft())
+        if self._dropped_in_threads:
+            with self._lock:
+                self.dropped_logs += self._dropped_in_threads
+                self._dropped_in_threads = 0
 
     def _offer(self, entry: LogEntry) -> None:
         if self._closing:
