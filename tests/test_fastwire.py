@@ -17,11 +17,14 @@ from workerkit._fastwire import (
     encode_chunks,
     encode_value,
     function_load_response,
+    function_metadata_response,
     invocation_response,
     read_function_load,
     read_init,
     read_invocation,
+    read_metadata_request,
     read_trace,
+    rpc_function_metadata,
     rpc_log,
     start_stream,
     status_result,
@@ -30,7 +33,8 @@ from workerkit._fastwire import (
 )
 from workerkit._generated import AzureFunctionsRpcMessages as pb
 from workerkit._logs import LogEntry
-from workerkit._types import FunctionInfo, InitRequest
+from workerkit._transport import CONTENT_FIELDS
+from workerkit._types import FunctionInfo, InitRequest, MetadataRequest
 from workerkit.convert import ConversionError, HttpCookie, HttpResponse
 from workerkit.errors import CANCELLED, FAILURE, SUCCESS, ErrorDetails, error_details, failure
 
@@ -339,6 +343,78 @@ def test_function_load_response_matches_the_message(
     assert pb.StreamingMessage.parse(function_load_response(request_id, function_id, result)) == (
         expected
     )
+
+
+@PROPERTY
+@given(data=st.data())
+def test_read_metadata_request_agrees_with_betterproto2(pb2: Pb2, data: st.DataObject) -> None:
+    raw = data.draw(pb_messages(pb2.descriptor(f"{PACKAGE}.FunctionsMetadataRequest")))
+    general = pb.FunctionsMetadataRequest.parse(raw.SerializeToString())
+    assert read_metadata_request(raw.SerializeToString()) == MetadataRequest(
+        general.function_app_directory
+    )
+
+
+METADATA = st.fixed_dictionaries(
+    {
+        "name": TEXT,
+        "function_id": TEXT,
+        "directory": TEXT,
+        "script_file": TEXT,
+        "entry_point": TEXT,
+        "raw_bindings": st.lists(TEXT, max_size=3),
+        "properties": st.dictionaries(TEXT, TEXT, max_size=3),
+        "status": st.none() | st.builds(status_result, st.just(FAILURE), ERROR_DETAILS),
+    }
+)
+
+
+@PROPERTY
+@given(
+    request_id=TEXT,
+    entries=st.lists(METADATA, max_size=3),
+    details=st.none() | ERROR_DETAILS,
+    use_default=st.booleans(),
+)
+def test_function_metadata_response_matches_the_message(
+    request_id: str,
+    entries: list[dict[str, Any]],
+    details: ErrorDetails | None,
+    use_default: bool,
+) -> None:
+    result = status_result(SUCCESS if details is None else FAILURE, details)
+    encoded = function_metadata_response(
+        request_id,
+        [rpc_function_metadata(**entry) for entry in entries],
+        result,
+        use_default_indexing=use_default,
+    )
+    expected = pb.StreamingMessage(
+        request_id=sendable(request_id),
+        function_metadata_response=pb.FunctionMetadataResponse(
+            function_metadata_results=[
+                pb.RpcFunctionMetadata(
+                    name=sendable(e["name"]),
+                    function_id=sendable(e["function_id"]),
+                    directory=sendable(e["directory"]),
+                    script_file=sendable(e["script_file"]),
+                    entry_point=sendable(e["entry_point"]),
+                    raw_bindings=[sendable(b) for b in e["raw_bindings"]],
+                    properties={sendable(k): sendable(v) for k, v in e["properties"].items()},
+                    status=None if e["status"] is None else pb.StatusResult.parse(e["status"]),
+                )
+                for e in entries
+            ],
+            result=pb.StatusResult.parse(result),
+            use_default_metadata_indexing=use_default,
+        ),
+    )
+    assert pb.StreamingMessage.parse(encoded) == expected
+
+
+def test_the_content_fields_are_the_contracts_oneof(pb2: Pb2) -> None:
+    streaming = pb2.descriptor(f"{PACKAGE}.StreamingMessage")
+    assert {f.number for f in streaming.oneofs_by_name["content"].fields} == CONTENT_FIELDS
 
 
 def test_an_empty_result_is_still_sent() -> None:

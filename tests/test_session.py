@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
 import os
@@ -147,6 +148,84 @@ def test_the_init_request_reaches_on_init_as_the_host_sent_it() -> None:
             log_categories={"Default": 3, "Host.Function": 1},
         )
     ]
+
+
+def test_init_result_values_are_checked_and_str_subclasses_accepted() -> None:
+    class Flag(enum.StrEnum):
+        ON = "true"
+
+    class Enums(Scenarios):
+        def on_init(self, request: workerkit.InitRequest) -> workerkit.InitResult:
+            return workerkit.InitResult(capabilities={"Custom": Flag.ON})
+
+    class BadVersion(Scenarios):
+        def on_init(self, request: workerkit.InitRequest) -> workerkit.InitResult:
+            return workerkit.InitResult(worker_version=5)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            fine = await (await host.start_worker(Enums())).connection.init()
+            assert fine.result.status == SUCCESS and fine.capabilities["Custom"] == "true"
+            bad = await (await host.start_worker(BadVersion())).connection.init()
+            assert bad.result.status == FAILURE
+            assert "InitResult.worker_version must be a str" in bad.result.exception.message
+
+    arun(scenario())
+
+
+#: Fields StreamingMessage does not have (number 105, a string; 106, a varint): what a newer
+#: host might add.
+UNKNOWN_FIELD = b"\xca\x06\x01x" + b"\xd0\x06\x01"
+
+
+def test_an_unknown_field_after_the_content_does_not_hide_it() -> None:
+    async def scenario() -> None:
+        async with TestHost() as host:
+            started = await host.start_worker(Scenarios())
+            conn = started.connection
+            init = pb.WorkerInitRequest(host_version="4.1040.0", function_app_directory="/")
+            replied = conn._expect("worker_init_response")
+            await conn.send(bytes(pb.StreamingMessage(worker_init_request=init)) + UNKNOWN_FIELD)
+            assert (await asyncio.wait_for(replied, 10)).result.status == SUCCESS
+            request = conn.load_request("id-echo", "echo", bindings=http_bindings())
+            loaded = conn._expect("function_load_response", "id-echo")
+            await conn.send(
+                bytes(pb.StreamingMessage(function_load_request=request)) + UNKNOWN_FIELD
+            )
+            assert (await asyncio.wait_for(loaded, 10)).result.status == SUCCESS
+            invocation = pb.InvocationRequest(
+                invocation_id="i1",
+                function_id="id-echo",
+                input_data=[
+                    pb.ParameterBinding(
+                        name="req", data=workerkit.convert.encode_input(HTTP_REQUEST)
+                    )
+                ],
+            )
+            answered = conn._expect("invocation_response", "i1")
+            await conn.send(
+                bytes(pb.StreamingMessage(invocation_request=invocation)) + UNKNOWN_FIELD
+            )
+            reply = await asyncio.wait_for(answered, 10)
+            assert reply.result.status == SUCCESS and reply.return_value.http.body.bytes == b"ping"
+
+    arun(scenario())
+
+
+def test_a_load_collection_with_an_unreadable_entry_fails_only_that_function() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, _):
+            good = bytes(conn.load_request("id-echo", "echo", bindings=http_bindings()))
+            # metadata.bindings has an entry with a key and no BindingInfo
+            bad = b"\x0a\x02id" + b"\x12\x09" + b"\x32\x07\x0a\x05" + b"input"
+            collection = b"\x0a" + bytes([len(good)]) + good + b"\x0a" + bytes([len(bad)]) + bad
+            answered = conn._expect("function_load_response_collection")
+            await conn.send(b"\xfa\x01" + bytes([len(collection)]) + collection)
+            reply = await asyncio.wait_for(answered, 10)
+            statuses = {r.function_id: r.result.status for r in reply.function_load_responses}
+            assert statuses == {"id-echo": SUCCESS, "id": FAILURE}
+
+    arun(scenario())
 
 
 def test_requests_sent_before_init_completes_wait_for_it() -> None:
@@ -722,6 +801,23 @@ def test_a_log_over_the_size_limit_is_shortened_and_unsendable_text_escaped() ->
             assert long.message.endswith(" [truncated: over the message size limit]")
             assert len(long.message) < 64 * 1024 and long.exception is None
             assert odd.message == "lone \\udc80 surrogate"
+
+    arun(scenario())
+
+
+def test_a_log_record_that_cannot_be_encoded_is_dropped_and_the_worker_serves_on() -> None:
+    class OddRecord(Scenarios):
+        def on_function_load(self, function: workerkit.FunctionInfo) -> None:
+            record = logging.makeLogRecord({"name": 123, "msg": "odd", "levelno": 40})
+            logging.getLogger().handle(record)  # outside an invocation: a System log
+            super().on_function_load(function)
+
+    async def scenario() -> None:
+        async with serving(OddRecord()) as (conn, _):
+            function_id = await load(conn, "echo", bindings=http_bindings())
+            reply = await conn.invoke(function_id, {"req": HTTP_REQUEST})
+            assert reply.result.status == SUCCESS
+            assert await conn.status() == pb.WorkerStatusResponse()
 
     arun(scenario())
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import arun, running
 
-from workerkit import HttpRequest
+from workerkit import Claim, ClaimsIdentity, HttpRequest
 from workerkit._generated import AzureFunctionsRpcMessages as pb
 from workerkit.testing import TestHost, WorkerProcess
 
@@ -94,17 +94,27 @@ def test_environment_reload_in_a_real_process(tmp_path: Path) -> None:
 
 
 def test_betterproto2_is_imported_only_for_a_message_the_fast_path_does_not_read() -> None:
-    """Start-up (StartStream, init, loads), HTTP invocations and their logs are read and
-    written by `_fastwire`, so a worker is ready and serving without importing betterproto2
-    (~60 ms of start-up); the first uncommon message (here a status request) imports it."""
+    """Start-up (StartStream, init, worker indexing, loads), HTTP invocations (with the
+    identities the host attaches) and their logs are read and written by `_fastwire`, so a
+    worker is ready and serving without importing betterproto2 (~60 ms of start-up); the
+    first uncommon message (here a status request) imports it."""
 
     async def scenario() -> None:
         async with TestHost() as host:
             worker = await spawn(host)
             conn = worker.connection
             assert conn is not None
+            indexing = await conn.functions_metadata()
+            assert indexing.result.status == SUCCESS and indexing.use_default_metadata_indexing
             assert (await conn.load("m", "modules")).result.status == SUCCESS
-            request = HttpRequest("POST", "http://127.0.0.1/api/m", headers={"a": "b"}, body=b"{}")
+            identity = ClaimsIdentity("WebJobsAuthLevel", None, "role", (Claim("level", "Admin"),))
+            request = HttpRequest(
+                "POST",
+                "http://127.0.0.1/api/m",
+                headers={"a": "b"},
+                body=b"{}",
+                identities=(identity,),
+            )
             inputs = {"req": request}
             metadata = {"Headers": {"a": "b"}, "Query": {}}
             first = await conn.invoke("m", inputs, trigger_metadata=metadata)

@@ -12,7 +12,7 @@ writes those few messages directly:
 - the start-up conversation (StartStream, init, function loads) is read and written here too,
   so a worker reaches "ready" without importing betterproto2 at all (`workerkit._pb`).
 
-Anything off the beaten path (cookies, collections, identities, shared memory, ...) falls back
+Anything off the beaten path (cookies, collections, shared memory, ...) falls back
 to betterproto2 and `workerkit.convert`, so the results are always those of the general code:
 tests check both paths agree on arbitrary messages and values.
 """
@@ -27,13 +27,14 @@ from types import MappingProxyType
 from typing import Any
 
 from ._logs import LogEntry
-from ._pb import pb, shared
-from ._types import Binding, DataType, Direction, FunctionInfo, InitRequest
+from ._pb import pb
+from ._types import _DATA_TYPES, _DIRECTIONS, Binding, FunctionInfo, InitRequest, MetadataRequest
 from .convert import (
+    Claim,
+    ClaimsIdentity,
     ConversionError,
     HttpRequest,
     HttpResponse,
-    _decode_identity,
     _dump_json,
     decode,
     encode,
@@ -48,9 +49,13 @@ __all__ = [
     "encode_chunks",
     "encode_value",
     "function_load_response",
+    "function_metadata_response",
     "invocation_response",
     "read_function_load",
     "read_init",
+    "read_invocation",
+    "read_metadata_request",
+    "rpc_function_metadata",
     "rpc_log",
     "start_stream",
     "status_result",
@@ -305,11 +310,35 @@ def _http_request(view: memoryview) -> HttpRequest:
         query=query,
         params=params,
         body=_http_body(body, raw_body),
-        identities=tuple(
-            _decode_identity(shared.RpcClaimsIdentity.parse(bytes(i))) for i in identities
-        )
-        if identities
-        else (),
+        identities=tuple(map(_identity, identities)) if identities else (),
+    )
+
+
+def _identity(view: memoryview) -> ClaimsIdentity:
+    """An `RpcClaimsIdentity` (what `convert` makes of it): the three `NullableString`s are
+    None when null, claims keep their order."""
+    wrapped: list[str | None] = [None, None, None, None]  # by field number 1-3
+    claims: list[Claim] = []
+    for number, wire_type, value in fields(view):
+        if wire_type != 2:
+            continue
+        if number in (1, 2, 3):
+            text = None  # a wrapper with its value unset is a null, like no wrapper
+            for inner, inner_type, item in fields(value):
+                if inner == 1 and inner_type == 2:
+                    text = _text(item)
+            wrapped[number] = text
+        elif number == 4:
+            claim = ["", "", ""]  # by field number: value 1, type 2
+            for inner, inner_type, item in fields(value):
+                if inner in (1, 2) and inner_type == 2:
+                    claim[inner] = _text(item)
+            claims.append(Claim(type=claim[2], value=claim[1]))
+    return ClaimsIdentity(
+        authentication_type=wrapped[1],
+        name_claim_type=wrapped[2],
+        role_claim_type=wrapped[3],
+        claims=tuple(claims),
     )
 
 
@@ -468,7 +497,11 @@ def invocation_response(
 
 
 def _utf8(text: str) -> bytes:
-    """`text` as UTF-8; lone surrogates (possible in user strings) escaped, not fatal."""
+    """`text` as UTF-8; lone surrogates (possible in user strings) escaped, not fatal.
+
+    For text about the worker (logs, metadata, errors), where escaping beats losing the
+    message. A function's output values go through `_text_field` instead, which raises:
+    their bytes must be exactly what the function returned, or the invocation fails."""
     try:
         return text.encode()
     except UnicodeEncodeError:
@@ -620,10 +653,6 @@ def _int32(value: int) -> int:
     return value - (1 << 32) if value & 0x80000000 else value
 
 
-_DIRECTIONS: dict[int, Direction] = {0: "in", 1: "out", 2: "inout"}
-_DATA_TYPES: dict[int, DataType] = {0: "undefined", 1: "string", 2: "binary", 3: "stream"}
-
-
 def read_function_load(data: Buffer) -> FunctionInfo:
     """A `FunctionLoadRequest` as the `FunctionInfo` `on_function_load` receives (what
     `FunctionInfo.from_rpc` makes of the same message); raises ValueError if malformed."""
@@ -675,3 +704,54 @@ def _binding(name: str, info: memoryview | None) -> Binding:
         direction=_DIRECTIONS.get(direction, "in"),
         data_type=_DATA_TYPES.get(data_type, "undefined"),
     )
+
+
+def read_metadata_request(data: Buffer) -> MetadataRequest:
+    """A `FunctionsMetadataRequest`; raises ValueError if it is malformed."""
+    directory = ""
+    for number, wire_type, value in fields(data):
+        if number == 1 and wire_type == 2:
+            directory = _text(value)
+    return MetadataRequest(directory)
+
+
+def rpc_function_metadata(
+    *,
+    name: str,
+    function_id: str,
+    directory: str,
+    script_file: str,
+    entry_point: str,
+    raw_bindings: list[str],
+    properties: Mapping[str, str],
+    status: bytes | None = None,
+) -> bytes:
+    """An `RpcFunctionMetadata` as worker indexing reports it; `status` is a `status_result`
+    (None: no status, the function is valid)."""
+    return b"".join(
+        (
+            _string(b"\x0a", directory),
+            _string(b"\x12", script_file),
+            _string(b"\x1a", entry_point),
+            _string(b"\x22", name),
+            _field(b"\x42", status) if status is not None else b"",
+            *(_field(b"\x52", _utf8(binding)) for binding in raw_bindings),
+            _string(b"\x6a", function_id),
+            _string_map(b"\x82\x01", properties),
+        )
+    )
+
+
+def function_metadata_response(
+    request_id: str, results: list[bytes], result: bytes, *, use_default_indexing: bool = False
+) -> bytes:
+    """`StreamingMessage{function_metadata_response}` (content field 30): `results` are
+    `rpc_function_metadata`s, `result` a `status_result`."""
+    content = b"".join(
+        (
+            *(_field(b"\x0a", metadata) for metadata in results),
+            _field(b"\x12", result),
+            b"\x18\x01" if use_default_indexing else b"",
+        )
+    )
+    return _message(request_id, b"\xf2\x01", content)

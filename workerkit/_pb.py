@@ -2,9 +2,10 @@
 
 Importing betterproto2 and the generated classes costs a worker about 60 ms of start-up on a
 small machine: more than everything else it imports. The messages of the start-up
-conversation (StartStream, init, function loads), invocations and logs are read and written
-by hand (`_fastwire`), so a worker whose host sends nothing else never imports them; anything
-else (status, cancel, terminate, an uncommon TypedData, ...) imports them on first use.
+conversation (StartStream, init, worker indexing, function loads), invocations and logs are
+read and written by hand (`_fastwire`), so a worker whose host sends nothing else never
+imports them; anything else (status, cancel, terminate, a Failure reply, an uncommon
+TypedData, ...) imports them on first use.
 
 ``pb`` stands for ``workerkit._generated.AzureFunctionsRpcMessages`` and ``shared`` for
 ``workerkit._generated`` (the identity and nullable types). Type checkers see the modules

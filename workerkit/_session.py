@@ -26,8 +26,10 @@ from ._fastwire import (
     decode_value,
     encode_chunks,
     function_load_response,
+    function_metadata_response,
     invocation_response,
     read_trace,
+    rpc_function_metadata,
     start_stream,
     status_result,
     typed_data,
@@ -312,6 +314,10 @@ class Session:
                     raise TypeError(f"on_init must return InitResult or None, not {result!r}")
                 _check_strings(result.capabilities, "InitResult.capabilities")
                 _check_strings(result.custom_properties, "InitResult.custom_properties")
+                for name in ("runtime_name", "runtime_version", "worker_version"):
+                    value = getattr(result, name)
+                    if value is not None and not isinstance(value, str):
+                        raise TypeError(f"InitResult.{name} must be a str or None: {value!r}")
                 self._init_result = result
                 self._capabilities.update(result.capabilities)
         except asyncio.CancelledError:
@@ -347,27 +353,23 @@ class Session:
     def _worker_metadata(self) -> pb.WorkerMetadata:
         return pb.WorkerMetadata(**self._worker_metadata_fields())
 
-    async def _metadata(self, request_id: str, request: pb.FunctionsMetadataRequest) -> None:
+    async def _metadata(self, request_id: str, request: MetadataRequest) -> None:
         await self._initialized.wait()
-        response = pb.FunctionMetadataResponse(result=success())
+        directory = request.function_app_directory
         try:
-            found = await self._build_index(request.function_app_directory)
-            if found is None:
-                response.use_default_metadata_indexing = True
-            else:
-                response.function_metadata_results = [
-                    _rpc_metadata(entry, request.function_app_directory) for entry in found.values()
-                ]
+            found = await self._build_index(directory)
+            results = [] if found is None else [_rpc_metadata(e, directory) for e in found.values()]
+            response = function_metadata_response(
+                request_id, results, status_result(SUCCESS), use_default_indexing=found is None
+            )
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             log.error("on_functions_metadata failed: %s", exc, exc_info=True)
-            response = pb.FunctionMetadataResponse(
-                result=failure(exc, user=True, source="on_functions_metadata")
+            response = function_metadata_response(
+                request_id, [], _status(exc, "on_functions_metadata")
             )
-        await self.transport.send(
-            pb.StreamingMessage(request_id=request_id, function_metadata_response=response)
-        )
+        await self.transport.send(response)
 
     async def _build_index(self, directory: str) -> dict[str, FunctionMetadata] | None:
         found = await self.call("on_functions_metadata", MetadataRequest(directory))
@@ -392,25 +394,29 @@ class Session:
     async def _load_collection(
         self, request_id: str, request: pb.FunctionLoadRequestCollection
     ) -> None:
-        infos = [
-            FunctionInfo.from_rpc(r.function_id, r.metadata or pb.RpcFunctionMetadata())
-            for r in request.function_load_requests
-        ]
-        errors = await asyncio.gather(*(self._load(info) for info in infos))
-        responses = [
-            pb.FunctionLoadResponse(
-                function_id=info.function_id,
-                result=success()
-                if error is None
-                else failure(error, user=True, source="on_function_load"),
-            )
-            for info, error in zip(infos, errors, strict=True)
-        ]
+        async def load(request: pb.FunctionLoadRequest) -> pb.FunctionLoadResponse:
+            try:
+                info = FunctionInfo.from_rpc(
+                    request.function_id, request.metadata or pb.RpcFunctionMetadata()
+                )
+            except Exception as exc:  # a request we cannot read costs only its function
+                log.error("function %s cannot be loaded: %s", request.function_id, exc)
+                status = failure(f"the FunctionLoadRequest could not be read: {exc}")
+            else:
+                error = await self._load(info)
+                status = (
+                    success()
+                    if error is None
+                    else failure(error, user=True, source="on_function_load")
+                )
+            return pb.FunctionLoadResponse(function_id=request.function_id, result=status)
+
+        responses = await asyncio.gather(*map(load, request.function_load_requests))
         await self.transport.send(
             pb.StreamingMessage(
                 request_id=request_id,
                 function_load_response_collection=pb.FunctionLoadResponseCollection(
-                    function_load_responses=responses
+                    function_load_responses=list(responses)
                 ),
             )
         )
@@ -689,7 +695,7 @@ def _status(error: BaseException | None, hook: str) -> bytes:
 
 def _check_strings(mapping: Mapping[str, str], what: str) -> None:
     for key, value in mapping.items():
-        if type(key) is not str or type(value) is not str:
+        if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"{what} must map str to str, got {key!r}: {value!r}")
 
 
@@ -797,7 +803,9 @@ def _response(function: FunctionInfo, request_id: str, invocation_id: str, resul
         ) from None
 
 
-def _rpc_metadata(entry: FunctionMetadata, app_directory: str) -> pb.RpcFunctionMetadata:
+def _rpc_metadata(entry: FunctionMetadata, app_directory: str) -> bytes:
+    """`entry` as the `RpcFunctionMetadata` the host expects; what the host would reject is
+    reported in its status, so the host names the function and the problem."""
     problems = entry.problems()
     raw_bindings: list[str] = []
     for binding in entry.bindings:
@@ -805,7 +813,20 @@ def _rpc_metadata(entry: FunctionMetadata, app_directory: str) -> pb.RpcFunction
             raw_bindings.append(json.dumps(dict(binding), separators=(",", ":")))
         except (TypeError, ValueError) as exc:
             problems.append(f"binding {binding.get('name')!r} is not JSON: {exc}")
-    metadata = pb.RpcFunctionMetadata(
+    for what, value in (
+        ("directory", entry.directory),
+        ("script_file", entry.script_file),
+        ("entry_point", entry.entry_point),
+    ):
+        if not isinstance(value, str):
+            raise TypeError(f"FunctionMetadata.{what} of {entry.name!r} must be a str: {value!r}")
+    _check_strings(entry.properties, f"FunctionMetadata.properties of {entry.name!r}")
+    status = None
+    if problems:
+        status = status_result(
+            FAILURE, error_details(f"function {entry.name!r}: " + "; ".join(problems))
+        )
+    return rpc_function_metadata(
         name=entry.name,
         function_id=entry.function_id,
         directory=entry.directory or app_directory,
@@ -813,7 +834,5 @@ def _rpc_metadata(entry: FunctionMetadata, app_directory: str) -> pb.RpcFunction
         entry_point=entry.entry_point,
         raw_bindings=raw_bindings,
         properties={**entry.properties, WORKER_INDEXED: "True"},
+        status=status,
     )
-    if problems:
-        metadata.status = failure(f"function {entry.name!r}: " + "; ".join(problems))
-    return metadata

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from ._fastwire import (
     read_function_load,
     read_init,
     read_invocation,
+    read_metadata_request,
     rpc_log,
 )
 from ._logs import WARNING, LogEntry
@@ -98,6 +100,19 @@ if TYPE_CHECKING:
     Incoming = Message | RawInvocation | HostRequest | Unreadable
 
 
+#: Field numbers of `StreamingMessage.content`'s members (a test checks them against the
+#: contract): a field outside the oneof, e.g. one a newer host adds, is not the content.
+CONTENT_FIELDS = frozenset(
+    (2, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15, 16, 17, 20, 21, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34)
+)
+#: Content members read by `_fastwire` during start-up: (member name, reader).
+_START_UP: dict[int, tuple[str, Callable[[memoryview], Any]]] = {
+    17: ("worker_init_request", read_init),
+    8: ("function_load_request", read_function_load),
+    29: ("functions_metadata_request", read_metadata_request),
+}
+
+
 class Codec(CodecBase):
     """Protobuf framing for betterproto2 messages, with the host's size limit applied on
     receipt. Already-serialised ``bytes`` pass through `encode` untouched, so the writer can
@@ -110,7 +125,8 @@ class Codec(CodecBase):
 
     def __init__(self, max_message_length: int, *, fast_invocations: bool = False) -> None:
         self.max_message_length = max_message_length
-        #: Hand invocation requests over as `RawInvocation` (read by `_fastwire`).
+        #: Hand invocation requests over as `RawInvocation`, and the start-up requests
+        #: `_fastwire` reads as `HostRequest`; a frame that cannot be read as `Unreadable`.
         self.fast_invocations = fast_invocations
 
     def encode(self, message: Any, message_type: Any) -> bytes:
@@ -127,23 +143,24 @@ class Codec(CodecBase):
         try:
             request_id, content, payload = "", 0, None
             for number, wire_type, value in fields(data):  # also checks the framing
-                if number == 1 and wire_type == 2:
+                if wire_type != 2:
+                    continue  # every field of StreamingMessage is length-delimited
+                if number == 1:
                     request_id = str(value, "utf-8")
-                else:
+                elif number in CONTENT_FIELDS:  # the oneof: the last member wins
                     content, payload = number, value
             if self.fast_invocations:
                 if payload is not None:
                     if content == 4:
                         return read_invocation(request_id, payload)
-                    if content == 17:
-                        return HostRequest(request_id, "worker_init_request", read_init(payload))
-                    if content == 8:
-                        info = read_function_load(payload)
-                        return HostRequest(request_id, "function_load_request", info)
+                    reader = _START_UP.get(content)
+                    if reader is not None:
+                        return HostRequest(request_id, reader[0], reader[1](payload))
                 return pb.StreamingMessage.parse(data)
             return message_type.parse(data)
         except Exception as exc:
-            reason = f"malformed StreamingMessage ({len(data)} bytes): {exc}"
+            name = "StreamingMessage" if self.fast_invocations else message_type.__name__
+            reason = f"malformed {name} ({len(data)} bytes): {exc}"
             if self.fast_invocations:
                 return salvage(data, reason)
             raise DecodeError(reason) from None
@@ -323,17 +340,29 @@ class Transport:
 
     @staticmethod
     def _log_bytes(entry: LogEntry, limit: int) -> bytes | None:
-        """A log record, shortened when it is over the size limit."""
-        data = rpc_log(entry)
-        if len(data) <= limit:
-            return data
-        keep = max(limit // 2 - 1024, 0)
-        entry.message = entry.message[:keep] + " [truncated: over the message size limit]"
-        entry.exception = None
-        data = rpc_log(entry)
-        if len(data) <= limit:
-            return data
-        log.error("dropped a log record over the message size limit (%d bytes)", len(data))
+        """A log record, shortened when it is over the size limit; None (and an error on
+        stderr) for a record that cannot be encoded at all."""
+        try:
+            data = rpc_log(entry)
+            if len(data) <= limit:
+                return data
+            keep = max(limit // 2 - 1024, 0)  # bytes of the message; the rest has room
+            message = entry.message.encode("utf-8", "backslashreplace")[:keep]
+            shortened = LogEntry(
+                message.decode("utf-8", "ignore") + " [truncated: over the message size limit]",
+                category=entry.category,
+                level=entry.level,
+                log_category=entry.log_category,
+                invocation_id=entry.invocation_id,
+            )
+            data = rpc_log(shortened)
+            if len(data) <= limit:
+                return data
+            problem = f"{len(data)} bytes, over the limit even when shortened"
+        except Exception as exc:  # e.g. a record whose logger name is not a str
+            problem = f"cannot encode it: {exc!r}"
+        # Not through `log`: a record about a record that cannot be sent could loop.
+        sys.stderr.write(f"LanguageWorkerConsoleLogERROR: dropped a log record: {problem}\n")
         return None
 
     async def _flush(self) -> None:

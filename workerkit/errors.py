@@ -8,12 +8,19 @@ from dataclasses import dataclass
 from ._pb import pb
 
 __all__ = [
+    "CANCELLED",
+    "FAILURE",
+    "SUCCESS",
+    "ErrorDetails",
     "FunctionLoadError",
     "InvocationCancelled",
     "InvocationError",
     "MessageTooLarge",
     "WorkerError",
+    "cancelled",
+    "error_details",
     "failure",
+    "rpc_exception",
     "success",
 ]
 
