@@ -656,14 +656,8 @@ def _int32(value: int) -> int:
 def read_function_load(data: Buffer) -> FunctionInfo:
     """A `FunctionLoadRequest` as the `FunctionInfo` `on_function_load` receives (what
     `FunctionInfo.from_rpc` makes of the same message); raises ValueError if malformed."""
-    function_id = ""
-    metadata: memoryview | None = None
-    for number, wire_type, value in fields(data):
-        if wire_type == 2:
-            if number == 1:
-                function_id = _text(value)
-            elif number == 2:
-                metadata = value
+    # function_id 1 (string) and metadata 2 (message): the shape of a map entry
+    function_id, metadata = _entry(data if isinstance(data, memoryview) else memoryview(data))
     texts = ["", "", "", "", ""]  # by field number: directory 1, script 2, entry 3, name 4
     bindings: dict[str, Binding] = {}
     properties: dict[str, str] = {}
