@@ -345,17 +345,18 @@ async def cold_start(
                 )
 
 
+def record_memory(report: Report, target: str, pid: int, phase: str) -> None:
+    """The worker's RSS now and its peak so far (VmHWM), as a `memory` record."""
+    memory = memory_kib(pid)
+    report.emit(
+        "memory", target=target, phase=phase, rss_kib=memory["VmRSS"], peak_kib=memory["VmHWM"]
+    )
+
+
 async def bring_up(host: BenchHost, target: Target, plan: Plan, report: Report) -> Live:
     process, connection, _ = await start(host, target)
     await asyncio.sleep(plan.idle_settle)
-    memory = memory_kib(process.pid)
-    report.emit(
-        "memory",
-        target=target.name,
-        phase="idle",
-        rss_kib=memory["VmRSS"],
-        peak_kib=memory["VmHWM"],
-    )
+    record_memory(report, target.name, process.pid, "idle")
     functions = {f.name: f for f in read_app(target.app)}
     return Live(target, process, connection, functions)
 
@@ -467,14 +468,7 @@ async def throughput(lives: Sequence[Live], plan: Plan, report: Report) -> None:
             )
         say(f"  round {round_ + 1}/{plan.runs} done (load average {loadavg():.2f})")
     for live in lives:
-        memory = memory_kib(live.process.pid)
-        report.emit(
-            "memory",
-            target=live.target.name,
-            phase="after_small",
-            rss_kib=memory["VmRSS"],
-            peak_kib=memory["VmHWM"],
-        )
+        record_memory(report, live.target.name, live.process.pid, "after_small")
 
 
 async def payloads(lives: Sequence[Live], plan: Plan, report: Report) -> None:
@@ -495,14 +489,7 @@ async def payloads(lives: Sequence[Live], plan: Plan, report: Report) -> None:
                     scenario=f"payload_{size // MIB}MiB",
                 )
     for live in lives:
-        memory = memory_kib(live.process.pid)
-        report.emit(
-            "memory",
-            target=live.target.name,
-            phase="after_payloads",
-            rss_kib=memory["VmRSS"],
-            peak_kib=memory["VmHWM"],
-        )
+        record_memory(report, live.target.name, live.process.pid, "after_payloads")
 
 
 async def copies(host: BenchHost, targets: Sequence[Target], plan: Plan, report: Report) -> None:
