@@ -3,8 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `make test` also runs pytest, minus the reliability marker, on every other CPython >= 3.11
+# that .ci/pythons finds (on PATH, or under pyenv), each in its own .venv-3.N. Set
+# OTHER_PYTHONS to a list of interpreters to test those instead, or to `none` to skip.
+# --maxfail: an interpreter that breaks everything (each failure waits out a timeout) stops
+# after ten failures, about three minutes, instead of holding CI for a quarter of an hour.
+OTHER_PYTHONS ?= auto
+OTHER_PYTEST_ARGS ?= -m "not reliability" --maxfail=10
 
-.PHONY: test lint typecheck pytest proto demo bench clean
+.PHONY: test lint typecheck pytest coverage reliability pythons other-python proto demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,11 +19,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP) lint typecheck pytest
+test: $(STAMP) lint typecheck coverage reliability pythons
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check workerkit tests examples proto benchmarks
-	$(VENV)/bin/ruff format --check workerkit tests examples proto benchmarks
+	$(VENV)/bin/ruff check workerkit tests examples proto benchmarks .ci/pythons
+	$(VENV)/bin/ruff format --check workerkit tests examples proto benchmarks .ci/pythons
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy workerkit
@@ -24,6 +31,53 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# `make test` runs the whole suite in two parts. `coverage`: all but the reliability marker,
+# under coverage, then the per-module table of workerkit/, failing under the floor in
+# pyproject.toml. `reliability`: its fault and flood scenarios, untraced (they load the
+# machine, and tracing would only slow them); pytest's status 5 (none collected) is fine
+# there, for PYTEST_ARGS naming tests of the other part.
+coverage: $(STAMP)
+	rm -f .coverage .coverage.*
+	$(PY) -m coverage run -m pytest -q -m "not reliability" $(PYTEST_ARGS)
+	$(PY) -m coverage report
+
+reliability: $(STAMP)
+	$(PY) -m pytest -q -m reliability $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# Each interpreter .ci/pythons lists ("VERSION EXECUTABLE" lines) through `other-python`;
+# all are run even if one fails, then a summary line says what was tested and how it went.
+pythons: $(STAMP)
+	@case '$(OTHER_PYTHONS)' in \
+	  auto) found="$$($(PY) .ci/pythons $(PY))" ;; \
+	  none) echo "pythons: OTHER_PYTHONS=none, no other interpreter tested"; exit 0 ;; \
+	  *) found="$$($(PY) .ci/pythons $(PY) $(OTHER_PYTHONS))" ;; \
+	esac || exit 1; \
+	default=$$($(PY) -c 'import platform; print(platform.python_version())'); \
+	if [ -z "$$found" ]; then \
+	  echo "pythons: no CPython >= 3.11 other than the default $$default found"; exit 0; \
+	fi; \
+	echo "pythons: found" $$(printf '%s (%s)\n' $$found)'; each runs pytest $(OTHER_PYTEST_ARGS)'; \
+	set -- $$found; failed=; tested=; \
+	while [ $$# -ge 2 ]; do \
+	  version=$$1; executable=$$2; shift 2; start=$$(date +%s); \
+	  venv=.venv-$${version%.*}; $$venv/bin/python -c '' 2>/dev/null || rm -rf $$venv; \
+	  if $(MAKE) --no-print-directory other-python OTHER=$$executable V=$${version%.*}; \
+	  then result=passed; else result=FAILED; failed="$$failed $$version"; fi; \
+	  tested="$$tested, $$version $$result in $$(( $$(date +%s) - start )) s"; \
+	done; \
+	echo "pythons: default $$default (full suite); others:$${tested#,}"; \
+	if [ -n "$$failed" ]; then echo "pythons: FAILED on$$failed"; exit 1; fi
+
+# One interpreter: `make other-python OTHER=EXECUTABLE V=3.N` tests it in .venv-3.N.
+other-python: .venv-$(V)/.installed
+	.venv-$(V)/bin/python -m pytest -q $(OTHER_PYTEST_ARGS) $(PYTEST_ARGS)
+
+.venv-%/.installed: pyproject.toml
+	test -x .venv-$*/bin/python || $(OTHER) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-$*/bin/python -m pip install --quiet --prefer-binary -e '.[dev]'
+	touch $@
 
 # Regenerate workerkit/_generated from proto/ (betterproto2 through grpcio-tools' protoc).
 proto: $(STAMP)
@@ -45,4 +99,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.* .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

@@ -19,8 +19,9 @@ def arun(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    """Poll `predicate` until it is true; fail after `timeout` seconds."""
+async def until(predicate: Callable[[], object], timeout: float = 30.0) -> None:
+    """Poll `predicate` until it is true; fail after `timeout` seconds (only there to catch a
+    hang: no verdict may depend on how fast the machine is)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import re
 import sys
 import threading
 import time
@@ -190,8 +191,14 @@ class RunningEmulator:
         assert not self._thread.is_alive(), "the emulator is still running:\n" + self.output
         return self.code
 
-    def wait_for(self, predicate: Callable[[str], bool] | str, timeout: float = 10.0) -> str:
-        """Poll the console output until `predicate` (or the substring) holds; return it."""
+    def wait_for(
+        self,
+        predicate: Callable[[str], bool] | str,
+        timeout: float = 30.0,
+        what: str | None = None,
+    ) -> str:
+        """Poll the console output until `predicate` (or the substring) holds; return it.
+        `timeout` only catches a hang; `what` names the awaited event in the failure."""
         check = (lambda text: predicate in text) if isinstance(predicate, str) else predicate
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -199,7 +206,28 @@ class RunningEmulator:
             if check(text):
                 return text
             time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {predicate!r} in:\n{self.output}")
+        raise AssertionError(
+            f"not seen within {timeout:g} s: {what or repr(predicate)}; the output:\n{self.output}"
+        )
+
+    def invocation_ids(self, function: str) -> list[str]:
+        """The ids of the invocations of `function` so far, from the "Executing" lines."""
+        pattern = rf"Executing 'Functions\.{re.escape(function)}' \(Reason=.*?, Id=([^)\s]+)\)"
+        return re.findall(pattern, self.output)
+
+    def wait_answered(self, invocation_id: str, status: str, timeout: float = 30.0) -> str:
+        """Wait until the worker has sent the InvocationResponse for `invocation_id` with
+        `status` (e.g. Cancelled, after a timeout): a protocol line, so a verbose emulator."""
+        assert self.verbose, "the protocol lines are only shown by a verbose emulator"
+        wanted = f"invocation_id={invocation_id} status={status}"
+        return self.wait_for(
+            lambda _: any(
+                "worker → host invocation_response" in line and wanted in line
+                for line in list(self.sink.lines)
+            ),
+            timeout,
+            f"the worker's InvocationResponse {wanted}",
+        )
 
     def records(self, function: str) -> list[dict[str, Any]]:
         """The RECORD lines tests/emulator_worker.py logged for `function`."""
@@ -238,3 +266,7 @@ def request(
     except urllib.error.HTTPError as error:
         with error:
             return Response(error.code, error.headers, error.read())
+    except (TimeoutError, urllib.error.URLError) as error:
+        if isinstance(error, TimeoutError) or isinstance(error.reason, TimeoutError):
+            raise AssertionError(f"no reply to {method} {url} within {timeout:g} s") from error
+        raise

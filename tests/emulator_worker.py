@@ -143,7 +143,12 @@ class EmulatorWorker(workerkit.Worker):
         raise RuntimeError("the function failed on purpose")
 
     async def fn_slow(self, invocation: Invocation) -> Any:
-        seconds = float(invocation.inputs["req"].query.get("seconds", "1"))
+        query = invocation.inputs["req"].query
+        if "until" in query:  # a file: run until the test creates it
+            while not os.path.exists(query["until"]):
+                await asyncio.sleep(0.01)
+            return HttpResponse(body="released")
+        seconds = float(query.get("seconds", "1"))
         await asyncio.sleep(seconds)
         return HttpResponse(body=f"slept {seconds}")
 

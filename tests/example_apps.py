@@ -84,7 +84,7 @@ def log_messages(conn: HostConnection, invocation_id: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def emulator(worker_dir: Path, app: Path, timeout: float = 20.0) -> Iterator[str]:
+def emulator(worker_dir: Path, app: Path, timeout: float = 60.0) -> Iterator[str]:
     """Run ``workerkit host APP --worker DIR`` as a user would; yield its base URL.
 
     The worker's interpreter is this one (the config says ``python3``, which on a developer's
@@ -131,7 +131,7 @@ def emulator(worker_dir: Path, app: Path, timeout: float = 20.0) -> Iterator[str
     finally:
         process.send_signal(signal.SIGINT)
         try:
-            process.wait(10)
+            process.wait(60)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
@@ -141,7 +141,7 @@ def http(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
     """One real HTTP request over loopback: (status, body)."""
     request = urllib.request.Request(url, data=body, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=15) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()

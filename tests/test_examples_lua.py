@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
-from conftest import EXAMPLES, arun
+from conftest import EXAMPLES, arun, running
 from example_apps import (
     CANCELLED,
     FAILURE,
@@ -79,7 +78,7 @@ def test_the_sample_app_http_timer_queue_and_named_outputs() -> None:
             ]
 
             await conn.terminate()
-            assert await worker.wait(10) == 0
+            assert await worker.wait(60) == 0
 
     arun(scenario())
 
@@ -93,14 +92,17 @@ return function(inputs)
   return { ok = ok, err = not ok and tostring(result) or nil, result = result }
 end
 """
-SPIN = "return function() local n = 0 while true do n = n + 1 end end"
+# Each loop says it started (tests wait for that line), then runs until stopped.
+SPIN = 'return function() print("spinning") local n = 0 while true do n = n + 1 end end'
 SPIN_PCALL = """
 return function()
+  print("spinning")
   while true do pcall(function() while true do end end) end
 end
 """
 SPIN_COROUTINE = """
 return function()
+  print("spinning")
   local co = coroutine.wrap(function() while true do end end)
   while true do pcall(co) end
 end
@@ -198,8 +200,8 @@ def test_errors_runaway_loops_cancel_and_timeouts(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with TestHost() as host:
             # One pool thread: a loop that was not really stopped would block what follows.
-            env = {"WORKERKIT_THREADS": "1", "LUA_TIMEOUT_SECONDS": "1"}
-            _, conn = await start(host, "lua", app=app, env=env)
+            # The default Lua timeout (300 s): only the cancel stops these loops.
+            _, conn = await start(host, "lua", app=app, env={"WORKERKIT_THREADS": "1"})
             for name in ("failing", "spin", "spinpcall", "spinco", "shapes"):
                 assert (await load(conn, app, name)).result.status == SUCCESS, name
 
@@ -217,17 +219,24 @@ def test_errors_runaway_loops_cancel_and_timeouts(tmp_path: Path) -> None:
 
             for name in ("spin", "spinpcall", "spinco"):
                 pending = await conn.start_invocation(name, {"msg": "x"})
-                await asyncio.sleep(0.2)
+                await running(conn, pending.invocation_id)  # it is looping
                 await conn.cancel(pending.invocation_id)
-                assert (await pending).result.status == CANCELLED, name
+                assert (await pending.result(60)).result.status == CANCELLED, name
                 # The single thread is free again: the loop really stopped.
-                reply = await conn.invoke("shapes", {"msg": {"list": [1], "map": {}}}, timeout=5)
+                reply = await conn.invoke("shapes", {"msg": {"list": [1], "map": {}}}, timeout=60)
                 assert reply.result.status == SUCCESS, (name, reply.result)
 
-            reply = await conn.invoke("spinpcall", {"msg": "x"}, timeout=10)
+        async with TestHost() as host:
+            # A 1 s Lua timeout, for a loop that never ends: the timeout is the only way out.
+            env = {"WORKERKIT_THREADS": "1", "LUA_TIMEOUT_SECONDS": "1"}
+            _, conn = await start(host, "lua", app=app, env=env)
+            for name in ("spinpcall", "shapes"):
+                assert (await load(conn, app, name)).result.status == SUCCESS, name
+            reply = await conn.invoke("spinpcall", {"msg": "x"}, timeout=60)
             assert reply.result.status == FAILURE
             assert reply.result.exception.message.startswith("timed out after 1 s")
 
+            # ... and the thread is free again.
             reply = await conn.invoke(
                 "shapes", {"msg": {"list": ["a", "b"], "map": {"k": [1.5, {"z": 1}], "gone": None}}}
             )

@@ -84,7 +84,7 @@ def test_the_sample_app_in_node_bash_and_perl() -> None:
             ]
 
             await conn.terminate()
-            assert await worker.wait(10) == 0
+            assert await worker.wait(60) == 0
             assert not Path("/tmp/wk-x").exists()
 
     arun(scenario())
@@ -123,10 +123,20 @@ def alive(pid: int) -> bool:
     return state != "Z"  # a zombie is dead, waiting for its parent (or init) to reap it
 
 
-async def until(predicate: object, timeout: float = 5.0) -> None:
+def written_pids(*files: Path) -> list[int]:
+    """The pids in `files` once each is whole (echo writes the number, then a newline)."""
+    try:
+        texts = [file.read_text() for file in files]
+    except FileNotFoundError:
+        return []
+    return [int(text) for text in texts] if all(t.endswith("\n") for t in texts) else []
+
+
+async def until(predicate: object, timeout: float = 30.0) -> None:
+    """Poll `predicate`; `timeout` only catches a hang."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        assert asyncio.get_running_loop().time() < deadline, f"still false after {timeout} s"
         await asyncio.sleep(0.02)
 
 
@@ -164,7 +174,8 @@ def test_failures_timeouts_and_cancel_kill_the_process_group(tmp_path: Path) -> 
 
     async def scenario() -> None:
         async with TestHost() as host:
-            _, conn = await start(host, "process", app=app, env={"PROCESS_TIMEOUT_SECONDS": "1.5"})
+            # The default timeout (300 s): nothing here may depend on how fast the machine is.
+            _, conn = await start(host, "process", app=app)
             await load_tests(conn, app)
 
             # Non-zero exit: a Failure quoting stderr; the lines were logged as they came.
@@ -181,27 +192,14 @@ def test_failures_timeouts_and_cancel_kill_the_process_group(tmp_path: Path) -> 
             # Cancel: the script and the child it started are both killed.
             pending = await conn.start_invocation("sleepy", {"msg": "x"})
             child_pid, parent_pid = app / "sleepy" / "child.pid", app / "sleepy" / "parent.pid"
-            await until(lambda: child_pid.exists() and parent_pid.exists())
-            await asyncio.sleep(0.05)
-            pids = [int(child_pid.read_text()), int(parent_pid.read_text())]
+            await until(lambda: written_pids(child_pid, parent_pid))
+            pids = written_pids(child_pid, parent_pid)
             assert all(alive(pid) for pid in pids)
             await conn.cancel(pending.invocation_id)
             assert (await pending).result.status == CANCELLED
             await until(lambda: not any(alive(pid) for pid in pids))
             child_pid.unlink()
             parent_pid.unlink()
-
-            # Timeout (1.5 s here): a Failure, and the process group is gone too.
-            pending = await conn.start_invocation("sleepy", {"msg": "x"})
-            await until(lambda: child_pid.exists() and parent_pid.exists())
-            await asyncio.sleep(0.05)
-            pids = [int(child_pid.read_text()), int(parent_pid.read_text())]
-            reply = await pending
-            assert reply.result.status == FAILURE
-            assert "timed out after 1.5 s; its process group was killed" in (
-                reply.result.exception.message
-            )
-            await until(lambda: not any(alive(pid) for pid in pids))
 
             # The worker still serves.
             reply = await conn.invoke("echo", {"msg": "still here"})
@@ -227,6 +225,24 @@ def test_failures_timeouts_and_cancel_kill_the_process_group(tmp_path: Path) -> 
             assert decode_output(reply.return_value) == b"\x00\xff"
             request = json.loads((native.parent / "request.json").read_text())
             assert request["inputs"] == {"msg": {"base64": "AP8="}}
+
+        async with TestHost() as host:
+            # Timeout (1.5 s here) of a script that never ends: a Failure, and the process
+            # group is gone too.
+            _, conn = await start(host, "process", app=app, env={"PROCESS_TIMEOUT_SECONDS": "1.5"})
+            await load_tests(conn, app)
+            pending = await conn.start_invocation("sleepy", {"msg": "x"})
+            await until(lambda: written_pids(child_pid, parent_pid) or pending.future.done())
+            pids = written_pids(child_pid, parent_pid)
+            reply = await pending.result(60)
+            assert reply.result.status == FAILURE
+            assert "timed out after 1.5 s; its process group was killed" in (
+                reply.result.exception.message
+            )
+            if pids:
+                await until(lambda: not any(alive(pid) for pid in pids))
+            else:  # so slow a machine that the script was killed before its second line
+                print("\nthe timed-out script wrote no pids: its process group is not checked")
 
     arun(scenario())
 

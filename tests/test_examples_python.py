@@ -100,7 +100,7 @@ def test_the_sample_app_http_timer_queue_sync_async_and_named_outputs() -> None:
             ]
 
             await conn.terminate()
-            assert await worker.wait(10) == 0
+            assert await worker.wait(60) == 0
 
     arun(scenario())
 

@@ -211,8 +211,8 @@ def test_readme_worker_under_an_independent_grpcio_host(pb2: Pb2) -> None:
                 terminate = pb.WorkerTerminate()
                 terminate.grace_period.FromSeconds(5)
                 await host.send(pb.StreamingMessage(worker_terminate=terminate))
-                assert await asyncio.wait_for(process.wait(), 6) == 0
-                await asyncio.wait_for(host.finished.wait(), 5)
+                assert await asyncio.wait_for(process.wait(), 60) == 0
+                await asyncio.wait_for(host.finished.wait(), 30)
                 assert len([m for m in host.received if m.HasField("invocation_response")]) == (
                     INVOCATIONS
                 )

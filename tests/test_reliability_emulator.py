@@ -1,8 +1,10 @@
 """Hostile and slow HTTP clients against `workerkit host`: real sockets on loopback only.
 
-Invariant: every request is answered (or its connection closed) within a bounded time, the
-emulator keeps serving, memory stays bounded, and nothing a client sends reaches a function
-as a path outside its route. Each scenario is bounded in count and time.
+Invariant: every request is answered (or its connection closed), slow clients are cut off,
+the emulator keeps serving, memory stays bounded, and nothing a client sends reaches a
+function as a path outside its route. Each scenario is bounded in count; waits are bounded
+only to catch a hang (`HANG`): no verdict depends on how fast the machine is. How long things
+took is printed (``pytest -s``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import random
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -35,6 +38,8 @@ HEADER_TIMEOUT = 1.0
 GRACE = 0.5
 RATE = 8 * 1024 * 1024  # bytes/s: high, so a client that does not read trips it quickly
 LIMIT = 1024 * 1024
+#: Seconds any one wait may take before the test fails: only there to catch a hang.
+HANG = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -70,28 +75,38 @@ def address(running: RunningEmulator) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def read_until_closed(sock: socket.socket, what: str) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return received
+        except TimeoutError:
+            raise AssertionError(
+                f"{what}: the emulator neither answered nor closed the connection within"
+                f" {HANG:g} s; got {received[:200]!r}"
+            ) from None
+        if not chunk:
+            return received
+        received += chunk
+
+
 def exchange(
-    running: RunningEmulator, data: bytes, *, half_close: bool = False, timeout: float = 5.0
+    running: RunningEmulator, data: bytes, *, half_close: bool = False
 ) -> tuple[bytes, float]:
     """Send `data` (then end the sending side, if `half_close`), read until the server closes;
-    (bytes read, seconds)."""
+    (bytes read, seconds: for printing only)."""
     started = time.monotonic()
-    with socket.create_connection(address(running), timeout=timeout) as sock:
+    with socket.create_connection(address(running), timeout=HANG) as sock:
         try:
             sock.sendall(data)
             if half_close:
                 sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass  # closed on us while sending: what was answered is still readable, or not
-        received = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            received += chunk
+        received = read_until_closed(sock, f"after {data[:60]!r}")
     return received, time.monotonic() - started
 
 
@@ -102,7 +117,7 @@ def status_of(response: bytes) -> int | None:
 
 def still_serving(running: RunningEmulator) -> None:
     assert request("GET", running.url + "/admin/host/status").status == 200
-    reply = request("GET", running.url + "/api/echo?alive=1", timeout=10)
+    reply = request("GET", running.url + "/api/echo?alive=1")
     assert reply.status == 200 and reply.json()["query"] == {"alive": "1"}
 
 
@@ -147,14 +162,14 @@ MALFORMED = {
 }
 
 
-@pytest.mark.parametrize("data", MALFORMED.values(), ids=MALFORMED.keys())
+@pytest.mark.parametrize(("name", "data"), MALFORMED.items(), ids=MALFORMED.keys())
 def test_malformed_http_is_answered_4xx_or_closed_and_the_emulator_keeps_serving(
-    strict: RunningEmulator, data: bytes
+    strict: RunningEmulator, name: str, data: bytes
 ) -> None:
-    reply, seconds = exchange(strict, data)
-    assert seconds < HEADER_TIMEOUT + 2.0  # a request never completed waits that long at most
+    reply, seconds = exchange(strict, data)  # answered, or cut off by the header timeout
     status = status_of(reply)
     assert reply == b"" or (status is not None and 400 <= status < 500), reply[:200]
+    print(f"\n{name}: {status or 'no answer'}, connection closed after {seconds:.2f} s")
     still_serving(strict)
 
 
@@ -162,7 +177,7 @@ def test_a_client_leaving_in_the_middle_of_its_body_is_no_emulator_error(
     strict: RunningEmulator,
 ) -> None:
     for _ in range(5):
-        with socket.create_connection(address(strict), timeout=5) as sock:
+        with socket.create_connection(address(strict), timeout=HANG) as sock:
             sock.sendall(b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
             time.sleep(0.05)
     strict.wait_for(lambda out: out.count("the request body broke off after 3 bytes") == 5)
@@ -174,11 +189,13 @@ def test_random_bytes_never_break_the_front_door(strict: RunningEmulator) -> Non
     rng = random.Random(6)
     prefixes = [b"", b"GET / HTTP/1.1\r\n", b"POST /api/echo HTTP/1.1\r\nContent-Length: 5\r\n"]
     statuses = set()
+    slowest = 0.0
     for _ in range(150):
         noise = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
         reply, seconds = exchange(strict, rng.choice(prefixes) + noise, half_close=True)
-        assert seconds < 3.0
+        slowest = max(slowest, seconds)
         statuses.add(status_of(reply))
+    print(f"\n150 random requests: each answered or closed, the slowest after {slowest:.2f} s")
     assert statuses <= {None, 400, 404, 405, 413, 431} | set(range(200, 300)), statuses
     still_serving(strict)
     assert "emulator error" not in strict.output
@@ -195,9 +212,8 @@ def test_oversized_headers_get_a_clear_4xx(strict: RunningEmulator) -> None:
         "request line over 8 KiB": b"GET /api/echo?" + b"q" * 10_000 + b" HTTP/1.1\r\n\r\n",
     }
     for name, data in cases.items():
-        reply, seconds = exchange(strict, data)
+        reply, _ = exchange(strict, data)
         assert status_of(reply) == 400, (name, reply[:200])
-        assert seconds < 3.0
     assert b"Got more than 32768 bytes" in exchange(strict, cases["one header line over 32 KiB"])[0]
 
     # Every header within its limit, 40 KB in all: over the host's 32 KiB total.
@@ -212,24 +228,23 @@ def test_oversized_headers_get_a_clear_4xx(strict: RunningEmulator) -> None:
 
 
 def test_a_declared_oversized_body_is_refused_before_it_is_sent(strict: RunningEmulator) -> None:
-    # Nothing of the body is sent: the 413 can only come from Content-Length.
-    with socket.create_connection(address(strict), timeout=5) as sock:
-        started = time.monotonic()
-        sock.sendall(b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n")
-        reply = sock.recv(65536)
-        assert status_of(reply) == 413 and time.monotonic() - started < 2
-        assert b"exceeds the limit of 1048576 bytes" in reply
+    # Nothing of the body is sent: the 413 can only come from Content-Length (and it comes
+    # at all: a server waiting for the body would send nothing until its data-rate limit,
+    # then a 408).
+    head = b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n"
+    reply, _ = exchange(strict, head)
+    assert status_of(reply) == 413, reply[:200]
+    assert b"exceeds the limit of 1048576 bytes" in reply
     # With Expect: 100-continue the client is told 413 instead of being asked to go on.
-    with socket.create_connection(address(strict), timeout=5) as sock:
-        sock.sendall(
-            b"PUT /api/files/big HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n"
-            b"Expect: 100-continue\r\n\r\n"
-        )
-        reply = sock.recv(65536)
-        assert status_of(reply) == 413, reply
-        assert b"100 Continue" not in reply
+    reply, _ = exchange(
+        strict,
+        b"PUT /api/files/big HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n"
+        b"Expect: 100-continue\r\n\r\n",
+    )
+    assert status_of(reply) == 413, reply
+    assert b"100 Continue" not in reply
     # A body within the limit still gets its 100 Continue and goes through.
-    connection = http.client.HTTPConnection(*address(strict), timeout=10)
+    connection = http.client.HTTPConnection(*address(strict), timeout=HANG)
     connection.putrequest("POST", "/api/echo")
     connection.putheader("Content-Length", "5")
     connection.putheader("Expect", "100-continue")
@@ -245,7 +260,7 @@ def test_a_declared_oversized_body_is_refused_before_it_is_sent(strict: RunningE
 
 def raw_get(running: RunningEmulator, target: str) -> tuple[int, bytes]:
     """GET `target` exactly as written (http.client sends the path untouched)."""
-    connection = http.client.HTTPConnection(*address(running), timeout=10)
+    connection = http.client.HTTPConnection(*address(running), timeout=HANG)
     try:
         connection.request("GET", target)
         response = connection.getresponse()
@@ -353,16 +368,21 @@ def test_script_files_outside_the_app_are_refused_at_start_up_with_file_and_reas
 
 
 def test_a_client_trickling_its_headers_is_cut_off(strict: RunningEmulator) -> None:
-    lorises = [socket.create_connection(address(strict), timeout=5) for _ in range(20)]
+    lorises = [socket.create_connection(address(strict), timeout=HANG) for _ in range(20)]
     started = time.monotonic()
     closed_at: dict[int, float] = {}
     try:
         for sock in lorises:
             sock.sendall(b"GET /api/echo HTTP/1.1\r\nHost: x\r\n")
         # The others are still served while the lorises hang on.
-        reply = strict.request("GET", "/api/echo?meanwhile=1", timeout=5)
+        reply = strict.request("GET", "/api/echo?meanwhile=1")
         assert reply.status == 200
-        while len(closed_at) < len(lorises) and time.monotonic() - started < 5:
+        # They drip a header line each 0.1 s, for ever: only the header timeout ends them.
+        while len(closed_at) < len(lorises):
+            assert time.monotonic() - started < HANG, (
+                f"{len(lorises) - len(closed_at)} of {len(lorises)} slow clients were not cut"
+                f" off within {HANG:g} s"
+            )
             for index, sock in enumerate(lorises):
                 if index in closed_at:
                     continue
@@ -374,45 +394,47 @@ def test_a_client_trickling_its_headers_is_cut_off(strict: RunningEmulator) -> N
     finally:
         for sock in lorises:
             sock.close()
-    assert len(closed_at) == len(lorises), "some slow clients were never cut off"
-    assert max(closed_at.values()) < HEADER_TIMEOUT + 2.0
+    print(
+        f"\n{len(lorises)} clients trickling headers, header timeout {HEADER_TIMEOUT:g} s:"
+        f" all cut off, the last after {max(closed_at.values()):.2f} s"
+    )
     still_serving(strict)
 
 
 def test_an_idle_connection_is_closed_after_the_header_timeout(strict: RunningEmulator) -> None:
-    with socket.create_connection(address(strict), timeout=5) as sock:
+    with socket.create_connection(address(strict), timeout=HANG) as sock:
         started = time.monotonic()
-        assert sock.recv(1) == b""  # closed by the server, nothing sent
-        assert HEADER_TIMEOUT - 0.2 < time.monotonic() - started < HEADER_TIMEOUT + 2.0
+        assert read_until_closed(sock, "an idle connection") == b""  # closed, nothing sent
+        elapsed = time.monotonic() - started
+    print(f"\nidle connection, header timeout {HEADER_TIMEOUT:g} s: closed after {elapsed:.2f} s")
 
 
 def test_a_body_trickled_below_the_minimum_rate_is_answered_408(strict: RunningEmulator) -> None:
-    with socket.create_connection(address(strict), timeout=5) as sock:
+    with socket.create_connection(address(strict), timeout=HANG) as sock:
         sock.sendall(b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
         started = time.monotonic()
-        reply = b""
         try:
-            while time.monotonic() - started < 5:
+            # 10 bytes each 0.05 s (200 bytes/s, far below the minimum) until the server
+            # answers or hangs up: the body would take over 8 minutes to complete.
+            while not select.select([sock], [], [], 0.05)[0]:
+                assert time.monotonic() - started < HANG, (
+                    f"a body trickled at 200 bytes/s was not cut off within {HANG:g} s"
+                )
                 sock.sendall(b"x" * 10)
-                time.sleep(0.05)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        try:
-            while chunk := sock.recv(65536):
-                reply += chunk
-        except ConnectionResetError:
-            pass
+        reply = read_until_closed(sock, "a trickled body")
         elapsed = time.monotonic() - started
     assert status_of(reply) == 408, reply
     assert b"slower than" in reply
-    assert GRACE <= elapsed < GRACE + 2.0
     strict.wait_for("answered 408")
+    print(f"\nbody at 200 bytes/s, grace {GRACE:g} s: 408 after {elapsed:.2f} s")
     still_serving(strict)
 
 
 def test_a_client_that_does_not_read_its_response_is_cut_off(strict: RunningEmulator) -> None:
     body = os.urandom(LIMIT // 2).hex().encode()[:LIMIT]  # a 1 MiB text body, echoed as JSON
-    with socket.create_connection(address(strict), timeout=10) as sock:
+    with socket.create_connection(address(strict), timeout=HANG) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         try:
             for _ in range(8):  # pipelined: eight 1 MiB responses that nobody reads
@@ -422,7 +444,7 @@ def test_a_client_that_does_not_read_its_response_is_cut_off(strict: RunningEmul
                 )
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass  # the server stopped reading requests while blocked on a response, then hung up
-        strict.wait_for("the client read the response slower than", timeout=15)
+        strict.wait_for("the client read the response slower than")
     still_serving(strict)
 
 
@@ -489,7 +511,7 @@ def test_oversized_bodies_are_refused_without_being_buffered(tmp_path: Path) -> 
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(process.stdout or ()), daemon=True).start()
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + HANG
         url = None
         while url is None and time.monotonic() < deadline:
             found = re.search(r"Host started: (http://\S+)", "".join(lines))
@@ -501,7 +523,7 @@ def test_oversized_bodies_are_refused_without_being_buffered(tmp_path: Path) -> 
         size = 128 * 1024 * 1024
         block = b"z" * (1024 * 1024)
         for framing in ("content-length", "chunked"):
-            with socket.create_connection((host, int(port)), timeout=10) as sock:
+            with socket.create_connection((host, int(port)), timeout=HANG) as sock:
                 head = "POST /api/echo HTTP/1.1\r\nHost: x\r\n"
                 head += (
                     f"Content-Length: {size}\r\n\r\n"
@@ -521,12 +543,12 @@ def test_oversized_bodies_are_refused_without_being_buffered(tmp_path: Path) -> 
                         sock.sendall(b"0\r\n\r\n")
                 except (BrokenPipeError, ConnectionResetError):
                     pass
-                reply = b""
-                try:
-                    while chunk := sock.recv(65536):
-                        reply += chunk
-                except ConnectionResetError:
-                    pass
+                except TimeoutError:
+                    raise AssertionError(
+                        f"{framing}: the emulator neither read nor refused the body"
+                        f" within {HANG:g} s (after {sent} bytes)"
+                    ) from None
+                reply = read_until_closed(sock, f"a 128 MiB body ({framing})")
                 assert status_of(reply) == 413, (framing, reply[:200])
         _, peak = rss_kib(process.pid)
         print(f"\n128 MiB bodies against a 1 MiB limit: emulator peak RSS {peak} KiB,"
@@ -536,4 +558,4 @@ def test_oversized_bodies_are_refused_without_being_buffered(tmp_path: Path) -> 
         assert process.poll() is None
     finally:
         process.terminate()
-        assert process.wait(20) == 0
+        assert process.wait(60) == 0

@@ -2,7 +2,8 @@
 
 Real worker subprocesses, real HTTP on loopback. Invariant: every call is answered (a 500 when
 the function fails, exits or hangs), and the worker — or, after a crash, its replacement —
-keeps serving. Recovery times and the stream-drop exit time are printed (``pytest -s``).
+keeps serving. Waits are bounded only to catch a hang: no verdict depends on how fast the
+machine is. Recovery times and the stream-drop exit time are printed (``pytest -s``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLES, arun
+from conftest import EXAMPLES, arun, until
 from emulator_support import RunningEmulator, request, write_app
 from example_apps import CANCELLED, FAILURE, SUCCESS, start
 
@@ -65,14 +66,19 @@ def crash(req):
 
 def noisy(req):
     lines = int(req.query.get("lines", "40000"))
+    until = req.query.get("until")  # a file: go on until it exists (at most 20 x lines)
     text = "x" * 99
-    for _ in range(lines):
-        print(text)
-        print(text, file=sys.stderr)
+    written = 0
+    while written < lines or (until and not os.path.exists(until) and written < 20 * lines):
+        for _ in range(1000):
+            print(text)
+            print(text, file=sys.stderr)
+        written += 1000
+    released = bool(until) and os.path.exists(until)
     sys.stdout.write("y" * (1 << 20) + "\\n")  # one 1 MiB line
     print("NOISY-STDOUT-END")
     print("NOISY-STDERR-END", file=sys.stderr)
-    return HttpResponse(body="noisy done")
+    return HttpResponse(body=f"noisy done: {written} lines" + (", released" if released else ""))
 
 
 def leak(req):
@@ -82,11 +88,13 @@ def leak(req):
 
 
 def forever(req):  # plain def, ignores cancellation
+    logging.warning("forever: running")  # tests wait for this line
     while True:
         time.sleep(0.05)
 
 
 async def forever_async(req):
+    logging.warning("forever: running")
     await asyncio.sleep(3600)
 
 
@@ -134,14 +142,14 @@ def python_worker(root: Path) -> Path:
     return worker
 
 
-def python_app(root: Path) -> Path:
+def python_app(root: Path, function_timeout: str = "00:00:02") -> Path:
     entry_points = re.findall(r"^(?:async )?def (\w+)\(", MISBEHAVE, re.MULTILINE)
     functions: dict[str, Any] = {
         name: {"scriptFile": "../shared/misbehave.py", "entryPoint": name, "bindings": HTTP}
         for name in entry_points
     }
     functions["exit_on_import"] = {"scriptFile": "exits.py", "bindings": HTTP}
-    app = write_app(root, functions, host={"functionTimeout": "00:00:02"})
+    app = write_app(root, functions, host={"functionTimeout": function_timeout})
     (app / "shared").mkdir()
     (app / "shared" / "misbehave.py").write_text(MISBEHAVE)
     (app / "exit_on_import" / "exits.py").write_text("import sys\n\nsys.exit(4)\n")
@@ -154,14 +162,15 @@ def python_app(root: Path) -> Path:
 def pyhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEmulator]:
     root = tmp_path_factory.mktemp("python")
     options = EmulatorOptions(python_app(root), python_worker(root), port=0)
-    running = RunningEmulator(options).start()
+    # verbose: the protocol lines show when the worker answers a cancel
+    running = RunningEmulator(options, verbose=True).start()
     assert running.start_error is None, running.output
     yield running
     assert running.stop() == 0
 
 
 def worker_pid(running: RunningEmulator) -> str:
-    reply = running.request("GET", "/api/ok", timeout=10)
+    reply = running.request("GET", "/api/ok")
     assert reply.status == 200, reply.text
     return reply.text
 
@@ -171,14 +180,15 @@ def starts(running: RunningEmulator) -> int:
 
 
 def wait_served_by_a_new_worker(running: RunningEmulator, old_pid: str, since: float) -> float:
-    """Poll /api/ok until a worker other than `old_pid` answers; seconds since `since`."""
-    deadline = time.monotonic() + 30
+    """Poll /api/ok until a worker other than `old_pid` answers; seconds since `since` (for
+    printing: the 60 s limit only catches a hang)."""
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        reply = running.request("GET", "/api/ok", timeout=10)
+        reply = running.request("GET", "/api/ok", timeout=30)
         if reply.status == 200 and reply.text != old_pid:
             return time.monotonic() - since
         time.sleep(0.02)
-    raise AssertionError("no new worker served in time:\n" + running.output)
+    raise AssertionError("no new worker served within 60 s:\n" + running.output)
 
 
 # -- the python example --------------------------------------------------------------------
@@ -219,14 +229,16 @@ def test_a_function_that_never_returns_times_out_and_the_worker_keeps_serving(
 ) -> None:
     pid, before = worker_pid(pyhost), starts(pyhost)
     started = time.monotonic()
-    reply = pyhost.request("GET", f"/api/{function}")
+    reply = pyhost.request("GET", f"/api/{function}", timeout=60)
+    answered = time.monotonic() - started
     assert reply.status == 500 and "timed out" in reply.text
-    assert time.monotonic() - started < 4  # functionTimeout is 2 s
-    # The worker answered the InvocationCancel at once: no restart was needed. (A plain def
+    pyhost.wait_for(f"Timeout value of 0:00:02 was exceeded by function: Functions.{function}")
+    # The worker answers the InvocationCancel (Cancelled): no restart is needed. (A plain def
     # keeps its pool thread, though: Python cannot stop a thread.)
-    time.sleep(0.5)
+    pyhost.wait_answered(pyhost.invocation_ids(function)[-1], "Cancelled")
     assert worker_pid(pyhost) == pid and starts(pyhost) == before
     assert "Restarting worker process" not in pyhost.output
+    print(f"\n{function} never returns: 500 after {answered:.2f} s (functionTimeout 2 s)")
 
 
 def test_os_exit_in_a_sync_function_gives_a_500_and_a_restarted_worker(
@@ -239,7 +251,6 @@ def test_os_exit_in_a_sync_function_gives_a_500_and_a_restarted_worker(
     assert "the worker process exited with status 13 during the invocation" in reply.text
     recovery = wait_served_by_a_new_worker(pyhost, pid, crashed)
     print(f"\nos._exit(13) in a function: 500 at once, a new worker serving {recovery:.2f} s later")
-    assert recovery < 10
     assert "Language Worker Process exited with status 13" in pyhost.output
     for _ in range(3):
         assert pyhost.request("GET", "/api/ok").status == 200
@@ -249,7 +260,7 @@ def test_a_function_blocking_the_event_loop_forever_gets_its_worker_replaced(
     pyhost: RunningEmulator,
 ) -> None:
     pid = worker_pid(pyhost)
-    reply = pyhost.request("GET", "/api/spin")
+    reply = pyhost.request("GET", "/api/spin", timeout=60)
     timed_out = time.monotonic()
     assert reply.status == 500 and "timed out" in reply.text
     # The worker cannot answer the cancel (its loop spins), so the host restarts it: 2 s
@@ -258,40 +269,77 @@ def test_a_function_blocking_the_event_loop_forever_gets_its_worker_replaced(
     print(
         f"\nan async def spinning forever: 500 at the timeout, a new worker {recovery:.2f} s later"
     )
-    assert recovery < 15
     assert "A function timeout has occurred. Restarting worker process" in pyhost.output
     assert "the worker failed" not in pyhost.output  # not counted as a worker error
 
 
 def test_heavy_stdout_and_stderr_stall_neither_the_worker_nor_the_emulator(
-    pyhost: RunningEmulator,
+    tmp_path: Path,
 ) -> None:
-    lines = 100_000  # 10 MB to each stream, plus a 1 MiB line
+    # Its own emulator, with a functionTimeout that only catches a hang: how long 20 MB of
+    # output takes depends on the machine, and is no verdict.
+    options = EmulatorOptions(
+        python_app(tmp_path, function_timeout="00:01:30"), python_worker(tmp_path), port=0
+    )
+    running = RunningEmulator(options).start()
+    release = tmp_path / "release"  # the function floods until this file exists
+    lines = 100_000  # at least 10 MB to each stream, plus a 1 MiB line
     result: dict[str, Any] = {}
 
     def call() -> None:
         started = time.monotonic()
-        result["reply"] = pyhost.request("GET", f"/api/noisy?lines={lines}", timeout=60)
+        path = urllib.parse.quote(str(release))
+        result["reply"] = running.request(
+            "GET", f"/api/noisy?lines={lines}&until={path}", timeout=110
+        )
         result["seconds"] = time.monotonic() - started
 
-    noisy = threading.Thread(target=call)
-    noisy.start()
-    latencies = []
-    while noisy.is_alive():
-        started = time.monotonic()
-        assert pyhost.request("GET", "/api/ok", timeout=10).status == 200
-        latencies.append(time.monotonic() - started)
-        time.sleep(0.02)
-    noisy.join()
-    assert result["reply"].status == 200 and result["reply"].text == "noisy done"
-    out = pyhost.wait_for(lambda text: "NOISY-STDOUT-END" in text and "NOISY-STDERR-END" in text)
-    assert out.count("x" * 99) >= 2 * lines  # every line reached the console
+    noisy = threading.Thread(target=call, daemon=True)
+    try:
+        assert running.start_error is None, running.output
+        pid = worker_pid(running)
+        noisy.start()
+        wait_flooding(running)
+        latencies = []
+        for _ in range(5):  # while the worker floods both streams, until `release`
+            started = time.monotonic()
+            reply = running.request("GET", "/api/ok", timeout=30)
+            latencies.append(time.monotonic() - started)
+            assert (reply.status, reply.text) == (200, pid)  # the same worker serves
+        release.touch()
+        noisy.join(120)
+        assert not noisy.is_alive(), "the noisy call was never answered:\n" + running.output[-3000:]
+        reply = result["reply"]
+        assert reply.status == 200, reply.text
+        # Released: the other calls were answered while the flood went on.
+        written = re.fullmatch(r"noisy done: (\d+) lines, released", reply.text)
+        assert written, reply.text
+        out = running.wait_for(
+            lambda text: "NOISY-STDOUT-END" in text and "NOISY-STDERR-END" in text,
+            what="the end of the noisy output",
+        )
+        assert out.count("x" * 99) >= 2 * int(written.group(1))  # every line reached the console
+    finally:
+        release.touch()
+        assert running.stop() == 0
     print(
-        f"\n20 MB of stdout/stderr lines plus a 1 MiB line in {result['seconds']:.2f} s;"
-        f" {len(latencies)} other calls meanwhile, slowest {max(latencies, default=0):.3f} s"
+        f"\n{2 * int(written.group(1)) / 10_000:.0f} MB of stdout/stderr lines plus a 1 MiB line"
+        f" in {result['seconds']:.2f} s; {len(latencies)} other calls meanwhile, slowest"
+        f" {max(latencies):.3f} s"
     )
-    assert result["seconds"] < 30
-    assert max(latencies, default=0) < 2.0
+
+
+def wait_flooding(running: RunningEmulator) -> None:
+    """Wait until the noisy function's lines reach the console (only new lines are read)."""
+    seen = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        new = running.sink.lines[seen:]
+        if any(line.endswith("x" * 99) for line in new):
+            return
+        seen += len(new)
+        time.sleep(0.02)
+    raise AssertionError("no noisy output within 60 s:\n" + running.output[-3000:])
 
 
 # -- leaked threads, and the stream dropping ------------------------------------------------
@@ -331,25 +379,27 @@ class HostProcess:
         for line in self.process.stdout:
             self.lines.append(line)
 
-    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = re.search(pattern, "".join(self.lines))
             if found:
                 return found
             time.sleep(0.02)
-        raise AssertionError(f"{pattern!r} not seen:\n" + "".join(self.lines))
+        raise AssertionError(f"{pattern!r} not seen within {timeout} s:\n" + "".join(self.lines))
 
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-        self.process.wait(10)
+        self.process.wait(60)
 
 
-def wait_gone(pid: int, timeout: float = 20) -> float:
+def wait_gone(pid: int, timeout: float = 60) -> float:
+    """Wait until process `pid` has exited; the seconds it took (for printing: `timeout` only
+    catches a hang)."""
     started = time.monotonic()
     while alive(pid):
-        assert time.monotonic() - started < timeout, f"process {pid} is still running"
+        assert time.monotonic() - started < timeout, f"process {pid} still runs after {timeout} s"
         time.sleep(0.01)
     return time.monotonic() - started
 
@@ -367,10 +417,10 @@ def test_leaked_threads_and_a_stuck_call_keep_no_worker_alive_after_its_host(
         # SIGTERM: the host drains, sends WorkerTerminate; the worker exits despite its threads.
         started = time.monotonic()
         graceful.process.send_signal(signal.SIGTERM)
-        assert graceful.process.wait(20) == 0
+        assert graceful.process.wait(60) == 0
+        wait_gone(graceful.worker_pid)
         stopped = time.monotonic() - started
-        assert wait_gone(graceful.worker_pid) < 5
-        assert "Host stopped." in "".join(graceful.lines)
+        graceful.wait_for("Host stopped.")
     finally:
         graceful.close()
 
@@ -384,8 +434,7 @@ def test_leaked_threads_and_a_stuck_call_keep_no_worker_alive_after_its_host(
 
         stuck = threading.Thread(target=call_forever, daemon=True)
         stuck.start()
-        crashed.wait_for("Executing 'Functions.forever'")
-        time.sleep(0.2)
+        crashed.wait_for("forever: running")  # the worker runs it
         # The host dies without a word: the stream drops mid-invocation.
         crashed.process.kill()
         gone = wait_gone(crashed.worker_pid)
@@ -396,7 +445,6 @@ def test_leaked_threads_and_a_stuck_call_keep_no_worker_alive_after_its_host(
         f" host killed mid-invocation: worker (50 leaked threads, a stuck call) exited"
         f" {gone:.2f} s later"
     )
-    assert gone < 5
 
 
 @pytest.mark.parametrize("function", ["forever_async", "forever"])
@@ -414,17 +462,16 @@ def test_the_worker_exits_non_zero_promptly_when_the_stream_drops_mid_invocation
                 script_file=str(app / "shared" / "misbehave.py"),
             )  # fmt: skip
             assert reply.result.status == SUCCESS, reply.result
-            await conn.start_invocation("f", {"req": HttpRequest("GET", "http://x")})
-            await asyncio.sleep(0.3)
+            pending = await conn.start_invocation("f", {"req": HttpRequest("GET", "http://x")})
+            await until(lambda: conn.logs_for(pending.invocation_id))  # "forever: running"
             assert worker.process.returncode is None
             loop = asyncio.get_running_loop()
             started = loop.time()
             conn.close()
-            code = await worker.wait(10)
+            code = await worker.wait(60)  # exits at all, despite the call stuck in flight
             elapsed = loop.time() - started
             assert code == 1
             print(f"\nstream ended, {function} in flight: worker exited 1 after {elapsed:.3f} s")
-            assert elapsed < 3
 
     arun(scenario())
 
@@ -541,7 +588,14 @@ return function(inputs)
 end
 """
 SPIN_AT_LOAD = "while true do end\nreturn function() end\n"
-C_CALL = 'return function() return string.find(string.rep("a", 300), ".-.-.-b") end'
+C_CALL = """
+return function()
+  print("calling string.find")
+  local found = string.find(string.rep("a", 300), ".-.-.-b")  -- backtracks for a while
+  print("string.find returned")  -- before the count hook can stop the cancelled call
+  return found
+end
+"""
 OK = 'return function() return "ok" end'
 
 
@@ -558,10 +612,11 @@ def lua_app(root: Path) -> Path:
     return root
 
 
-async def lua_load(conn: Any, app: Path, name: str) -> Any:
+async def lua_load(conn: Any, app: Path, name: str, timeout: float = 60) -> Any:
     return await conn.load(
         name, name, script_file=str(app / name / f"{name}.lua"),
         bindings={"msg": binding("queueTrigger"), "$return": binding("queue", "out")},
+        timeout=timeout,
     )  # fmt: skip
 
 
@@ -604,14 +659,20 @@ def test_lua_runaway_code_at_load_and_in_c_calls(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with TestHost() as host:
+            # A 1 s Lua timeout, for a chunk that never ends: the timeout is the only way out.
             env = {"LUA_TIMEOUT_SECONDS": "1", "WORKERKIT_THREADS": "1"}
             _, conn = await start(host, "lua", app=app, env=env)
             loop = asyncio.get_running_loop()
             started = loop.time()
-            reply = await lua_load(conn, app, "spinload")  # the chunk itself never ends
+            reply = await lua_load(conn, app, "spinload", timeout=60)
             assert reply.result.status == FAILURE
             assert "spinload.lua: timed out after 1 s" in reply.result.exception.message
-            assert loop.time() - started < 5
+            load_failed = loop.time() - started
+            assert (await lua_load(conn, app, "ok")).result.status == SUCCESS
+
+        async with TestHost() as host:
+            # The default Lua timeout (300 s): only the cancel ends the call.
+            _, conn = await start(host, "lua", app=app, env={"WORKERKIT_THREADS": "1"})
             for name in ("ccall", "ok"):
                 assert (await lua_load(conn, app, name)).result.status == SUCCESS
 
@@ -619,18 +680,34 @@ def test_lua_runaway_code_at_load_and_in_c_calls(tmp_path: Path) -> None:
             # hook: the cancel is answered at once, but the call holds its thread until the
             # C function returns. With one thread, the next call waits for it.
             stuck = await conn.start_invocation("ccall", {"msg": "x"})
-            await asyncio.sleep(0.2)
+            await until(lambda: conn.logs_for(stuck.invocation_id))  # in string.find now
             cancelled_at = loop.time()
             await conn.cancel(stuck.invocation_id)
-            assert (await stuck.result(5)).result.status == CANCELLED
+            assert (await stuck.result(60)).result.status == CANCELLED
             answered = loop.time() - cancelled_at
             after = await conn.invoke("ok", {"msg": "x"}, timeout=60)
             waited = loop.time() - cancelled_at
             assert decode_output(after.return_value) == "ok"
-            print(f"\nLua C call: cancel answered in {answered:.3f} s; the next call on its"
+            # The order of the messages, not their timing: Cancelled was sent while
+            # string.find still ran, and the next call was answered only after it returned.
+            await until(lambda: len(conn.logs_for(stuck.invocation_id)) == 2)
+            events = {
+                (stuck.invocation_id, ""): "cancelled",
+                (stuck.invocation_id, "string.find returned"): "returned",
+                (after.invocation_id, ""): "next call answered",
+            }
+            order = [
+                events.get((m.rpc_log.invocation_id, m.rpc_log.message))
+                if m.rpc_log is not None
+                else events.get((m.invocation_response.invocation_id, ""))
+                if m.invocation_response is not None
+                else None
+                for m in conn.messages
+            ]
+            assert [e for e in order if e] == ["cancelled", "returned", "next call answered"]
+            print(f"\nLua chunk spinning at load: failed after {load_failed:.2f} s (timeout 1 s);"
+                  f" C call: cancel answered in {answered:.3f} s; the next call on its"
                   f" thread waited {waited:.2f} s for the C function to return")  # fmt: skip
-            assert answered < 1.0
-            assert waited > answered
 
     arun(scenario())
 
@@ -645,16 +722,21 @@ def test_a_runaway_lua_loop_through_workerkit_host_times_out_without_a_restart(
         (app / name / "function.json").write_text(json.dumps({"bindings": HTTP}))
     (app / "host.json").write_text('{"version": "2.0", "functionTimeout": "00:00:02"}')
     environ = {**os.environ, "languageWorkers__lua__defaultExecutablePath": sys.executable}
-    running = RunningEmulator(EmulatorOptions(app, EXAMPLES / "lua", port=0, environ=environ))
+    options = EmulatorOptions(app, EXAMPLES / "lua", port=0, environ=environ)
+    running = RunningEmulator(options, verbose=True)  # shows the worker's answer to the cancel
     running.start()
     try:
         assert running.start_error is None, running.output
         started = time.monotonic()
-        reply = running.request("GET", "/api/spin")
+        reply = running.request("GET", "/api/spin", timeout=60)
+        answered = time.monotonic() - started
         assert reply.status == 500 and "timed out" in reply.text
-        assert time.monotonic() - started < 4
+        running.wait_for("Timeout value of 0:00:02 was exceeded by function: Functions.spin")
+        # The count hook stops the loop on the cancel: the worker answers, no restart.
+        running.wait_answered(running.invocation_ids("spin")[-1], "Cancelled")
         assert running.request("GET", "/api/hello").text == "ok"
         assert "Restarting worker process" not in running.output
         assert starts(running) == 1
     finally:
         assert running.stop() == 0
+    print(f"\na Lua loop through workerkit host: 500 after {answered:.2f} s (functionTimeout 2 s)")

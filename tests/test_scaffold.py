@@ -67,7 +67,7 @@ def test_the_new_projects_run(tmp_path: Path) -> None:
                 reply = await conn.invoke(function_id("hello"), {"req": request})
                 assert decode_output(reply.return_value).text() == "Hello, Ada!\n", template
                 await conn.terminate()
-                assert await worker.wait(10) == 0
+                assert await worker.wait(60) == 0
 
     arun(scenario())
 

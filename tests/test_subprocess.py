@@ -39,7 +39,7 @@ def test_the_worker_exits_non_zero_promptly_when_the_host_ends_the_stream() -> N
             await conn.load("w", "wait")
             await conn.start_invocation("w")
             conn.close()
-            assert await worker.wait(10) == 1
+            assert await worker.wait(60) == 1
             assert b"LanguageWorkerConsoleLogERROR: worker stopping: " in worker.stderr
 
     arun(scenario())
@@ -56,7 +56,7 @@ def test_sigterm_drains_like_worker_terminate() -> None:
             await running(conn, pending.invocation_id)
             worker.process.send_signal(signal.SIGTERM)
             assert (await pending).result.status == SUCCESS
-            assert await worker.wait(10) == 0
+            assert await worker.wait(60) == 0
 
     arun(scenario())
 
@@ -72,7 +72,7 @@ def test_terminate_with_a_sync_hook_that_never_returns_still_exits_zero() -> Non
             await running(conn, stuck.invocation_id)
             await conn.terminate(grace_period=1.0)
             assert (await stuck).result.status == CANCELLED
-            assert await worker.wait(5) == 0
+            assert await worker.wait(60) == 0
 
     arun(scenario())
 
@@ -139,7 +139,7 @@ def test_an_unreachable_host_is_reported_on_stderr_with_a_non_zero_exit() -> Non
             "--workerId", "w1", "--requestId", "r1",
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        _, stderr = await asyncio.wait_for(process.communicate(), 20)
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
         assert process.returncode == 1
         assert b"LanguageWorkerConsoleLog" in stderr
         assert f"cannot reach the host at 127.0.0.1:{port}".encode() in stderr

@@ -296,6 +296,68 @@ def test_non_hook_members_are_fine() -> None:
     assert Helpers._async_hooks == frozenset()
 
 
+class ForgotSuper(Worker):
+    def __init__(self) -> None:  # no super().__init__()
+        self.templates: dict[str, str] = {}
+
+    def on_function_load(self, function: Any) -> None:
+        pass
+
+    def on_invocation(self, invocation: Any) -> Any:
+        return None
+
+
+class ForgotSuperAndHooks(Worker):
+    def __init__(self) -> None:
+        pass
+
+
+def _serve(worker: Worker) -> None:
+    """Serve `worker` against a TestHost (the session checks it before connecting)."""
+    from conftest import arun
+
+    from workerkit.testing import TestHost
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            await host.start_worker(worker, timeout=30)
+
+    arun(scenario())
+
+
+def test_forgetting_super_init_is_named_with_what_to_add() -> None:
+    worker = ForgotSuper()
+    with pytest.raises(TypeError) as info:
+        _serve(worker)
+    message = str(info.value)
+    assert "ForgotSuper.__init__ does not call Worker.__init__" in message
+    assert "super().__init__()" in message
+    assert "AttributeError" not in message
+
+
+def test_forgetting_super_init_does_not_skip_the_must_implement_check() -> None:
+    with pytest.raises(TypeError, match="must implement on_function_load and on_invocation"):
+        _serve(ForgotSuperAndHooks())
+
+
+def test_forgetting_super_init_is_reported_by_main_before_connecting(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--host", "127.0.0.1", "--port", "1", "--workerId", "w", "--requestId", "r"]
+    with pytest.raises(TypeError, match=r"add `super\(\).__init__\(\)`"):
+        ForgotSuper.main(argv)
+
+
+def test_options_of_the_wrong_type_are_refused() -> None:
+    class Odd(ForgotSuper):
+        def __init__(self) -> None:
+            super().__init__()
+            self.options = {"threads": 4}  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match=r"must be a workerkit\.WorkerOptions"):
+        _serve(Odd())
+
+
 def test_constructor_takes_options() -> None:
     options = WorkerOptions(max_in_flight=4, threads=2, shutdown_grace=0.5, send_queue=8)
     assert MixedWorker(options=options).options is options

@@ -122,6 +122,10 @@ class Scenarios(workerkit.Worker):
 class SyncScenarios(Scenarios):
     """The same, with plain-def hooks that run in the pool."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = threading.Event()
+
     def on_invocation(self, invocation: Invocation) -> Any:  # type: ignore[override]
         name = invocation.function.name
         if name == "block":
@@ -137,6 +141,11 @@ class SyncScenarios(Scenarios):
             sys.exit(4)
         if name == "quick":
             return invocation.inputs.get("value")
+        if name == "gated":
+            self.started.release()
+            if not self.gate.wait(timeout=60):
+                raise TimeoutError("the test never opened the gate")
+            return "through"
         if name == "slow":
             user_log.info("sleeping")
             time.sleep(float(invocation.inputs["seconds"]))
@@ -198,6 +207,10 @@ class Tolerant(workerkit.Worker):
 class Flood(workerkit.Worker):
     """Echo, payload generator and log flood, for load and backpressure scenarios."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.unblock = threading.Event()
+
     def on_function_load(self, function: FunctionInfo) -> None:
         pass
 
@@ -211,8 +224,9 @@ class Flood(workerkit.Worker):
             for i in range(int(invocation.inputs["lines"])):
                 user_log.info("line %d", i)
             return "said"
-        if name == "blocker":
-            time.sleep(float(invocation.inputs["seconds"]))  # blocks the loop on purpose
+        if name == "blocker":  # blocks the loop on purpose, until `unblock` is set
+            if not self.unblock.wait(timeout=float(invocation.inputs["seconds"])):
+                return "timed out"
             return "unblocked"
         raise LookupError(name)
 
@@ -242,3 +256,15 @@ class Chatty(workerkit.Worker):
             user_log.info("stuck")
             time.sleep(3600)
         raise LookupError(name)
+
+
+class ToThread(workerkit.Worker):
+    """An async hook stuck in `asyncio.to_thread` (the loop's default executor)."""
+
+    def on_function_load(self, function: FunctionInfo) -> None:
+        pass
+
+    async def on_invocation(self, invocation: Invocation) -> Any:
+        user_log.info("stuck in a thread")
+        await asyncio.to_thread(time.sleep, 3600)
+        return "never"

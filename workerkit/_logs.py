@@ -18,7 +18,7 @@ from contextvars import ContextVar
 
 from .errors import ErrorDetails, error_details
 
-__all__ = ["LogEntry", "current_invocation_id"]
+__all__ = ["LogEntry", "LogRoute", "current_invocation_id", "handler"]
 
 SDK_LOGGER = "workerkit"
 log = logging.getLogger(SDK_LOGGER)
@@ -116,25 +116,20 @@ def to_rpc_log(record: logging.LogRecord, invocation_id: str) -> LogEntry:
     )
 
 
-class RpcLogHandler(logging.Handler):
-    """Sends records to the host through `sink`; before there is a sink, SDK records go to
-    stderr with the ``LanguageWorkerConsoleLog`` prefix the host recognises.
+class LogRoute:
+    """Where the records of one session go: its sink and the host's level for each category.
 
     `sink` must be safe to call from any thread and must never block (it may drop the
-    record when the send buffer is full, and counts what it drops).
+    record when the send buffer is full, and counts what it drops). None once the session
+    has ended: records still routed here go to stderr.
     """
 
-    def __init__(self) -> None:
-        super().__init__(logging.NOTSET)
-        self.sink: Callable[[LogEntry], None] | None = None
+    __slots__ = ("_category_levels", "_default_level", "sink")
+
+    def __init__(self, sink: Callable[[LogEntry], None]) -> None:
+        self.sink: Callable[[LogEntry], None] | None = sink
         self._category_levels: dict[str, int] = {}
         self._default_level = logging.INFO
-
-    def createLock(self) -> None:
-        """No lock around `emit`: it is safe to run in many threads at once (the sink is,
-        and the levels are replaced whole), and with a lock, plain-def functions that log
-        from many pool threads queued up behind each other: ~3 times the CPU per line."""
-        self.lock = None
 
     def apply_host_levels(self, categories: Mapping[str, int]) -> None:
         """Honour the host's ``log_categories`` (category -> minimum level); a category
@@ -152,7 +147,8 @@ class RpcLogHandler(logging.Handler):
                 levels[category] = level
         self._category_levels, self._default_level = levels, default
 
-    def _threshold(self, name: str) -> int:
+    def threshold(self, name: str) -> int:
+        """The lowest level the host wants from logger `name` (or its nearest parent)."""
         levels = self._category_levels
         while levels:
             if name in levels:
@@ -162,12 +158,63 @@ class RpcLogHandler(logging.Handler):
             name = name.rpartition(".")[0]
         return self._default_level
 
+
+#: The route of the session this code runs for. Each session sets it in its own task, so
+#: everything it starts (its tasks, and hooks in pool threads, which get a copy of the
+#: context) logs to that session's stream, also with several sessions in one process.
+current_route: ContextVar[LogRoute | None] = ContextVar("workerkit_log_route", default=None)
+
+
+class RpcLogHandler(logging.Handler):
+    """Sends records to the host: to the route of the session the code runs for, or, from
+    a thread that did not inherit one, to the session started last. Without any session,
+    SDK records and warnings go to stderr with the ``LanguageWorkerConsoleLog`` prefix the
+    host recognises.
+
+    One instance serves the whole process; it is on the root logger while at least one
+    session is attached.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self._routes: list[LogRoute] = []  # attached, the latest last; replaced whole
+
+    def attach(self, route: LogRoute) -> None:
+        """Route records to `route` (from its session's context, and from threads with no
+        session's context while it is the latest); the first attach installs the handler."""
+        self._routes = [*self._routes, route]
+        root = logging.getLogger()
+        if self not in root.handlers:
+            root.addHandler(self)
+
+    def detach(self, route: LogRoute) -> None:
+        """The session of `route` has ended; the last detach removes the handler."""
+        self._routes = [r for r in self._routes if r is not route]
+        if not self._routes:
+            logging.getLogger().removeHandler(self)
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """`Handler.handle` without its lock: `emit` is safe in many threads at once (the
+        sinks are, and routes and levels are replaced whole), and with the lock, plain-def
+        functions logging from many pool threads queued up behind each other (~3 times the
+        CPU per line). The lock itself stays a real one, for the code that takes it."""
+        rv = self.filter(record)
+        if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may replace it
+            record = rv
+        if rv:
+            self.emit(record)
+        return rv
+
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno < self._threshold(record.name):
-            return
-        sink = self.sink
-        if sink is None:
-            if is_sdk_record(record) or record.levelno >= logging.WARNING:
+        route = current_route.get()
+        if route is None:
+            routes = self._routes
+            route = routes[-1] if routes else None
+        sink = route.sink if route is not None else None
+        if route is None or sink is None:  # no session, or its stream is gone
+            if record.levelno >= logging.WARNING or (
+                record.levelno >= logging.INFO and is_sdk_record(record)
+            ):
                 try:
                     sys.stderr.write(
                         f"LanguageWorkerConsoleLog{record.levelname}: {record.getMessage()}\n"
@@ -175,7 +222,13 @@ class RpcLogHandler(logging.Handler):
                 except Exception:  # stderr closed: nowhere left to say it
                     pass
             return
+        if record.levelno < route.threshold(record.name):
+            return
         try:
             sink(to_rpc_log(record, current_invocation_id.get()))
         except Exception:
             self.handleError(record)
+
+
+#: The process's one handler (sessions attach their routes to it).
+handler = RpcLogHandler()

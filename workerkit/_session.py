@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
+import inspect
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -35,7 +37,8 @@ from ._fastwire import (
     typed_data,
     worker_init_response,
 )
-from ._logs import RpcLogHandler, current_invocation_id
+from ._logs import LogRoute, current_invocation_id, current_route
+from ._logs import handler as log_handler
 from ._pb import pb
 from ._transport import Transport, Unreadable
 from ._types import (
@@ -65,7 +68,7 @@ from .errors import (
     failure,
     success,
 )
-from .worker import HOOKS, Worker
+from .worker import HOOKS, Worker, ready_options
 
 if TYPE_CHECKING:
     from ._generated.AzureFunctionsRpcMessages import StreamingMessage as Message
@@ -92,8 +95,6 @@ DEFAULT_TERMINATE_GRACE = 5.0
 #: Property the worker puts on indexed functions; the host echoes it on every load.
 WORKER_INDEXED = "worker_indexed"
 
-_handler = RpcLogHandler()
-
 
 @dataclass(eq=False)
 class _Running:
@@ -111,9 +112,9 @@ class Session:
     """One worker process's conversation with the host."""
 
     def __init__(self, worker: Worker, args: HostArgs) -> None:
+        self.options = ready_options(worker)  # first: a worker that cannot serve says why
         self.worker = worker
         self.args = args
-        self.options = worker.options
         self.exit_code = 1
         self._closed = False
         cls = type(worker)
@@ -154,13 +155,13 @@ class Session:
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> int:
         self.transport = Transport(self.args, queue_size=self.options.send_queue)
-        root = logging.getLogger()
+        self._log_route = LogRoute(self.transport.offer_log)
         if log.level == logging.NOTSET:  # our own logger; the root logger is left alone
             log.setLevel(logging.INFO)
-        previous_sink = _handler.sink
-        if _handler not in root.handlers:
-            root.addHandler(_handler)
-        _handler.sink = self.transport.offer_log
+        # This task's context, and so every task and pool thread of this session, logs
+        # to this session's stream (reset below: `run` may be awaited in a caller's context).
+        route_token = current_route.set(self._log_route)
+        log_handler.attach(self._log_route)
         first = start_stream(self.args.request_id, self.args.worker_id)
         reason = "cancelled"
         watchdog = None
@@ -173,12 +174,12 @@ class Session:
             if watchdog is not None:
                 watchdog.stop()
             self._closed = True
-            _handler.sink = previous_sink  # None: SDK records go to stderr, host-readable
+            self._log_route.sink = None  # from now on its records go to stderr
             if self.exit_code != 0:
                 log.error("worker stopping: %s", reason)
-            if previous_sink is None:
-                root.removeHandler(_handler)
             await self._abandon()
+            log_handler.detach(self._log_route)
+            current_route.reset(route_token)
         return self.exit_code
 
     def _describe(self, task: asyncio.Task[Any] | None) -> str:
@@ -216,6 +217,8 @@ class Session:
             except Exception as exc:
                 log.error("on_shutdown failed: %s", exc, exc_info=True)
         self.exit_code = 0
+        # Ending the call (flush, our end, the host's end) gets what is left, at least 1 s.
+        self.transport.finish_by = max(deadline, self._loop.time() + 1.0)
         self._stop.set()
 
     async def _abandon(self) -> None:
@@ -250,16 +253,19 @@ class Session:
         """Run a worker hook: await it when async, otherwise in the pool with our context."""
         method = getattr(self.worker, hook)
         if hook in self._async_hooks:
-            return await method(arg)
-        if hook not in self._overridden:
+            value = method(arg)  # a coroutine, unless a decorator's wrapper returned a value
+        elif hook not in self._overridden:
             return method(arg)  # the base class's defaults are trivial
-        context = contextvars.copy_context()
-        ok, value = await self._loop.run_in_executor(
-            self._pool, context.run, _captured, method, arg
-        )
-        if ok:
-            return value
-        raise value  # raised here, not thrown in: GeneratorExit included
+        else:
+            context = contextvars.copy_context()
+            ok, value = await self._loop.run_in_executor(
+                self._pool, context.run, _captured, method, arg
+            )
+            if not ok:
+                raise value  # raised here, not thrown in: GeneratorExit included
+        if inspect.isawaitable(value):  # e.g. a plain def that returns a coroutine
+            return await value
+        return value
 
     def dispatch(self, message: Message | RawInvocation | HostRequest | Unreadable) -> None:
         if type(message) is RawInvocation:  # the hot path, read by _fastwire
@@ -307,7 +313,7 @@ class Session:
     async def _init(self, request_id: str, request: InitRequest) -> None:
         error: BaseException | None = None
         try:
-            _handler.apply_host_levels(request.log_categories)
+            self._log_route.apply_host_levels(request.log_categories)
             result = await self.call("on_init", request)
             if result is not None:
                 if not isinstance(result, InitResult):
@@ -326,9 +332,9 @@ class Session:
             log.error("on_init failed: %s", exc, exc_info=True)
             error = exc
         self._initialized.set()
-        metadata = self._worker_metadata_fields()
-        await self.transport.send(
-            worker_init_response(
+        try:
+            metadata = self._worker_metadata_fields()
+            response = worker_init_response(
                 request_id,
                 worker_version=metadata["worker_version"],
                 capabilities=self._capabilities,
@@ -338,15 +344,33 @@ class Session:
                 worker_bitness=metadata["worker_bitness"],
                 custom_properties=metadata["custom_properties"],
             )
-        )
+        except Exception as exc:  # e.g. a class attribute of the wrong type: still answer
+            log.error("cannot describe this worker to the host: %s", exc, exc_info=True)
+            response = worker_init_response(
+                request_id,
+                worker_version="",
+                capabilities={},
+                result=_status(exc, "WorkerInitResponse"),
+                runtime_name="",
+                runtime_version="",
+                worker_bitness="",
+                custom_properties={},
+            )
+        await self.transport.send(response)
 
     def _worker_metadata_fields(self) -> dict[str, Any]:
         result, worker = self._init_result, self.worker
-        return {
+        fields = {
             "runtime_name": result.runtime_name or worker.runtime_name,
             "runtime_version": result.runtime_version or worker.runtime_version,
             "worker_version": result.worker_version or worker.worker_version,
-            "worker_bitness": os.uname().machine,
+        }
+        for name, value in fields.items():
+            if not isinstance(value, str):
+                raise TypeError(f"{type(worker).__qualname__}.{name} must be a str: {value!r}")
+        return {
+            **fields,
+            "worker_bitness": _machine(),
             "custom_properties": dict(result.custom_properties),
         }
 
@@ -461,18 +485,60 @@ class Session:
 
     # -- invocations -------------------------------------------------------------------------
     def _unreadable(self, frame: Unreadable) -> None:
-        """A frame that could not be decoded; an invocation in it still gets its Failure."""
-        if not frame.invocation_id:
-            log.error("ignored a message from the host: %s", frame.reason)
+        """A frame that could not be decoded: a request in it still gets its one reply, a
+        Failure saying why (the host then fails what it asked for, not waits for it)."""
+        kind = frame.content
+        if frame.invocation_id and kind in (0, 4):
+            kind = 4  # an invocation id salvaged from an unknown frame: answer it
+        what = _REQUEST_NAMES.get(kind, "message")
+        reason = f"the host's {what} could not be read: {frame.reason}"
+        log.error("%s", reason)
+        status = failure(reason)
+        if kind == 4:
+            if not frame.invocation_id:
+                return  # nobody to address the reply to
+            reply: dict[str, Any] = {
+                "invocation_response": pb.InvocationResponse(
+                    invocation_id=frame.invocation_id, result=status
+                )
+            }
+        elif kind == 8:
+            if frame.function_id:  # its invocations fail with the reason
+                self._load_errors[frame.function_id] = reason
+            reply = {
+                "function_load_response": pb.FunctionLoadResponse(
+                    function_id=frame.function_id, result=status
+                )
+            }
+        elif kind == 17:
+            self._initialized.set()  # nothing waits for an init that will not come
+            reply = {
+                "worker_init_response": pb.WorkerInitResponse(
+                    worker_version=self.worker.worker_version, result=status
+                )
+            }
+        elif kind == 29:
+            reply = {"function_metadata_response": pb.FunctionMetadataResponse(result=status)}
+        elif kind == 31:  # which functions it held cannot be known
+            reply = {"function_load_response_collection": pb.FunctionLoadResponseCollection()}
+        elif kind == 25:
+            reply = {
+                "function_environment_reload_response": pb.FunctionEnvironmentReloadResponse(
+                    result=status
+                )
+            }
+        elif kind == 33:
+            reply = {"worker_warmup_response": pb.WorkerWarmupResponse(result=status)}
+        elif kind == 12:
+            reply = {"worker_status_response": pb.WorkerStatusResponse()}
+        elif kind == 27:
+            reply = {"close_shared_memory_resources_response": _no_maps_closed()}
+        elif kind == 14:  # the host wants us gone, whatever else the frame said
+            self.request_shutdown("the host sent WorkerTerminate", DEFAULT_TERMINATE_GRACE)
             return
-        reason = f"the host's InvocationRequest could not be read: {frame.reason}"
-        log.error("invocation %s: %s", frame.invocation_id, reason)
-        self._reply(
-            frame.request_id,
-            invocation_response=pb.InvocationResponse(
-                invocation_id=frame.invocation_id, result=failure(reason)
-            ),
-        )
+        else:
+            return  # no reply expected (a cancel, or a kind we do not know)
+        self._reply(frame.request_id, **reply)
 
     def _invocation_request(self, request: RawInvocation) -> None:
         request_id = request.request_id
@@ -643,11 +709,17 @@ class Session:
         except BaseException as exc:
             log.error("environment reload failed: %s", exc, exc_info=True)
             status = failure(exc, user=True, source="on_environment_reload")
+        metadata = None
+        try:
+            metadata = self._worker_metadata()
+        except Exception as exc:  # still answer, without the metadata
+            log.error("cannot describe this worker to the host: %s", exc, exc_info=True)
+            status = failure(exc, source="FunctionEnvironmentReloadResponse")
         await self.transport.send(
             pb.StreamingMessage(
                 request_id=request_id,
                 function_environment_reload_response=pb.FunctionEnvironmentReloadResponse(
-                    worker_metadata=self._worker_metadata(),
+                    worker_metadata=metadata,
                     capabilities=dict(self._capabilities),
                     result=status,
                 ),
@@ -671,19 +743,52 @@ class Session:
     async def _close_shared_memory(
         self, request_id: str, request: pb.CloseSharedMemoryResourcesRequest
     ) -> None:
-        # This worker never creates shared memory maps, so there is nothing to close.
-        results = dict.fromkeys(request.map_names, False)
         await self.transport.send(
             pb.StreamingMessage(
                 request_id=request_id,
-                close_shared_memory_resources_response=pb.CloseSharedMemoryResourcesResponse(
-                    close_map_results=results
-                ),
+                close_shared_memory_resources_response=_no_maps_closed(request.map_names),
             )
         )
 
     def _file_change(self, request_id: str, request: pb.FileChangeEventRequest) -> None:
         log.info("file change reported by the host: %s %s", request.type, request.full_path)
+
+
+#: Requests that expect a reply, by content field number (for messages about them).
+_REQUEST_NAMES = {
+    4: "InvocationRequest",
+    8: "FunctionLoadRequest",
+    12: "WorkerStatusRequest",
+    14: "WorkerTerminate",
+    17: "WorkerInitRequest",
+    21: "InvocationCancel",
+    25: "FunctionEnvironmentReloadRequest",
+    27: "CloseSharedMemoryResourcesRequest",
+    29: "FunctionsMetadataRequest",
+    31: "FunctionLoadRequestCollection",
+    33: "WorkerWarmupRequest",
+}
+
+
+def _no_maps_closed(names: Sequence[str] = ()) -> pb.CloseSharedMemoryResourcesResponse:
+    """This worker never creates shared memory maps, so it closes none of them."""
+    return pb.CloseSharedMemoryResourcesResponse(close_map_results=dict.fromkeys(names, False))
+
+
+@functools.cache
+def _machine() -> str:
+    """The processor architecture, for `WorkerMetadata.worker_bitness`; "" where the
+    platform cannot say (it is informational: never worth losing a reply over)."""
+    try:
+        return os.uname().machine
+    except Exception:  # no os.uname here (Windows), or it failed
+        pass
+    try:
+        import platform
+
+        return platform.machine()
+    except Exception:
+        return ""
 
 
 def _status(error: BaseException | None, hook: str) -> bytes:

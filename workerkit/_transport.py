@@ -61,19 +61,32 @@ class DecodeError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Unreadable:
     """A frame that cannot be decoded (malformed or over the size limit), with what could be
-    salvaged from it: an invocation in it must still be answered."""
+    salvaged from it: a request in it must still be answered.
+
+    `content` is the field number of the `StreamingMessage` member it carries (0: unknown);
+    `invocation_id` and `function_id` are read from an InvocationRequest or a
+    FunctionLoadRequest in it."""
 
     reason: str
     request_id: str = ""
     invocation_id: str = ""
+    content: int = 0
+    function_id: str = ""
+
+
+#: The member whose first field, a string, is worth salvaging: content field -> its name.
+_SALVAGED_IDS = {4: "invocation_id", 8: "function_id"}
 
 
 def salvage(data: bytes, reason: str) -> Unreadable:
-    """The request id and invocation id of a broken frame, as far as they can be read; a
-    truncated last field is read as far as it goes."""
-    found = {"request_id": "", "invocation_id": ""}
+    """What a broken frame is and whom it concerns, as far as it can be read: its request
+    id, its content's kind and, for an invocation or a load, the id in it. A truncated last
+    field is read as far as it goes."""
+    found = {"request_id": "", "invocation_id": "", "function_id": ""}
+    content = 0
 
-    def walk(view: memoryview, wanted: dict[int, str], nested: int) -> None:
+    def walk(view: memoryview, wanted: dict[int, str], top: bool) -> None:
+        nonlocal content
         pos, size = 0, len(view)
         try:
             while pos < size:
@@ -86,13 +99,16 @@ def salvage(data: bytes, reason: str) -> Unreadable:
                 number = key >> 3
                 if number in wanted:
                     found[wanted[number]] = str(value, "utf-8", "replace")
-                elif number == nested:
-                    walk(value, {1: "invocation_id"}, 0)
+                elif top and number in CONTENT_FIELDS:
+                    content = number
+                    inner = _SALVAGED_IDS.get(number)
+                    if inner is not None:
+                        walk(value, {1: inner}, False)
         except (IndexError, ValueError):  # truncated or garbled: keep what was read
             return
 
-    walk(memoryview(data), {1: "request_id"}, 4)
-    return Unreadable(reason, found["request_id"], found["invocation_id"])
+    walk(memoryview(data), {1: "request_id"}, True)
+    return Unreadable(reason, content=content, **found)
 
 
 if TYPE_CHECKING:
@@ -179,6 +195,8 @@ class Transport:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._closing = False
+        #: When stopping (`run`'s `stop`), the loop time by which the call must be over.
+        self.finish_by = 0.0
         #: Cleared by the session to stop reading from the host (its backlog is full).
         self.reading = asyncio.Event()
         self.reading.set()
@@ -285,13 +303,7 @@ class Transport:
                 )
                 if stopper in done:
                     reason = "stopped"
-                    await asyncio.wait({writer, reader}, timeout=0)
-                    if not writer.done():
-                        await self._flush()
-                    try:
-                        await asyncio.wait_for(stream.end(), 1.0)
-                    except Exception:  # the host may already be gone
-                        pass
+                    await self._finish(stream, writer, reader)
                 elif reader in done:
                     reason = reader.result()
                 else:
@@ -365,11 +377,32 @@ class Transport:
         sys.stderr.write(f"LanguageWorkerConsoleLogERROR: dropped a log record: {problem}\n")
         return None
 
-    async def _flush(self) -> None:
+    async def _finish(self, stream: Any, writer: asyncio.Task[None], reader: Any) -> None:
+        """Stopping: send what is queued, end our side, and let the host end the call, all
+        by `finish_by`. A host (or a proxy) that never ends the call would keep the worker
+        waiting for its trailers for ever: past the deadline the call is cancelled."""
+        loop = self._loop
+
+        def left(floor: float = 0.1) -> float:
+            return max(self.finish_by - loop.time(), floor)
+
+        if not writer.done():
+            try:
+                await asyncio.wait_for(self._queue.join(), min(left(), 2.0))
+            except TimeoutError:
+                log.warning("gave up flushing %d queued messages", self._queue.qsize())
         try:
-            await asyncio.wait_for(self._queue.join(), 2.0)
-        except TimeoutError:
-            log.warning("gave up flushing %d queued messages", self._queue.qsize())
+            await asyncio.wait_for(stream.end(), min(left(), 1.0))
+        except Exception:  # the host may already be gone
+            pass
+        if not reader.done():  # it returns when the host ends the stream
+            await asyncio.wait({reader}, timeout=left())
+        if not reader.done():
+            log.warning("the host did not end the call in time; cancelling it")
+            try:
+                await asyncio.wait_for(stream.cancel(), 1.0)
+            except Exception:  # cancelled or not, the call is over for us
+                pass
 
     async def _read(self, stream: Any, on_message: Callable[[Incoming], None]) -> str:
         while True:

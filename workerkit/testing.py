@@ -562,11 +562,23 @@ class TestHost:
     async def start_worker(
         self, worker: Worker, *, timeout: float | None = 10.0
     ) -> InProcessWorker:
-        """Serve `worker` in this event loop and wait for its StartStream."""
+        """Serve `worker` in this event loop and wait for its StartStream; what stops it
+        from serving (e.g. a `TypeError` about the class) is raised here at once."""
         args = self.host_args()
         task = asyncio.create_task(worker.serve(args))
+        waiter = asyncio.create_task(self.connection(args.worker_id, timeout))
         try:
-            connection = await self.connection(args.worker_id, timeout)
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            waiter.cancel()
+            raise
+        if not waiter.done():
+            waiter.cancel()
+            code = task.result()  # raises what the worker raised
+            raise RuntimeError(f"the worker stopped with {code} before StartStream")
+        try:
+            connection = waiter.result()
         except BaseException:
             task.cancel()
             raise

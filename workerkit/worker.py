@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -43,6 +43,43 @@ HOOKS: frozenset[str] = frozenset(
     }
 )
 _ABSTRACT = ("on_function_load", "on_invocation")
+
+
+def _is_async(hook: Any) -> bool:
+    """Whether `hook` runs on the event loop: an ``async def``, or a decorator's wrapper of
+    one (`functools.wraps` records what it wraps; `inspect.markcoroutinefunction` marks)."""
+    return inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(inspect.unwrap(hook))
+
+
+def _missing_hooks(cls: type["Worker"]) -> list[str]:
+    return [name for name in _ABSTRACT if getattr(cls, name) is getattr(Worker, name)]
+
+
+def _must_implement(cls: type["Worker"], missing: list[str]) -> TypeError:
+    return TypeError(
+        f"{cls.__qualname__} must implement {' and '.join(missing)} "
+        "(see the workerkit.Worker docstring)"
+    )
+
+
+def ready_options(worker: "Worker") -> "WorkerOptions":
+    """The options of `worker`, checked to be ready to serve: it implements the abstract
+    hooks, and its ``__init__`` ran `Worker.__init__`."""
+    cls = type(worker)
+    missing = _missing_hooks(cls)
+    if missing:
+        raise _must_implement(cls, missing)
+    options = worker.__dict__.get("options")
+    if options is None:
+        raise TypeError(
+            f"{cls.__qualname__}.__init__ does not call Worker.__init__: add"
+            " `super().__init__()` to it (or `super().__init__(options=WorkerOptions(...))`)"
+        )
+    if not isinstance(options, WorkerOptions):
+        raise TypeError(
+            f"{cls.__qualname__}.options must be a workerkit.WorkerOptions, not {options!r}"
+        )
+    return options
 
 
 def _env_int(name: str, default: int) -> int:
@@ -104,7 +141,10 @@ class Worker:
 
     Every hook takes one input object and may be ``async def`` (runs on the event loop; it
     must not block) or plain ``def`` (runs in a thread pool, so the worker keeps answering
-    the host meanwhile). Hooks never see the stream: they return values or raise, and
+    the host meanwhile). A decorated hook is ``async`` when the function it wraps is (as
+    `functools.wraps` records); an awaitable a plain ``def`` returns is awaited on the
+    loop. A subclass's ``__init__`` must call ``super().__init__()``. Hooks never see the
+    stream: they return values or raise, and
     workerkit sends exactly one reply for every request. An exception from a hook becomes a
     Failure reply with its message and stack trace; the worker keeps serving.
 
@@ -143,17 +183,12 @@ class Worker:
                     f"{cls.__qualname__}.{name} must take exactly one argument besides self"
                     f" (it takes {len(params) - 1})"
                 )
-        cls._async_hooks = frozenset(
-            name for name in HOOKS if inspect.iscoroutinefunction(getattr(cls, name, None))
-        )
+        cls._async_hooks = frozenset(name for name in HOOKS if _is_async(getattr(cls, name)))
 
     def __init__(self, *, options: WorkerOptions | None = None) -> None:
-        missing = [name for name in _ABSTRACT if getattr(type(self), name) is getattr(Worker, name)]
+        missing = _missing_hooks(type(self))
         if missing:
-            raise TypeError(
-                f"{type(self).__qualname__} must implement {' and '.join(missing)} "
-                "(see the workerkit.Worker docstring)"
-            )
+            raise _must_implement(type(self), missing)
         self.options = options if options is not None else WorkerOptions()
 
     # -- the two hooks every worker writes --------------------------------------------------
@@ -256,7 +291,7 @@ def run(worker: type[Worker] | Worker, argv: Sequence[str] | None = None) -> Non
                 )
         return await session.run()
 
-    code = asyncio.run(main())
+    code = _run_loop(main())
     # A plain-def hook that never returns keeps a pool thread alive, and interpreter exit
     # would wait for it forever: then leave without waiting, once exit handlers have run.
     deadline = time.monotonic() + 0.5
@@ -271,3 +306,25 @@ def run(worker: type[Worker] | Worker, argv: Sequence[str] | None = None) -> Non
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _run_loop(main: "Coroutine[Any, Any, int]") -> int:
+    """`asyncio.run(main)` with every wait on the way out bounded. asyncio.run waits for
+    the loop's default executor (`asyncio.to_thread`) to finish its threads: for ever on
+    3.11, 300 s on later versions, so one stuck thread would keep the worker alive."""
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        code = loop.run_until_complete(main)
+        left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.wait(left, timeout=1.0))
+        loop.run_until_complete(
+            asyncio.wait({loop.create_task(loop.shutdown_asyncgens())}, timeout=1.0)
+        )
+        return code
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()  # shuts the default executor down without waiting for its threads
