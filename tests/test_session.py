@@ -1068,6 +1068,16 @@ def test_every_unreadable_request_that_expects_a_reply_gets_one(
     arun(scenario())
 
 
+def test_an_unreadable_worker_terminate_still_stops_the_worker() -> None:
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, started):
+            garbage = b"\x0a\xff"  # WorkerTerminate.grace_period, cut short
+            await conn.send(b"\x72" + bytes([len(garbage)]) + garbage)
+            assert await started.wait(30) == 0
+
+    arun(scenario())
+
+
 def _decorated(hook: Any) -> Any:
     """What any decorator does: a plain-def wrapper with functools.wraps."""
 

@@ -488,8 +488,6 @@ class Session:
         """A frame that could not be decoded: a request in it still gets its one reply, a
         Failure saying why (the host then fails what it asked for, not waits for it)."""
         kind = frame.content
-        if frame.invocation_id and kind in (0, 4):
-            kind = 4  # an invocation id salvaged from an unknown frame: answer it
         what = _REQUEST_NAMES.get(kind, "message")
         reason = f"the host's {what} could not be read: {frame.reason}"
         log.error("%s", reason)
@@ -512,11 +510,7 @@ class Session:
             }
         elif kind == 17:
             self._initialized.set()  # nothing waits for an init that will not come
-            reply = {
-                "worker_init_response": pb.WorkerInitResponse(
-                    worker_version=self.worker.worker_version, result=status
-                )
-            }
+            reply = {"worker_init_response": pb.WorkerInitResponse(result=status)}
         elif kind == 29:
             reply = {"function_metadata_response": pb.FunctionMetadataResponse(result=status)}
         elif kind == 31:  # which functions it held cannot be known
