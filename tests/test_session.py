@@ -1198,3 +1198,53 @@ def test_after_terminate_a_host_that_never_ends_the_call_does_not_keep_the_worke
             conn.resume_reading()
 
     arun(scenario())
+
+
+# -- issue 11 items --------------------------------------------------------------------------
+
+
+class RaisesCancel(workerkit.Worker):
+    def on_function_load(self, function: workerkit.FunctionInfo) -> None:
+        return None
+
+    async def on_invocation(self, invocation: workerkit.Invocation) -> Any:
+        name = invocation.function.name
+        if name == "async-cancel":
+            raise asyncio.CancelledError
+        if name == "own-cancel":
+            raise workerkit.InvocationCancelled("not really")
+        if name == "informational":
+            return workerkit.HttpResponse(status_code=103, body="early hints?")
+        raise LookupError(name)
+
+
+class SyncRaisesCancel(RaisesCancel):
+    def on_invocation(self, invocation: workerkit.Invocation) -> Any:  # type: ignore[override]
+        raise asyncio.CancelledError
+
+
+@pytest.mark.parametrize(
+    ("worker", "name"),
+    [(RaisesCancel, "async-cancel"), (RaisesCancel, "own-cancel"), (SyncRaisesCancel, "sync")],
+)
+def test_a_cancel_the_host_did_not_ask_for_is_a_failure_not_cancelled(
+    worker: type[workerkit.Worker], name: str
+) -> None:
+    async def scenario() -> None:
+        async with serving(worker()) as (conn, _):
+            reply = await conn.invoke(await load(conn, name), {})
+            assert reply.result.status == FAILURE
+            assert "nothing cancelled the invocation" in reply.result.exception.message
+
+    arun(scenario())
+
+
+def test_a_final_1xx_status_is_refused() -> None:
+    async def scenario() -> None:
+        async with serving(RaisesCancel()) as (conn, _):
+            function_id = await load(conn, "informational", bindings=http_bindings())
+            reply = await conn.invoke(function_id, {"req": HTTP_REQUEST})
+            assert reply.result.status == FAILURE
+            assert "not a final response" in reply.result.exception.message
+
+    arun(scenario())

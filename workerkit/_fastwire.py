@@ -457,7 +457,7 @@ def _serialise(data: pb.TypedData) -> bytes:
 def _http_response(response: HttpResponse) -> Chunks:
     status = response.status_code
     body = response.body
-    if type(status) is not int or not 100 <= status <= 599 or type(body) not in (bytes, str):
+    if type(status) is not int or not 200 <= status <= 599 or type(body) not in (bytes, str):
         return [_serialise(encode(response))]  # let convert word the error
     parts: Chunks = []
     for name, text in response.headers.items():

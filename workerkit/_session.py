@@ -632,10 +632,23 @@ class Session:
         try:
             result = await self.call("on_invocation", invocation)
             response = _response(function, request.request_id, invocation_id, result)
-        except asyncio.CancelledError:
-            raise
-        except InvocationCancelled:
-            return pb.InvocationResponse(invocation_id=invocation_id, result=cancelled())
+        except (asyncio.CancelledError, InvocationCancelled) as exc:
+            if running.cancel.is_set() or _task_cancelled():
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return pb.InvocationResponse(invocation_id=invocation_id, result=cancelled())
+            # Raised by the function itself, with no cancel asked for: a failure like any other
+            # (Cancelled tells the host it asked for this, which it did not).
+            log.error("function %s failed: %r (nothing cancelled it)", function.name, exc)
+            return pb.InvocationResponse(
+                invocation_id=invocation_id,
+                result=failure(
+                    f"{type(exc).__name__} raised by the function, but nothing cancelled"
+                    " the invocation",
+                    user=True,
+                    source=function.name,
+                ),
+            )
         except BaseException as exc:  # SystemExit and KeyboardInterrupt from user code too
             log.error("function %s failed: %s", function.name, exc, exc_info=True)
             return pb.InvocationResponse(
@@ -796,6 +809,13 @@ def _check_strings(mapping: Mapping[str, str], what: str) -> None:
     for key, value in mapping.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"{what} must map str to str, got {key!r}: {value!r}")
+
+
+def _task_cancelled() -> bool:
+    """Whether the current task is being cancelled (by us: a CancelledError raised by user
+    code leaves the count at 0)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _captured(method: Callable[[Any], Any], arg: Any) -> tuple[bool, Any]:

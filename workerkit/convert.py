@@ -209,7 +209,8 @@ class HttpCookie:
 class HttpResponse:
     """An HTTP output (`RpcHttp` returned to the host).
 
-    `status_code` must be 100..599. A str body is sent as text, bytes verbatim. With
+    `status_code` must be 200..599 (a 1xx status is not a final response: the client would
+    wait for one that never comes). A str body is sent as text, bytes verbatim. With
     `enable_content_negotiation` the host runs content negotiation and ignores cookies.
     """
 
@@ -674,9 +675,10 @@ def _encode_request(request: HttpRequest, nullable: bool) -> "pb.RpcHttp":
 
 def _encode_response(response: HttpResponse) -> "pb.RpcHttp":
     status = response.status_code
-    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
         raise ConversionError(
-            f"cannot encode HttpResponse: status_code must be an int in 100..599, got {status!r}"
+            "cannot encode HttpResponse: status_code must be an int in 200..599 (a 1xx status"
+            f" is not a final response: the client would wait for another), got {status!r}"
         )
     body = response.body
     if isinstance(body, bytes):
