@@ -84,8 +84,11 @@ def log_messages(conn: HostConnection, invocation_id: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def emulator(worker_dir: Path, app: Path, timeout: float = 60.0) -> Iterator[str]:
-    """Run ``workerkit host APP --worker DIR`` as a user would; yield its base URL.
+def emulator(
+    worker_dir: Path, app: Path, timeout: float = 60.0, transcript: list[str] | None = None
+) -> Iterator[str]:
+    """Run ``workerkit host APP --worker DIR`` as a user would; yield its base URL. Every
+    line it prints is appended to `transcript` as it comes, when one is given.
 
     The worker's interpreter is this one (the config says ``python3``, which on a developer's
     machine is whatever is on PATH): the host's ``languageWorkers__<lang>__`` override.
@@ -114,6 +117,8 @@ def emulator(worker_dir: Path, app: Path, timeout: float = 60.0) -> Iterator[str
         assert process.stdout is not None
         for line in process.stdout:
             lines.put(line)
+            if transcript is not None:
+                transcript.append(line)
 
     threading.Thread(target=pump, daemon=True).start()
     try:

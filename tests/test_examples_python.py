@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
+import urllib.parse
+from http.client import HTTPConnection
 from pathlib import Path
 
 from conftest import EXAMPLES, arun
@@ -238,3 +241,37 @@ def test_end_to_end_through_workerkit_host_with_real_http() -> None:
         assert http("GET", f"{url}/api/hello?name=Ada") == (200, b"Hello, Ada!\n")
         status, body = http("POST", f"{url}/api/greet/de", b"Ada")
         assert (status, json.loads(body)) == (201, {"greeting": "Hallo, Ada!"})
+
+
+def test_the_console_shows_what_clients_send_with_control_characters_escaped() -> None:
+    """Terminal escapes in a query logged by a function, or in a path the emulator warns
+    about, reach the console as visible text: no retitling, clearing or forged lines."""
+    evil = "\x1b]0;pwned\x07\x1b[2J\rExecuted 'Functions.x' (Succeeded)\u202e"
+    quoted = urllib.parse.quote(evil, safe="")
+    transcript: list[str] = []
+    with emulator(EXAMPLES / "python", APP, transcript=transcript) as url:
+        status, _ = http("GET", f"{url}/api/hello?name={quoted}")
+        assert status == 200
+        host, port = urllib.parse.urlsplit(url).netloc.rsplit(":", 1)
+        connection = HTTPConnection(host, int(port), timeout=30)
+        connection.putrequest("POST", f"/api/greet/{quoted}")
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        connection.send(b"3\r\nAda\r\n0\r\n\r\n")
+        connection.getresponse().read()
+        connection.close()
+        deadline = time.monotonic() + 60  # only catches a hang
+        while not (
+            any("greeting" in line for line in transcript)
+            and any("without Content-Length" in line for line in transcript)
+        ):
+            assert time.monotonic() < deadline, "".join(transcript)
+            time.sleep(0.05)
+    printed = "".join(transcript)
+    greeting = next(line for line in transcript if "greeting" in line)
+    assert "greeting \\x1b]0;pwned\\x07\\x1b[2J\\x0dExecuted" in greeting
+    assert "\\u202e" in greeting
+    warning = next(line for line in transcript if "without Content-Length" in line)
+    assert "/api/greet/\\x1b]0;pwned" in warning
+    for control in ("\x1b", "\x07", "\r", "\u202e"):
+        assert control not in printed

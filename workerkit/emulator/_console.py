@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import sys
 from collections.abc import Iterable
 from typing import Final, TextIO
@@ -47,6 +48,21 @@ _LEVEL_COLOURS: Final = {
     "Critical": "red",
 }
 _CONSOLE_PREFIX: Final = "languageworkerconsolelog"
+#: What a terminal would act on rather than show: C0 controls but tab (line breaks are split
+#: off first), DEL, C1 controls, and the bidirectional overrides that reorder what is shown.
+_CONTROLS: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on (escape sequences, carriage
+    returns, backspaces, bidi overrides) shown as an escape instead: a client of the
+    emulator, a function or a worker cannot retitle, clear or forge lines of the console."""
+    return _CONTROLS.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class Console:
@@ -84,9 +100,10 @@ class Console:
             pass
 
     def line(self, text: str, colour: str | None = None) -> None:
-        """One timestamped line; continuation lines of `text` are indented."""
+        """One timestamped line; continuation lines of `text` are indented. Control
+        characters in `text` are shown escaped (`printable`): it may come from outside."""
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-        first, *rest = text.split("\n") or [""]
+        first, *rest = printable(text).split("\n") or [""]
         self.write(self.paint(f"[{stamp}] {first}", colour))
         for extra in rest:
             self.write(self.paint(f"    {extra}", colour))
@@ -142,7 +159,7 @@ class Console:
         if kind == "rpc_log":
             return  # printed as a log line already
         arrow = "host → worker" if outgoing else "worker → host"
-        self.line(self.paint(f"{arrow} {kind} {_summary(kind, body, message)}".rstrip(), "cyan"))
+        self.line(f"{arrow} {kind} {_summary(kind, body, message)}".rstrip(), "cyan")
 
     def functions(self, entries: Iterable[tuple[str, str]]) -> None:
         """The function list, as ``func start`` prints it: name, then what triggers it."""
@@ -150,6 +167,7 @@ class Console:
         self.write(self.paint("Functions:", "bold"))
         self.write()
         for name, description in entries:
+            name, description = printable(name), printable(description)
             self.write(f"\t{self.paint(name + ':', 'yellow')} {self.paint(description, 'green')}")
             self.write()
 
