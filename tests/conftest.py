@@ -38,3 +38,28 @@ async def running(connection: Any, invocation_id: str) -> None:
 def pb2(tmp_path_factory: pytest.TempPathFactory) -> Pb2:
     """Google's protobuf classes for our proto/, compiled once per session."""
     return compile_pb2(tmp_path_factory)
+
+
+async def open_stream_as(port: int, worker_id: str) -> list[Any]:
+    """Play a local process that dials the host on `port` and sends StartStream naming
+    `worker_id`, then ends its side; the messages the host sent before ending the call."""
+    from grpclib.client import Channel
+    from grpclib.const import Cardinality
+
+    from workerkit._generated import AzureFunctionsRpcMessages as pb
+    from workerkit._transport import EVENT_STREAM_PATH, Codec
+
+    message = pb.StreamingMessage
+    channel = Channel("127.0.0.1", port, codec=Codec(4 * 1024 * 1024))
+    received: list[Any] = []
+    try:
+        async with channel.request(
+            EVENT_STREAM_PATH, Cardinality.STREAM_STREAM, message, message
+        ) as stream:
+            await stream.send_message(message(start_stream=pb.StartStream(worker_id=worker_id)))
+            await stream.end()
+            while (reply := await stream.recv_message()) is not None:
+                received.append(reply)
+    finally:
+        channel.close()
+    return received

@@ -501,3 +501,70 @@ def _wait_line(lines: list[str], marker: str, timeout: float = 60.0) -> str:
                 return line
         time.sleep(0.02)
     raise AssertionError(f"no line with {marker!r} within {timeout:g} s in:\n{''.join(lines)}")
+
+
+# -- who may connect ----------------------------------------------------------------------------
+
+
+def _command_line_of(needle: str) -> list[str]:
+    """What any local process can read: the command line of the process running `needle`."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [word.decode() for word in argv if word]
+        if any(needle in word for word in words):
+            return words
+    return []
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="the check needs Linux's /proc")
+def test_a_local_process_that_takes_the_worker_id_first_is_refused(tmp_path: Path) -> None:
+    """The worker id is on the worker's command line: an impostor that connects before the
+    worker must not get its stream (it used to receive every request, headers included)."""
+    import asyncio
+
+    from conftest import open_stream_as
+
+    gate = tmp_path / "gate"
+    script = tmp_path / "late_worker.py"
+    worker_script = str(Path(__file__).resolve().parent / "emulator_worker.py")
+    script.write_text(
+        "import pathlib, runpy, sys, time\n"
+        f"gate = pathlib.Path({str(gate)!r})\n"
+        "deadline = time.monotonic() + 60\n"
+        "while not gate.exists() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        f"sys.argv[0] = {worker_script!r}\n"
+        f"runpy.run_path({worker_script!r}, run_name='__main__')\n"
+    )
+    app = write_app(tmp_path, {"echo": http_function()})
+    worker = write_worker(tmp_path, description={"defaultWorkerPath": str(script)})
+    running = RunningEmulator(EmulatorOptions(app, worker, port=0))
+    starting = threading.Thread(target=running.start, daemon=True)
+    starting.start()
+    deadline = time.monotonic() + 60  # only catches a hang
+    while not (argv := _command_line_of(str(script))):
+        assert time.monotonic() < deadline, "the worker process never appeared"
+        time.sleep(0.05)
+    port = int(argv[argv.index("--port") + 1])
+    worker_id = argv[argv.index("--workerId") + 1]
+
+    try:
+        assert (
+            asyncio.run(asyncio.wait_for(open_stream_as(port, worker_id), 60)) == []
+        )  # ended, nothing sent
+        gate.write_text("go")
+        starting.join(60)
+        assert running.start_error is None, running.output
+        reply = running.request("POST", "/api/echo", b"for the real worker")
+        assert reply.status == 200, running.output
+        assert f"refused a stream for worker {worker_id}" in running.output
+        assert "Worker start failed" not in running.output  # the impostor disturbed nothing
+    finally:
+        gate.write_text("go")
+        starting.join(60)
+        running.stop()

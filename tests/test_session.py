@@ -16,7 +16,7 @@ from typing import Any
 
 import betterproto2
 import pytest
-from conftest import arun, until
+from conftest import arun, open_stream_as, until
 from workers import Indexing, Scenarios, SyncScenarios
 
 import workerkit
@@ -1246,5 +1246,17 @@ def test_a_final_1xx_status_is_refused() -> None:
             reply = await conn.invoke(function_id, {"req": HTTP_REQUEST})
             assert reply.result.status == FAILURE
             assert "not a final response" in reply.result.exception.message
+
+    arun(scenario())
+
+
+def test_a_second_stream_for_a_connected_worker_is_refused() -> None:
+    async def scenario() -> None:
+        async with TestHost() as host:
+            started = await host.start_worker(Scenarios())
+            conn = started.connection
+            assert await open_stream_as(host.port, conn.worker_id) == []
+            assert host.refused == [(conn.worker_id, "a second StartStream for a connected worker")]
+            assert (await conn.init()).result.status == SUCCESS  # the first one serves on
 
     arun(scenario())

@@ -471,7 +471,9 @@ class TestHost:
     """A Functions host for tests, listening on 127.0.0.1 (a free port) or ``::1``.
 
     Like the real host, it ends a stream at once when the first message is not
-    `StartStream` with a worker id it launched (`host_args`, `spawn`, `start_worker`).
+    `StartStream` with a worker id it launched (`host_args`, `spawn`, `start_worker`). It
+    also ends a second stream naming a worker id that is already connected, and one that
+    `check_peer` refuses.
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -482,18 +484,22 @@ class TestHost:
         host: str = "127.0.0.1",
         max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
         on_connection: Callable[[HostConnection], None] | None = None,
+        check_peer: Callable[[str, tuple[str, int] | None], str | None] | None = None,
     ) -> None:
         """Args:
         host: loopback address to listen on.
         max_message_length: the gRPC message size limit, as the host passes it to workers.
         on_connection: called with each accepted `HostConnection` before its first message
             is read (e.g. to set `HostConnection.observer`).
+        check_peer: called with the worker id and the peer's (address, port) of each
+            StartStream naming a worker it launched; a reason (str) refuses the stream.
         """
         if host not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError(f"TestHost listens on loopback only, not {host!r}")
         self.host = host
         self.max_message_length = max_message_length
         self.on_connection = on_connection
+        self.check_peer = check_peer
         self.port = 0
         #: StartStream messages refused: (worker id, first message kind).
         self.refused: list[tuple[str, str]] = []
@@ -641,6 +647,16 @@ class TestHost:
         if worker_id not in self._expected:
             self.refused.append((worker_id, kind))
             return  # what the real host does: end the call, say nothing
+        connected = self._connections.get(worker_id)
+        if connected is not None and connected.done():
+            self.refused.append((worker_id, "a second StartStream for a connected worker"))
+            return
+        if self.check_peer is not None:
+            peer = stream.peer.addr()
+            problem = self.check_peer(worker_id, (str(peer[0]), int(peer[1])) if peer else None)
+            if problem is not None:
+                self.refused.append((worker_id, problem))
+                return
         connection = HostConnection(stream, first)
         if self.on_connection is not None:
             self.on_connection(connection)

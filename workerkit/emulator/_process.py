@@ -39,6 +39,7 @@ from workerkit.testing import HostConnection, TestHost
 from ._app import AppError, FunctionSpec, discover_functions, functions_from_metadata
 from ._config import HOST_VERSION, WorkerConfig
 from ._console import Console
+from ._peer import launched_by
 
 __all__ = [
     "InputBuilder",
@@ -161,7 +162,7 @@ class Supervisor:
         self.function_errors: list[AppError] = []
         self._prepare = prepare or (lambda specs: specs)
         self._indexed = not config.worker_indexing
-        self._host = TestHost(on_connection=self._on_connection)
+        self._host = TestHost(on_connection=self._on_connection, check_peer=self._check_peer)
         self._channel: _Channel | None = None
         self._channels: dict[str, _Channel] = {}
         self._ready = asyncio.Event()
@@ -656,6 +657,22 @@ class Supervisor:
             raise _StartFailed("the worker ended its stream while loading functions") from None
 
     # -- observing the stream ----------------------------------------------------------------
+    def _check_peer(self, worker_id: str, peer: tuple[str, int] | None) -> str | None:
+        """Refuse a stream that does not come from the worker process started for
+        `worker_id`: its id is readable by any local process (the real host accepts the
+        first stream naming it; see `_peer`)."""
+        channel = self._channels.get(worker_id)
+        if channel is None or peer is None:
+            return None
+        if launched_by(channel.process.pid, peer[1], self._host.port) is False:
+            reason = (
+                f"refused a stream for worker {worker_id} from port {peer[1]}: it does not"
+                f" come from the worker process (pid {channel.process.pid})"
+            )
+            self.console.warning(reason)
+            return reason
+        return None
+
     def _on_connection(self, connection: HostConnection) -> None:
         connection.record = False
         channel = self._channels.get(connection.worker_id)
