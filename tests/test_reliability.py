@@ -509,6 +509,23 @@ def test_a_thread_of_the_loops_default_executor_that_never_returns_does_not_keep
     arun(scenario())
 
 
+def test_a_hook_that_swallows_cancellation_does_not_keep_the_worker_after_the_stream_breaks() -> (
+    None
+):
+    """Every wait on the way out is bounded (asyncio.run waited for such a task for ever)."""
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            worker, conn = await spawn(host, "Stubborn")
+            await conn.load("s", "stubborn")
+            stuck = await conn.start_invocation("s", {})
+            await running(conn, stuck.invocation_id)
+            conn.close()
+            assert await worker.wait(60) == 1
+
+    arun(scenario(), timeout=90)
+
+
 def test_absurdly_deep_json_input_is_a_clear_conversion_failure() -> None:
     from workers import Tolerant
 

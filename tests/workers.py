@@ -268,3 +268,18 @@ class ToThread(workerkit.Worker):
         user_log.info("stuck in a thread")
         await asyncio.to_thread(time.sleep, 3600)
         return "never"
+
+
+class Stubborn(workerkit.Worker):
+    """An async hook that swallows every cancellation (a catch-all `except BaseException`)."""
+
+    def on_function_load(self, function: FunctionInfo) -> None:
+        pass
+
+    async def on_invocation(self, invocation: Invocation) -> Any:
+        user_log.info("refusing to stop")
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except BaseException:  # the point of this worker
+                pass

@@ -291,15 +291,17 @@ def run(worker: type[Worker] | Worker, argv: Sequence[str] | None = None) -> Non
                 )
         return await session.run()
 
-    code = _run_loop(main())
+    code, unfinished = _run_loop(main())
     # A plain-def hook that never returns keeps a pool thread alive, and interpreter exit
-    # would wait for it forever: then leave without waiting, once exit handlers have run.
+    # would wait for it forever; a coroutine that ignores cancellation would run its
+    # handlers for ever when collected at exit. Then leave without waiting, once exit
+    # handlers have run.
     deadline = time.monotonic() + 0.5
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join(max(deadline - time.monotonic(), 0))
     stuck = [t for t in threading.enumerate() if t.is_alive() and not t.daemon]
-    if len(stuck) > 1:  # the main thread and a thread that will not end
+    if len(stuck) > 1 or unfinished:  # the main thread and a thread that will not end
         atexit._run_exitfuncs()
         logging.shutdown()
         sys.stdout.flush()
@@ -308,10 +310,12 @@ def run(worker: type[Worker] | Worker, argv: Sequence[str] | None = None) -> Non
     sys.exit(code)
 
 
-def _run_loop(main: "Coroutine[Any, Any, int]") -> int:
-    """`asyncio.run(main)` with every wait on the way out bounded. asyncio.run waits for
-    the loop's default executor (`asyncio.to_thread`) to finish its threads: for ever on
-    3.11, 300 s on later versions, so one stuck thread would keep the worker alive."""
+def _run_loop(main: "Coroutine[Any, Any, int]") -> tuple[int, list[asyncio.Task[Any]]]:
+    """`asyncio.run(main)` with every wait on the way out bounded; returns what `main`
+    returned and the tasks that would not end when cancelled (e.g. user code with a
+    catch-all ``except BaseException``: asyncio.run waits for those for ever, and for the
+    default executor's threads, `asyncio.to_thread`, for ever on 3.11 and 300 s later).
+    Keep the tasks referenced: collecting one runs its handlers again."""
     loop = asyncio.new_event_loop()
     try:
         asyncio.set_event_loop(loop)
@@ -324,7 +328,7 @@ def _run_loop(main: "Coroutine[Any, Any, int]") -> int:
         loop.run_until_complete(
             asyncio.wait({loop.create_task(loop.shutdown_asyncgens())}, timeout=1.0)
         )
-        return code
+        return code, [task for task in left if not task.done()]
     finally:
         asyncio.set_event_loop(None)
         loop.close()  # shuts the default executor down without waiting for its threads
