@@ -10,9 +10,10 @@ import json
 import logging
 import os
 import platform as platform_module
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import betterproto2
 import pytest
@@ -1260,3 +1261,37 @@ def test_a_second_stream_for_a_connected_worker_is_refused() -> None:
             assert (await conn.init()).result.status == SUCCESS  # the first one serves on
 
     arun(scenario())
+
+
+class RecordingHeaders(dict[str, str]):
+    """Headers that note which thread reads them: the one encoding the response."""
+
+    readers: ClassVar[list[str]] = []
+
+    def items(self) -> Any:
+        RecordingHeaders.readers.append(threading.current_thread().name)
+        return super().items()
+
+
+class PlainResult(workerkit.Worker):
+    def on_function_load(self, function: workerkit.FunctionInfo) -> None:
+        return None
+
+    def on_invocation(self, invocation: workerkit.Invocation) -> Any:
+        return workerkit.HttpResponse(body="made here", headers=RecordingHeaders({"a": "b"}))
+
+
+def test_the_result_of_a_plain_def_hook_is_encoded_in_its_pool_thread() -> None:
+    """Encoding a large result on the event loop stalled every other call."""
+    RecordingHeaders.readers.clear()
+
+    async def scenario() -> None:
+        async with serving(PlainResult()) as (conn, _):
+            function_id = await load(conn, "f", bindings=http_bindings())
+            reply = await conn.invoke(function_id, {"req": HTTP_REQUEST})
+            assert reply.result.status == SUCCESS
+            assert reply.return_value.http.headers == {"a": "b"}
+
+    arun(scenario())
+    assert RecordingHeaders.readers
+    assert all(name.startswith("workerkit-hook") for name in RecordingHeaders.readers)

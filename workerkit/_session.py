@@ -182,13 +182,24 @@ class Session:
             current_route.reset(route_token)
         return self.exit_code
 
-    def _describe(self, task: asyncio.Task[Any] | None) -> str:
-        """Who is running in `task`: the function and invocation, when it is one."""
+    def _describe(self, task: asyncio.Task[Any] | None) -> tuple[str, str]:
+        """Who is running in `task` (the function and invocation, when it is one), and what
+        the author can do about it."""
+        advice = (
+            "an async def hook must not block; use a plain def hook or asyncio.to_thread for"
+            " blocking work"
+        )
         for invocation_id, running in list(self._running.items()):
             if running.task is task and running.invocation is not None:
                 name = running.invocation.function.name
-                return f"function {name!r} (invocation {invocation_id})"
-        return f"task {task.get_name()!r}" if task is not None else "code outside any task"
+                if "on_invocation" not in self._async_hooks:
+                    advice = (
+                        "its hook is a plain def, which runs in the thread pool: the time went"
+                        " to reading its input data on the event loop (a very large payload?)"
+                    )
+                return f"function {name!r} (invocation {invocation_id})", advice
+        who = f"task {task.get_name()!r}" if task is not None else "code outside any task"
+        return who, advice
 
     def request_shutdown(self, reason: str, grace: float | None = None) -> None:
         """Stop taking work, drain within `grace` seconds, then end the stream (exit 0)."""
@@ -249,23 +260,28 @@ class Session:
     def _reply(self, request_id: str, **content: Any) -> None:
         self._spawn(self.transport.send(pb.StreamingMessage(request_id=request_id, **content)))
 
-    async def call(self, hook: str, arg: Any) -> Any:
-        """Run a worker hook: await it when async, otherwise in the pool with our context."""
+    async def call(self, hook: str, arg: Any, then: Callable[[Any], Any] | None = None) -> Any:
+        """Run a worker hook: await it when async, otherwise in the pool with our context.
+        `then` is applied to what the hook returned, in the pool for a plain def hook (so
+        encoding a large result does not hold up the event loop)."""
         method = getattr(self.worker, hook)
         if hook in self._async_hooks:
             value = method(arg)  # a coroutine, unless a decorator's wrapper returned a value
         elif hook not in self._overridden:
-            return method(arg)  # the base class's defaults are trivial
+            value = method(arg)  # the base class's defaults are trivial
+            return then(value) if then is not None else value
         else:
             context = contextvars.copy_context()
-            ok, value = await self._loop.run_in_executor(
-                self._pool, context.run, _captured, method, arg
+            ok, value, done = await self._loop.run_in_executor(
+                self._pool, context.run, _captured, method, arg, then
             )
             if not ok:
                 raise value  # raised here, not thrown in: GeneratorExit included
+            if done:
+                return value
         if inspect.isawaitable(value):  # e.g. a plain def that returns a coroutine
-            return await value
-        return value
+            value = await value
+        return then(value) if then is not None else value
 
     def dispatch(self, message: Message | RawInvocation | HostRequest | Unreadable) -> None:
         if type(message) is RawInvocation:  # the hot path, read by _fastwire
@@ -630,8 +646,11 @@ class Session:
         running.invocation = invocation
         current_invocation_id.set(invocation_id)
         try:
-            result = await self.call("on_invocation", invocation)
-            response = _response(function, request.request_id, invocation_id, result)
+            response: bytes = await self.call(
+                "on_invocation",
+                invocation,
+                functools.partial(_response, function, request.request_id, invocation_id),
+            )
         except (asyncio.CancelledError, InvocationCancelled) as exc:
             if running.cancel.is_set() or _task_cancelled():
                 if isinstance(exc, asyncio.CancelledError):
@@ -818,15 +837,21 @@ def _task_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _captured(method: Callable[[Any], Any], arg: Any) -> tuple[bool, Any]:
-    """Run a plain-def hook in a pool thread, returning its exception instead of raising it.
-
-    A future's exception is thrown into the awaiting coroutine, and a thrown GeneratorExit
-    closes that coroutine instead of reaching its handlers: the reply would be lost."""
+def _captured(
+    method: Callable[[Any], Any], arg: Any, then: Callable[[Any], Any] | None
+) -> tuple[bool, Any, bool]:
+    """Run a plain-def hook in a pool thread, and `then` on its result unless that is
+    awaitable: (ok, the value or the exception, whether `then` ran). The exception is
+    returned, not raised: a future's exception is thrown into the awaiting coroutine, and a
+    thrown GeneratorExit closes that coroutine instead of reaching its handlers (the reply
+    would be lost)."""
     try:
-        return True, method(arg)
+        value = method(arg)
+        if then is None or inspect.isawaitable(value):
+            return True, value, False
+        return True, then(value), True
     except BaseException as exc:
-        return False, exc
+        return False, exc, False
 
 
 def _invocation(

@@ -24,7 +24,7 @@ class LoopWatchdog:
         self,
         loop: asyncio.AbstractEventLoop,
         interval: float,
-        describe: Callable[[asyncio.Task[object] | None], str],
+        describe: Callable[[asyncio.Task[object] | None], tuple[str, str]],
     ) -> None:
         self._loop = loop
         self._interval = interval
@@ -60,11 +60,7 @@ class LoopWatchdog:
             # Reading the running task from another thread is a benign race: at worst we
             # name the task that ran just before or after.
             task = asyncio.tasks._current_tasks.get(self._loop)  # type: ignore[attr-defined]
-            culprit = self._describe(task)
-            message = (
-                f"the event loop has been blocked for {blocked:.1f}s by {culprit}: an async def"
-                " hook must not block; use a plain def hook or asyncio.to_thread for blocking"
-                " work"
-            )
+            culprit, advice = self._describe(task)
+            message = f"the event loop has been blocked for {blocked:.1f}s by {culprit}: {advice}"
             print(f"LanguageWorkerConsoleLogWARNING: {message}", file=sys.stderr, flush=True)
             log.warning("%s", message)
