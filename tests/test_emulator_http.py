@@ -339,6 +339,8 @@ def test_bodies_and_sniffing() -> None:
     [
         pb.TypedData(collection_string=pb.CollectionString(string=["a"])),
         pb.TypedData(http=pb.RpcHttp(status_code="42", body=pb.TypedData(string=""))),
+        # a 1xx is not a final response: the client would wait for one that never comes
+        pb.TypedData(http=pb.RpcHttp(status_code="103", body=pb.TypedData(string=""))),
         pb.TypedData(http=pb.RpcHttp(body=pb.TypedData(string=""), headers={"x": "a\r\nb"})),
         pb.TypedData(json="{"),
     ],

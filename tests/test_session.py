@@ -1115,7 +1115,8 @@ class CoroutineFromPlainDef(workerkit.Worker):
 
 
 def test_decorated_async_hooks_are_awaited() -> None:
-    assert {"on_invocation", "on_init"} <= DecoratedHooks._async_hooks
+    # The wrappers are plain defs: they run in the pool, their coroutines on the loop.
+    assert DecoratedHooks._async_hooks == frozenset()
 
     async def scenario() -> None:
         async with TestHost() as host:
@@ -1295,3 +1296,31 @@ def test_the_result_of_a_plain_def_hook_is_encoded_in_its_pool_thread() -> None:
     arun(scenario())
     assert RecordingHeaders.readers
     assert all(name.startswith("workerkit-hook") for name in RecordingHeaders.readers)
+
+
+class CancelsItself(workerkit.Worker):
+    """Hooks that raise CancelledError though nothing cancelled them."""
+
+    async def on_init(self, request: workerkit.InitRequest) -> None:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future  # someone else's cancelled future
+
+    def on_function_load(self, function: workerkit.FunctionInfo) -> None:
+        raise asyncio.CancelledError
+
+    def on_invocation(self, invocation: workerkit.Invocation) -> Any:
+        return None
+
+
+def test_every_hook_that_raises_cancelled_error_by_itself_still_gets_its_reply() -> None:
+    async def scenario() -> None:
+        async with TestHost() as host:
+            conn = (await host.start_worker(CancelsItself())).connection
+            init = await conn.init(timeout=30)
+            assert init.result.status == FAILURE
+            load_reply = await conn.load("f", "f", timeout=30)
+            assert load_reply.result.status == FAILURE
+            assert "CancelledError" in load_reply.result.exception.type
+
+    arun(scenario())

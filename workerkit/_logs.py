@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 
@@ -178,20 +179,23 @@ class RpcLogHandler(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.NOTSET)
         self._routes: list[LogRoute] = []  # attached, the latest last; replaced whole
+        self._attaching = threading.Lock()  # sessions may run in several threads' loops
 
     def attach(self, route: LogRoute) -> None:
         """Route records to `route` (from its session's context, and from threads with no
         session's context while it is the latest); the first attach installs the handler."""
-        self._routes = [*self._routes, route]
-        root = logging.getLogger()
-        if self not in root.handlers:
-            root.addHandler(self)
+        with self._attaching:
+            self._routes = [*self._routes, route]
+            root = logging.getLogger()
+            if self not in root.handlers:
+                root.addHandler(self)
 
     def detach(self, route: LogRoute) -> None:
         """The session of `route` has ended; the last detach removes the handler."""
-        self._routes = [r for r in self._routes if r is not route]
-        if not self._routes:
-            logging.getLogger().removeHandler(self)
+        with self._attaching:
+            self._routes = [r for r in self._routes if r is not route]
+            if not self._routes:
+                logging.getLogger().removeHandler(self)
 
     def handle(self, record: logging.LogRecord) -> bool:
         """`Handler.handle` without its lock: `emit` is safe in many threads at once (the

@@ -161,25 +161,28 @@ class Session:
         # This task's context, and so every task and pool thread of this session, logs
         # to this session's stream (reset below: `run` may be awaited in a caller's context).
         route_token = current_route.set(self._log_route)
-        log_handler.attach(self._log_route)
-        first = start_stream(self.args.request_id, self.args.worker_id)
         reason = "cancelled"
         watchdog = None
-        if self.options.loop_block_warning > 0:
-            watchdog = LoopWatchdog(self._loop, self.options.loop_block_warning, self._describe)
-            watchdog.start()
         try:
+            log_handler.attach(self._log_route)
+            if self.options.loop_block_warning > 0:
+                watchdog = LoopWatchdog(self._loop, self.options.loop_block_warning, self._describe)
+                watchdog.start()
+            first = start_stream(self.args.request_id, self.args.worker_id)
             reason = await self.transport.run(first, self.dispatch, self._replace, self._stop)
         finally:
             if watchdog is not None:
                 watchdog.stop()
             self._closed = True
             self._log_route.sink = None  # from now on its records go to stderr
-            if self.exit_code != 0:
-                log.error("worker stopping: %s", reason)
-            await self._abandon()
-            log_handler.detach(self._log_route)
-            current_route.reset(route_token)
+            try:
+                if self.exit_code != 0:
+                    log.error("worker stopping: %s", reason)
+                await self._abandon()
+            finally:  # even when cancelled again while abandoning
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                log_handler.detach(self._log_route)
+                current_route.reset(route_token)
         return self.exit_code
 
     def _describe(self, task: asyncio.Task[Any] | None) -> tuple[str, str]:
@@ -342,9 +345,9 @@ class Session:
                         raise TypeError(f"InitResult.{name} must be a str or None: {value!r}")
                 self._init_result = result
                 self._capabilities.update(result.capabilities)
-        except asyncio.CancelledError:
-            raise
         except BaseException as exc:
+            if _cancelled_by_us(exc):
+                raise
             log.error("on_init failed: %s", exc, exc_info=True)
             error = exc
         self._initialized.set()
@@ -402,9 +405,9 @@ class Session:
             response = function_metadata_response(
                 request_id, results, status_result(SUCCESS), use_default_indexing=found is None
             )
-        except asyncio.CancelledError:
-            raise
         except BaseException as exc:
+            if _cancelled_by_us(exc):
+                raise
             log.error("on_functions_metadata failed: %s", exc, exc_info=True)
             response = function_metadata_response(
                 request_id, [], _status(exc, "on_functions_metadata")
@@ -471,9 +474,9 @@ class Session:
                 raise ValueError("the FunctionLoadRequest has no function_id")
             info = await self._with_index(info)
             await self.call("on_function_load", info)
-        except asyncio.CancelledError:
-            raise
         except BaseException as exc:
+            if _cancelled_by_us(exc):
+                raise
             log.error("function %s failed to load: %s", function_id, exc)
             self._load_errors[function_id] = error_details(exc).message
             self._functions.pop(function_id, None)
@@ -730,9 +733,9 @@ class Session:
                 EnvironmentReload(environment, request.function_app_directory),
             )
             status = success()
-        except asyncio.CancelledError:
-            raise
         except BaseException as exc:
+            if _cancelled_by_us(exc):
+                raise
             log.error("environment reload failed: %s", exc, exc_info=True)
             status = failure(exc, user=True, source="on_environment_reload")
         metadata = None
@@ -756,9 +759,9 @@ class Session:
         try:
             await self.call("on_warmup", Warmup(request.worker_directory))
             status = success()
-        except asyncio.CancelledError:
-            raise
         except BaseException as exc:
+            if _cancelled_by_us(exc):
+                raise
             status = failure(exc, user=True, source="on_warmup")
         await self.transport.send(
             pb.StreamingMessage(
@@ -835,6 +838,13 @@ def _task_cancelled() -> bool:
     code leaves the count at 0)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _cancelled_by_us(exc: BaseException) -> bool:
+    """`exc` is the cancellation of this task (the stream ended, or we are stopping); a
+    CancelledError a hook raised or let through on its own is the hook's failure, and its
+    request still gets a reply."""
+    return isinstance(exc, asyncio.CancelledError) and _task_cancelled()
 
 
 def _captured(

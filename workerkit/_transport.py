@@ -303,7 +303,10 @@ class Transport:
                 )
                 if stopper in done:
                     reason = "stopped"
-                    await self._finish(stream, writer, reader)
+                    if not await self._finish(stream, writer, reader):
+                        # Not even a reset went out (the host reads nothing): without this,
+                        # leaving the call would wait for the host's trailers for ever.
+                        channel.close()
                 elif reader in done:
                     reason = reader.result()
                 else:
@@ -377,10 +380,11 @@ class Transport:
         sys.stderr.write(f"LanguageWorkerConsoleLogERROR: dropped a log record: {problem}\n")
         return None
 
-    async def _finish(self, stream: Any, writer: asyncio.Task[None], reader: Any) -> None:
+    async def _finish(self, stream: Any, writer: asyncio.Task[None], reader: Any) -> bool:
         """Stopping: send what is queued, end our side, and let the host end the call, all
         by `finish_by`. A host (or a proxy) that never ends the call would keep the worker
-        waiting for its trailers for ever: past the deadline the call is cancelled."""
+        waiting for its trailers for ever: past the deadline the call is cancelled. False
+        when even that could not be sent: the caller must drop the connection."""
         loop = self._loop
 
         def left(floor: float = 0.1) -> float:
@@ -401,8 +405,9 @@ class Transport:
             log.warning("the host did not end the call in time; cancelling it")
             try:
                 await asyncio.wait_for(stream.cancel(), 1.0)
-            except Exception:  # cancelled or not, the call is over for us
-                pass
+            except Exception:  # the host reads nothing, not even a reset
+                return False
+        return True
 
     async def _read(self, stream: Any, on_message: Callable[[Incoming], None]) -> str:
         while True:

@@ -472,8 +472,8 @@ class TestHost:
 
     Like the real host, it ends a stream at once when the first message is not
     `StartStream` with a worker id it launched (`host_args`, `spawn`, `start_worker`). It
-    also ends a second stream naming a worker id that is already connected, and one that
-    `check_peer` refuses.
+    also ends a second stream naming a worker id that has connected before, and one that
+    `check_peer` refuses. Each refusal is added to `refused` and told to `on_refused`.
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -485,6 +485,7 @@ class TestHost:
         max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
         on_connection: Callable[[HostConnection], None] | None = None,
         check_peer: Callable[[str, tuple[str, int] | None], str | None] | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
     ) -> None:
         """Args:
         host: loopback address to listen on.
@@ -493,6 +494,7 @@ class TestHost:
             is read (e.g. to set `HostConnection.observer`).
         check_peer: called with the worker id and the peer's (address, port) of each
             StartStream naming a worker it launched; a reason (str) refuses the stream.
+        on_refused: called with the worker id and the reason of each stream refused.
         """
         if host not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError(f"TestHost listens on loopback only, not {host!r}")
@@ -500,6 +502,7 @@ class TestHost:
         self.max_message_length = max_message_length
         self.on_connection = on_connection
         self.check_peer = check_peer
+        self.on_refused = on_refused
         self.port = 0
         #: StartStream messages refused: (worker id, first message kind).
         self.refused: list[tuple[str, str]] = []
@@ -644,19 +647,20 @@ class TestHost:
             return
         kind = betterproto2.which_one_of(first, "content")[0]
         worker_id = first.start_stream.worker_id if first.start_stream is not None else ""
-        if worker_id not in self._expected:
-            self.refused.append((worker_id, kind))
-            return  # what the real host does: end the call, say nothing
+        problem: str | None = None
         connected = self._connections.get(worker_id)
-        if connected is not None and connected.done():
-            self.refused.append((worker_id, "a second StartStream for a connected worker"))
-            return
-        if self.check_peer is not None:
+        if worker_id not in self._expected:
+            problem = kind  # the first message names no worker this host launched
+        elif connected is not None and connected.done():
+            problem = "a second StartStream for a connected worker"
+        elif self.check_peer is not None:
             peer = stream.peer.addr()
             problem = self.check_peer(worker_id, (str(peer[0]), int(peer[1])) if peer else None)
-            if problem is not None:
-                self.refused.append((worker_id, problem))
-                return
+        if problem is not None:
+            self.refused.append((worker_id, problem))
+            if self.on_refused is not None:
+                self.on_refused(worker_id, problem)
+            return  # what the real host does: end the call, say nothing
         connection = HostConnection(stream, first)
         if self.on_connection is not None:
             self.on_connection(connection)

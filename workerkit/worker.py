@@ -45,12 +45,6 @@ HOOKS: frozenset[str] = frozenset(
 _ABSTRACT = ("on_function_load", "on_invocation")
 
 
-def _is_async(hook: Any) -> bool:
-    """Whether `hook` runs on the event loop: an ``async def``, or a decorator's wrapper of
-    one (`functools.wraps` records what it wraps; `inspect.markcoroutinefunction` marks)."""
-    return inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(inspect.unwrap(hook))
-
-
 def _missing_hooks(cls: type["Worker"]) -> list[str]:
     return [name for name in _ABSTRACT if getattr(cls, name) is getattr(Worker, name)]
 
@@ -141,12 +135,11 @@ class Worker:
 
     Every hook takes one input object and may be ``async def`` (runs on the event loop; it
     must not block) or plain ``def`` (runs in a thread pool, so the worker keeps answering
-    the host meanwhile). A decorated hook is ``async`` when the function it wraps is (as
-    `functools.wraps` records); an awaitable a plain ``def`` returns is awaited on the
-    loop. A subclass's ``__init__`` must call ``super().__init__()``. Hooks never see the
-    stream: they return values or raise, and
-    workerkit sends exactly one reply for every request. An exception from a hook becomes a
-    Failure reply with its message and stack trace; the worker keeps serving.
+    the host meanwhile). An awaitable that a plain ``def`` returns (as a decorator's
+    wrapper of an ``async def`` does) is awaited on the loop. A subclass's ``__init__``
+    must call ``super().__init__()``. Hooks never see the stream: they return values or
+    raise, and workerkit sends exactly one reply for every request. An exception from a
+    hook becomes a Failure reply with its message and stack trace; the worker keeps serving.
 
     Class attributes `runtime_name`, `runtime_version` and `worker_version` are reported to
     the host in `WorkerMetadata`.
@@ -183,7 +176,13 @@ class Worker:
                     f"{cls.__qualname__}.{name} must take exactly one argument besides self"
                     f" (it takes {len(params) - 1})"
                 )
-        cls._async_hooks = frozenset(name for name in HOOKS if _is_async(getattr(cls, name)))
+        # A decorator's plain-def wrapper of an async def stays a plain def: it may block or
+        # run its own loop (asgiref's async_to_sync), so it runs in the pool, and the
+        # coroutine it returns is awaited on the loop. `inspect.markcoroutinefunction` on a
+        # wrapper (3.12+) makes it async.
+        cls._async_hooks = frozenset(
+            name for name in HOOKS if inspect.iscoroutinefunction(getattr(cls, name))
+        )
 
     def __init__(self, *, options: WorkerOptions | None = None) -> None:
         missing = _missing_hooks(type(self))
@@ -320,6 +319,15 @@ def _run_loop(main: "Coroutine[Any, Any, int]") -> tuple[int, list[asyncio.Task[
     try:
         asyncio.set_event_loop(loop)
         code = loop.run_until_complete(main)
+    finally:  # also when `main` raised: its tasks are cancelled all the same
+        unfinished = _wind_down(loop)
+    return code, unfinished
+
+
+def _wind_down(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
+    """Cancel what is left on `loop`, waiting a second at most, and close it without waiting
+    for the default executor's threads; the tasks that would not end."""
+    try:
         left = [task for task in asyncio.all_tasks(loop) if not task.done()]
         for task in left:
             task.cancel()
@@ -328,7 +336,7 @@ def _run_loop(main: "Coroutine[Any, Any, int]") -> tuple[int, list[asyncio.Task[
         loop.run_until_complete(
             asyncio.wait({loop.create_task(loop.shutdown_asyncgens())}, timeout=1.0)
         )
-        return code, [task for task in left if not task.done()]
+        return [task for task in left if not task.done()]
     finally:
         asyncio.set_event_loop(None)
-        loop.close()  # shuts the default executor down without waiting for its threads
+        loop.close()

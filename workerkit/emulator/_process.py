@@ -162,7 +162,11 @@ class Supervisor:
         self.function_errors: list[AppError] = []
         self._prepare = prepare or (lambda specs: specs)
         self._indexed = not config.worker_indexing
-        self._host = TestHost(on_connection=self._on_connection, check_peer=self._check_peer)
+        self._host = TestHost(
+            on_connection=self._on_connection,
+            check_peer=self._check_peer,
+            on_refused=self._refused,
+        )
         self._channel: _Channel | None = None
         self._channels: dict[str, _Channel] = {}
         self._ready = asyncio.Event()
@@ -665,13 +669,15 @@ class Supervisor:
         if channel is None or peer is None:
             return None
         if launched_by(channel.process.pid, peer[1], self._host.port) is False:
-            reason = (
-                f"refused a stream for worker {worker_id} from port {peer[1]}: it does not"
-                f" come from the worker process (pid {channel.process.pid})"
+            return (
+                f"it does not come from the worker process (pid {channel.process.pid}), but"
+                f" from port {peer[1]}"
             )
-            self.console.warning(reason)
-            return reason
         return None
+
+    def _refused(self, worker_id: str, reason: str) -> None:
+        if worker_id in self._channels:  # a stream naming one of our workers
+            self.console.warning(f"refused a stream for worker {worker_id}: {reason}")
 
     def _on_connection(self, connection: HostConnection) -> None:
         connection.record = False

@@ -350,6 +350,8 @@ def _finish(
 ) -> HttpOutput:
     if not 100 <= status <= 999:
         raise ResponseError(f"status code {status} is not a valid HTTP status")
+    if status < 200:  # the client would wait for a final response that never comes
+        raise ResponseError(f"status code {status} is informational (1xx), not a final response")
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     content_type = ""
