@@ -25,7 +25,7 @@ from pb_strategies import pb_messages
 
 from workerkit import WorkerOptions
 from workerkit._generated import AzureFunctionsRpcMessages as pb
-from workerkit.testing import HostConnection, TestHost, WorkerProcess
+from workerkit.testing import HostConnection, PendingInvocation, TestHost, WorkerProcess
 
 pytestmark = pytest.mark.reliability
 
@@ -69,6 +69,17 @@ async def spawn(host: TestHost, kind: str, **env: str) -> tuple[WorkerProcess, H
     assert worker.connection is not None
     assert (await worker.connection.init()).result.status == SUCCESS
     return worker, worker.connection
+
+
+async def spawn_stuck(
+    host: TestHost, kind: str
+) -> tuple[WorkerProcess, HostConnection, PendingInvocation]:
+    """A worker process of `kind` with one invocation running that will not end by itself."""
+    worker, conn = await spawn(host, kind)
+    await conn.load("s", "stuck")
+    stuck = await conn.start_invocation("s", {})
+    await running(conn, stuck.invocation_id)
+    return worker, conn, stuck
 
 
 # -- hostile input -----------------------------------------------------------------------------
@@ -498,10 +509,7 @@ def test_a_thread_of_the_loops_default_executor_that_never_returns_does_not_keep
 
     async def scenario() -> None:
         async with TestHost() as host:
-            worker, conn = await spawn(host, "ToThread")
-            await conn.load("s", "stuck")
-            stuck = await conn.start_invocation("s", {})
-            await running(conn, stuck.invocation_id)
+            worker, conn, stuck = await spawn_stuck(host, "ToThread")
             await conn.terminate(grace_period=1.0)
             assert (await stuck).result.status == CANCELLED
             assert await worker.wait(30) == 0
@@ -516,10 +524,7 @@ def test_a_hook_that_swallows_cancellation_does_not_keep_the_worker_after_the_st
 
     async def scenario() -> None:
         async with TestHost() as host:
-            worker, conn = await spawn(host, "Stubborn")
-            await conn.load("s", "stubborn")
-            stuck = await conn.start_invocation("s", {})
-            await running(conn, stuck.invocation_id)
+            worker, conn, _ = await spawn_stuck(host, "Stubborn")
             conn.close()
             assert await worker.wait(60) == 1
 
