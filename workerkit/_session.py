@@ -197,8 +197,10 @@ class Session:
                 name = running.invocation.function.name
                 if "on_invocation" not in self._async_hooks:
                     advice = (
-                        "its hook is a plain def, which runs in the thread pool: the time went"
-                        " to reading its input data on the event loop (a very large payload?)"
+                        "its hook is a plain def, which runs in the thread pool, so the time"
+                        " went to reading its input data (a very large payload?) or to a"
+                        " coroutine the hook returned (e.g. from a decorator), which must not"
+                        " block"
                     )
                 return f"function {name!r} (invocation {invocation_id})", advice
         who = f"task {task.get_name()!r}" if task is not None else "code outside any task"
@@ -269,7 +271,7 @@ class Session:
         encoding a large result does not hold up the event loop)."""
         method = getattr(self.worker, hook)
         if hook in self._async_hooks:
-            value = method(arg)  # a coroutine, unless a decorator's wrapper returned a value
+            value = method(arg)  # a coroutine (a wrapper marked async may return a value)
         elif hook not in self._overridden:
             value = method(arg)  # the base class's defaults are trivial
             return then(value) if then is not None else value
