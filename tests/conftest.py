@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from google_pb2 import Pb2, compile_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+T = TypeVar("T")
 
 
 def arun(coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
     """Run `coro` to completion in a new loop; fail (not hang) after `timeout` seconds."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def eventually(
+    predicate: Callable[[], T], what: str | Callable[[], str], timeout: float = 60.0
+) -> T:
+    """Call `predicate` every 20 ms, outside any event loop, until it returns something true;
+    return that. `timeout` only catches a hang: the failure says `what` never happened."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            told = what() if callable(what) else what
+            raise AssertionError(f"not within {timeout:g} s (a hang?): {told}")
+        time.sleep(0.02)
+    return result
 
 
 async def until(predicate: Callable[[], object], timeout: float = 30.0) -> None:

@@ -9,13 +9,14 @@ import json
 import re
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from conftest import eventually
 
 from workerkit.emulator import Console, Emulator, EmulatorOptions
 
@@ -200,14 +201,13 @@ class RunningEmulator:
         """Poll the console output until `predicate` (or the substring) holds; return it.
         `timeout` only catches a hang; `what` names the awaited event in the failure."""
         check = (lambda text: predicate in text) if isinstance(predicate, str) else predicate
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def seen() -> str:
             text = self.output
-            if check(text):
-                return text
-            time.sleep(0.02)
-        raise AssertionError(
-            f"not seen within {timeout:g} s: {what or repr(predicate)}; the output:\n{self.output}"
+            return text if check(text) else ""
+
+        return eventually(
+            seen, lambda: f"{what or repr(predicate)}; the output:\n{self.output}", timeout
         )
 
     def invocation_ids(self, function: str) -> list[str]:

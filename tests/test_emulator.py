@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import eventually
 from emulator_support import (
     Response,
     RunningEmulator,
@@ -493,14 +494,11 @@ def test_the_command_is_registered() -> None:
     assert "--max-body-size" in result.stdout and "--worker" in result.stdout
 
 
-def _wait_line(lines: list[str], marker: str, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in list(lines):
-            if marker in line:
-                return line
-        time.sleep(0.02)
-    raise AssertionError(f"no line with {marker!r} within {timeout:g} s in:\n{''.join(lines)}")
+def _wait_line(lines: list[str], marker: str) -> str:
+    return eventually(
+        lambda: next((line for line in list(lines) if marker in line), ""),
+        lambda: f"a line with {marker!r} in:\n{''.join(lines)}",
+    )
 
 
 # -- who may connect ----------------------------------------------------------------------------
@@ -546,10 +544,7 @@ def test_a_local_process_that_takes_the_worker_id_first_is_refused(tmp_path: Pat
     running = RunningEmulator(EmulatorOptions(app, worker, port=0))
     starting = threading.Thread(target=running.start, daemon=True)
     starting.start()
-    deadline = time.monotonic() + 60  # only catches a hang
-    while not (argv := _command_line_of(str(script))):
-        assert time.monotonic() < deadline, "the worker process never appeared"
-        time.sleep(0.05)
+    argv = eventually(lambda: _command_line_of(str(script)), "the worker process appears")
     port = int(argv[argv.index("--port") + 1])
     worker_id = argv[argv.index("--workerId") + 1]
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import eventually
 from emulator_support import RunningEmulator, http_function, request, write_app, write_worker
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -377,12 +378,9 @@ def test_a_client_trickling_its_headers_is_cut_off(strict: RunningEmulator) -> N
         # The others are still served while the lorises hang on.
         reply = strict.request("GET", "/api/echo?meanwhile=1")
         assert reply.status == 200
-        # They drip a header line each 0.1 s, for ever: only the header timeout ends them.
-        while len(closed_at) < len(lorises):
-            assert time.monotonic() - started < HANG, (
-                f"{len(lorises) - len(closed_at)} of {len(lorises)} slow clients were not cut"
-                f" off within {HANG:g} s"
-            )
+
+        # They drip a header line now and then, for ever: only the header timeout ends them.
+        def drip() -> bool:
             for index, sock in enumerate(lorises):
                 if index in closed_at:
                     continue
@@ -390,7 +388,13 @@ def test_a_client_trickling_its_headers_is_cut_off(strict: RunningEmulator) -> N
                     sock.sendall(b"X-Drip: 1\r\n")
                 except (BrokenPipeError, ConnectionResetError):
                     closed_at[index] = time.monotonic() - started
-            time.sleep(0.1)
+            return len(closed_at) == len(lorises)
+
+        eventually(
+            drip,
+            lambda: f"all slow clients cut off ({len(lorises) - len(closed_at)} still open)",
+            HANG,
+        )
     finally:
         for sock in lorises:
             sock.close()
@@ -413,16 +417,19 @@ def test_a_body_trickled_below_the_minimum_rate_is_answered_408(strict: RunningE
     with socket.create_connection(address(strict), timeout=HANG) as sock:
         sock.sendall(b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
         started = time.monotonic()
-        try:
-            # 10 bytes each 0.05 s (200 bytes/s, far below the minimum) until the server
-            # answers or hangs up: the body would take over 8 minutes to complete.
-            while not select.select([sock], [], [], 0.05)[0]:
-                assert time.monotonic() - started < HANG, (
-                    f"a body trickled at 200 bytes/s was not cut off within {HANG:g} s"
-                )
+
+        # 10 bytes each 0.05 s or more (200 bytes/s at most, far below the minimum) until
+        # the server answers or hangs up: the body would take over 8 minutes to complete.
+        def trickle() -> bool:
+            if select.select([sock], [], [], 0.05)[0]:
+                return True
+            try:
                 sock.sendall(b"x" * 10)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+            except (BrokenPipeError, ConnectionResetError):
+                return True
+            return False
+
+        eventually(trickle, "a body trickled at 200 bytes/s is cut off", HANG)
         reply = read_until_closed(sock, "a trickled body")
         elapsed = time.monotonic() - started
     assert status_of(reply) == 408, reply
@@ -511,13 +518,12 @@ def test_oversized_bodies_are_refused_without_being_buffered(tmp_path: Path) -> 
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(process.stdout or ()), daemon=True).start()
     try:
-        deadline = time.monotonic() + HANG
-        url = None
-        while url is None and time.monotonic() < deadline:
-            found = re.search(r"Host started: (http://\S+)", "".join(lines))
-            url = found.group(1) if found else None
-            time.sleep(0.05)
-        assert url is not None, "".join(lines)
+        found = eventually(
+            lambda: re.search(r"Host started: (http://\S+)", "".join(lines)),
+            lambda: "the emulator starts:\n" + "".join(lines),
+            HANG,
+        )
+        url = found.group(1)
         host, port = url.split("//", 1)[1].rsplit(":", 1)
         _, before = rss_kib(process.pid)
         size = 128 * 1024 * 1024

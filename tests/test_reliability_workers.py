@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLES, arun, until
+from conftest import EXAMPLES, arun, eventually, until
 from emulator_support import RunningEmulator, request, write_app
 from example_apps import CANCELLED, FAILURE, SUCCESS, start
 
@@ -182,13 +182,13 @@ def starts(running: RunningEmulator) -> int:
 def wait_served_by_a_new_worker(running: RunningEmulator, old_pid: str, since: float) -> float:
     """Poll /api/ok until a worker other than `old_pid` answers; seconds since `since` (for
     printing: the 60 s limit only catches a hang)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def served_by_another() -> bool:
         reply = running.request("GET", "/api/ok", timeout=30)
-        if reply.status == 200 and reply.text != old_pid:
-            return time.monotonic() - since
-        time.sleep(0.02)
-    raise AssertionError("no new worker served within 60 s:\n" + running.output)
+        return reply.status == 200 and reply.text != old_pid
+
+    eventually(served_by_another, lambda: "a new worker serves:\n" + running.output)
+    return time.monotonic() - since
 
 
 # -- the python example --------------------------------------------------------------------
@@ -332,14 +332,14 @@ def test_heavy_stdout_and_stderr_stall_neither_the_worker_nor_the_emulator(
 def wait_flooding(running: RunningEmulator) -> None:
     """Wait until the noisy function's lines reach the console (only new lines are read)."""
     seen = 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def noisy() -> bool:
+        nonlocal seen
         new = running.sink.lines[seen:]
-        if any(line.endswith("x" * 99) for line in new):
-            return
         seen += len(new)
-        time.sleep(0.02)
-    raise AssertionError("no noisy output within 60 s:\n" + running.output[-3000:])
+        return any(line.endswith("x" * 99) for line in new)
+
+    eventually(noisy, lambda: "noisy output on the console:\n" + running.output[-3000:])
 
 
 # -- leaked threads, and the stream dropping ------------------------------------------------
@@ -380,13 +380,11 @@ class HostProcess:
             self.lines.append(line)
 
     def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(pattern, "".join(self.lines))
-            if found:
-                return found
-            time.sleep(0.02)
-        raise AssertionError(f"{pattern!r} not seen within {timeout} s:\n" + "".join(self.lines))
+        return eventually(
+            lambda: re.search(pattern, "".join(self.lines)),
+            lambda: f"{pattern!r} on the console:\n" + "".join(self.lines),
+            timeout,
+        )
 
     def close(self) -> None:
         if self.process.poll() is None:
