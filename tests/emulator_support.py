@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import re
+import subprocess
 import sys
 import threading
 import urllib.error
@@ -270,3 +272,62 @@ def request(
         if isinstance(error, TimeoutError) or isinstance(error.reason, TimeoutError):
             raise AssertionError(f"no reply to {method} {url} within {timeout:g} s") from error
         raise
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie is dead: only its parent, or init, must reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+class HostSubprocess:
+    """``workerkit host`` run as a user runs it (``--port 0``), its console collected."""
+
+    def __init__(self, app: Path, worker: Path, *extra: str, open_files: int | None = None) -> None:
+        command = [sys.executable, "-m", "workerkit", "host", str(app), "--worker", str(worker),
+                   "--port", "0", *extra]  # fmt: skip
+        if open_files is not None:  # started under that open-file limit (ulimit -n)
+            command = ["sh", "-c", f'ulimit -n {open_files} && exec "$@"', "sh", *command]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "NO_COLOR": "1"},
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+        try:
+            self.url = self.wait_for(r"Host started: (http://\S+)").group(1)
+        except BaseException:
+            self.close()
+            raise
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
+        """The first match of `pattern` on the console, once it is there (`timeout` only
+        catches a hang)."""
+        return eventually(
+            lambda: re.search(pattern, self.output),
+            lambda: f"{pattern!r} on the console:\n{self.output}",
+            timeout,
+        )
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        code = self.process.wait(timeout)
+        self._reader.join(timeout)
+        return code
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(60)

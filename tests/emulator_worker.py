@@ -157,6 +157,28 @@ class EmulatorWorker(workerkit.Worker):
         await asyncio.sleep(0.05)  # let the log reach the host
         os._exit(3)
 
+    async def fn_linger(self, invocation: Invocation) -> Any:
+        """Leaves what outlives a stream: an exit handler that never returns (it prints a line
+        first) and a child process in the worker's process group; then runs until the file
+        named by ``?until`` exists."""
+        import atexit
+        import subprocess
+        import sys
+        import time
+
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+        def linger() -> None:
+            print("lingering after the stream ended", flush=True)
+            time.sleep(600)
+
+        atexit.register(linger)
+        log.info("linger: worker pid %d, child pid %d", os.getpid(), child.pid)
+        until = invocation.inputs["req"].query["until"]
+        while not os.path.exists(until):
+            await asyncio.sleep(0.01)
+        return HttpResponse(body="released")
+
     async def fn_exit0(self, invocation: Invocation) -> Any:
         os._exit(0)
 

@@ -165,6 +165,57 @@ def test_a_function_past_its_timeout_is_500_and_the_worker_keeps_serving(
     print(f"\nfunctionTimeout 2 s: the 500 came {answered:.2f} s after the request")
 
 
+def test_host_json_http_throttles_queue_requests_then_answer_429(tmp_path: Path) -> None:
+    """maxConcurrentRequests 1 and maxOutstandingRequests 2, as the host applies them: one
+    request runs, one waits its turn, one more is answered 429 with the host's scale-out
+    header and no body; /admin requests are never throttled."""
+    release = tmp_path / "release"
+    app = write_app(
+        tmp_path,
+        {"slow": http_function(["get"]), "echo": http_function(["get"])},
+        host={"extensions": {"http": {"maxConcurrentRequests": 1, "maxOutstandingRequests": 2}}},
+    )
+    running = RunningEmulator(EmulatorOptions(app, write_worker(tmp_path), port=0)).start()
+    threads: list[threading.Thread] = []
+    try:
+        assert running.start_error is None, running.output
+        until = urllib.parse.quote(str(release))
+        slow: list[Response] = []
+        more: list[Response] = []
+        threads.append(
+            threading.Thread(
+                target=lambda: slow.append(
+                    running.request("GET", f"/api/slow?until={until}", timeout=60)
+                )
+            )
+        )
+        threads[0].start()
+        running.wait_for("Executing 'Functions.slow'")
+        for _ in range(2):  # the first to arrive waits its turn; the queue is then full
+            threads.append(
+                threading.Thread(
+                    target=lambda: more.append(running.request("GET", "/api/echo", timeout=60))
+                )
+            )
+            threads[-1].start()
+        [refused] = eventually(lambda: list(more), "an answer to one of the two requests")
+        assert (refused.status, refused.body) == (429, b"")
+        assert refused.headers["X-FUNCTION-SCALEOUT"] == "1"
+        assert running.request("GET", "/admin/host/status").status == 200
+        release.touch()
+        for thread in threads:
+            thread.join(60)
+        assert [r.status for r in slow] == [200]
+        assert sorted(r.status for r in more) == [200, 429]
+        running.wait_for("Http request queue limit of 2 has been exceeded")
+        assert running.request("GET", "/api/echo").status == 200
+    finally:
+        release.touch()
+        for thread in threads:
+            thread.join(60)
+        assert running.stop() == 0
+
+
 def test_response_status_headers_cookies_and_bodies(main: RunningEmulator) -> None:
     reply = main.request("GET", "/api/respond?status=201&body=hi")
     assert (reply.status, reply.text) == (201, "hi")
@@ -492,6 +543,7 @@ def test_the_command_is_registered() -> None:
     )
     assert result.returncode == 0
     assert "--max-body-size" in result.stdout and "--worker" in result.stdout
+    assert "--max-connections" in result.stdout
 
 
 def _wait_line(lines: list[str], marker: str) -> str:

@@ -284,6 +284,23 @@ def test_host_json(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("http", "expected"),
+    [
+        ({}, (None, None)),
+        ({"maxConcurrentRequests": 4, "maxOutstandingRequests": 10}, (4, 10)),
+        ({"MaxConcurrentRequests": "4", "maxoutstandingrequests": " 10 "}, (4, 10)),
+        ({"maxConcurrentRequests": -1, "maxOutstandingRequests": "-1"}, (None, None)),
+    ],
+)
+def test_host_json_http_throttles(
+    tmp_path: Path, http: dict[str, Any], expected: tuple[int | None, int | None]
+) -> None:
+    write_host(tmp_path, {"version": "2.0", "extensions": {"http": http}})
+    settings = read_host_json(tmp_path)
+    assert (settings.max_concurrent_requests, settings.max_outstanding_requests) == expected
+
+
+@pytest.mark.parametrize(
     ("document", "reason"),
     [
         ("{", "not valid JSON"),
@@ -298,6 +315,20 @@ def test_host_json(tmp_path: Path) -> None:
             "routePrefix must be a string",
         ),
         ({"version": "2.0", "functions": "a"}, "'functions' must be an array"),
+        *(
+            (
+                {"version": "2.0", "extensions": {"http": {name: value}}},
+                f"extensions.http.{name} must be a positive integer or -1",
+            )
+            for name, value in [
+                ("maxConcurrentRequests", 0),
+                ("maxOutstandingRequests", -2),
+                ("maxOutstandingRequests", "many"),
+                ("maxConcurrentRequests", 1.5),
+                ("maxConcurrentRequests", True),
+                ("maxConcurrentRequests", "--1"),
+            ]
+        ),
     ],
 )
 def test_host_json_rejections(tmp_path: Path, document: Any, reason: str) -> None:

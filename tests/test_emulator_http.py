@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from workerkit._generated import AzureFunctionsRpcMessages as pb
 from workerkit._generated import NullableBool, NullableDouble, NullableString, NullableTimestamp
+from workerkit.emulator._http import RateLimited
 from workerkit.emulator._routes import Route, RouteEntry, RouteError, Router
 from workerkit.emulator._rpchttp import (
     IncomingRequest,
@@ -397,3 +398,20 @@ def test_json_triggers_validate_their_input() -> None:
     assert docs == pb.TypedData(json='[{"id":1}]')
     other, metadata = trigger_data({"type": "rabbitMQTrigger"}, "m", capabilities={})
     assert other == pb.TypedData(string="m") and metadata == {}
+
+
+# -- console lines about limits ---------------------------------------------------------------
+def test_a_rate_limited_line_is_written_at_most_once_per_interval_with_a_count() -> None:
+    now = [100.0]
+    lines: list[str] = []
+    limited = RateLimited(lines.append, interval=10.0, clock=lambda: now[0])
+    for _ in range(5):  # the first is written at once, the next four held back
+        limited(lambda held: f"{held} refused")
+    now[0] += 9.9
+    limited(lambda held: f"{held} refused")
+    assert lines == ["1 refused"]
+    now[0] += 0.1
+    limited(lambda held: f"{held} refused")  # ten seconds after the last line: all six
+    now[0] += 60
+    limited(lambda held: f"{held} refused")
+    assert lines == ["1 refused", "6 refused", "1 refused"]

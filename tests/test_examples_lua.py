@@ -252,3 +252,176 @@ def test_end_to_end_through_workerkit_host_with_real_http() -> None:
     with emulator(EXAMPLES / "lua", APP) as url:
         assert http("GET", f"{url}/api/hello?name=Ada&lang=es") == (200, b"Hola, Ada!\n")
         assert http("GET", f"{url}/api/hello")[0] == 400
+
+
+# --- Containment (issue 11): memory, code the count hook cannot see, Python objects, sizes ---
+
+RUN = "return function(inputs) return assert(load(inputs.msg))() end"  # runs the text it gets
+TABLES_40MB = "local t = {} for i = 1, 2.5e5 do t[i] = {i, tostring(i), {x = i}} end"
+HEAVY = {
+    # ~40 MiB of tables, then the cap is hit inside json.encode / json.decode.
+    "encode": TABLES_40MB + " return json.encode(t)",
+    "decode": "local s = '[' .. string.rep('[1,2,3,{\"a\":\"bbbbbbbbbb\"}],', 1e5) .. '1]' "
+    "local t = json.decode(s) local more = {} for i = 1, 1e7 do more[i] = {i} end return #t",
+    "decode2": "local s = '[' .. string.rep('[1,2,3,{\"a\":\"bbbbbbbbbb\"}],', 1.2e5) .. '1]' "
+    "local keep = {} for i = 1, 12 do keep[i] = json.decode(s) end return #keep",
+    "result": TABLES_40MB + " return t, {more = t}",
+}
+
+
+def test_the_memory_cap_inside_json_and_conversions_fails_the_call_not_the_worker(
+    tmp_path: Path,
+) -> None:
+    # Hitting LUA_MAX_MEMORY_MB while Python code was building Lua values (json.decode) used
+    # to deadlock the whole worker: status, cancel and SIGTERM included.
+    app = tmp_path / "app"
+    (app / "run").mkdir(parents=True)
+    (app / "run" / "run.lua").write_text(RUN)
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            worker, conn = await start(host, "lua", app=app, env={"WORKERKIT_THREADS": "2"})
+            assert (await load(conn, app, "run")).result.status == SUCCESS
+            for name, code in HEAVY.items():
+                reply = await conn.invoke("run", {"msg": code}, timeout=60)
+                if reply.result.status != SUCCESS:  # some of these fit, some do not
+                    assert reply.result.status == FAILURE, (name, reply.result)
+                    message = reply.result.exception.message
+                    assert "not enough memory" in message or "too large" in message, message
+                # Still serving: a status request and an ordinary call.
+                await conn.status(timeout=60)
+                reply = await conn.invoke("run", {"msg": "return 'fine'"}, timeout=60)
+                assert decode_output(reply.return_value) == "fine", name
+            assert worker.process.returncode is None
+            await conn.terminate()
+            assert await worker.wait(60) == 0
+
+    arun(scenario())
+
+
+ESCAPING = {
+    # xpcall's message handler: Lua runs it where the hook raised the cancel, hooks off.
+    "handler": "return xpcall(function() print('spinning') while true do end end,"
+    " function() while true do end end)",
+    # endless C loops: the count hook never runs inside them
+    "move": "print('spinning') return table.move({}, 1, 1e15, 2)",
+    "insert": "print('spinning') local t = setmetatable({}, {__len = function() return 1e15 end})"
+    " table.insert(t, 1, 'x')",
+    "remove": "print('spinning') local t = setmetatable({}, {__len = function() return 1e15 end})"
+    " table.remove(t, 1)",
+    "rep": "print('spinning') local n = #string.rep('', 1e15) .. #(''):rep(1e15, '')"
+    " while true do end",
+}
+
+
+def test_code_the_count_hook_could_not_see_is_stopped_by_cancel(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    (app / "run").mkdir(parents=True)
+    (app / "run" / "run.lua").write_text(RUN)
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            # One pool thread: a call that was not really stopped would block the next one.
+            _, conn = await start(host, "lua", app=app, env={"WORKERKIT_THREADS": "1"})
+            assert (await load(conn, app, "run")).result.status == SUCCESS
+            for name, code in ESCAPING.items():
+                pending = await conn.start_invocation("run", {"msg": code})
+                await running(conn, pending.invocation_id)
+                await conn.cancel(pending.invocation_id)
+                assert (await pending.result(60)).result.status == CANCELLED, name
+                reply = await conn.invoke("run", {"msg": "return 'free'"}, timeout=60)
+                assert decode_output(reply.return_value) == "free", name
+
+            # A key whose __tostring loops: the result is refused without calling it.
+            code = ("local k = setmetatable({}, {__tostring = function() while true do end end})"
+                    " return {[k] = 1}")  # fmt: skip
+            reply = await conn.invoke("run", {"msg": code}, timeout=60)
+            assert reply.result.status == FAILURE
+            assert "keys must be strings or numbers, not a table" in (
+                reply.result.exception.message
+            )
+            # The replacements behave as Lua's own.
+            code = """
+              local t = {} table.insert(t, 'b') table.insert(t, 1, 'a') table.insert(t, 3, 'c')
+              local first, last = table.remove(t, 1), table.remove(t)
+              local ok, err = pcall(table.insert, t, 5, 'x')
+              return {first, last, t, table.move({1, 2, 3}, 1, 3, 2),
+                      table.move({1, 2, 3}, 2, 3, 1), table.move({1, 2}, 1, 2, 1, {}),
+                      string.rep('ab', 3, ','), ('x'):rep(2), #string.rep('', 1e15), err}
+            """
+            reply = await conn.invoke("run", {"msg": code}, timeout=60)
+            assert decode_output(reply.return_value) == [
+                "a", "c", ["b"], [1, 1, 2, 3], [2, 3, 3], [1, 2], "ab,ab,ab", "xx", 0,
+                "bad argument #2 to 'insert' (position out of bounds)",
+            ]  # fmt: skip
+
+    arun(scenario())
+
+
+def test_no_python_object_reaches_lua_code_and_sizes_are_bounded(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    (app / "run").mkdir(parents=True)
+    (app / "run" / "run.lua").write_text(RUN)
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            _, conn = await start(host, "lua", app=app)
+            assert (await load(conn, app, "run")).result.status == SUCCESS
+            # An error from a Python callback used to arrive as a Python object whose shared
+            # metatable took a __gc, run later with hooks off and the GIL held.
+            code = """
+              local ok, err = pcall(json.decode, '{bad')
+              local ok2, err2 = pcall(require, {})
+              return {type(err), err, type(err2), getmetatable(err) == getmetatable('')}
+            """
+            reply = await conn.invoke("run", {"msg": code}, timeout=60)
+            kind, message, kind2, string_metatable = decode_output(reply.return_value)
+            assert (kind, kind2, string_metatable) == ("string", "string", True)
+            assert "json.decode: Expecting property name" in message
+
+            # A kilobyte of shared subtables is 2^22 leaves once converted: refused, fast.
+            code = "local t = {'x'} for i = 1, 22 do t = {t, t} end return t"
+            reply = await conn.invoke("run", {"msg": code}, timeout=60)
+            assert reply.result.status == FAILURE
+            assert "too large (over LUA_MAX_MEMORY_MB" in reply.result.exception.message
+            code = "local t = {'x'} for i = 1, 22 do t = {t, t} end return json.encode(t)"
+            reply = await conn.invoke("run", {"msg": code}, timeout=60)
+            assert "json.encode: the value is too large" in reply.result.exception.message
+
+            # 20 MiB log lines: 64 KiB of each is logged, the rest counted.
+            code = "local s = string.rep('x', 20 << 20) print(s) log.warn(s) return 'logged'"
+            reply = await conn.invoke("run", {"msg": code}, timeout=60)
+            assert decode_output(reply.return_value) == "logged"
+            lines = [e.message for e in conn.logs_for(reply.invocation_id)]
+            note = f" [{(20 << 20) - (64 << 10)} more bytes not logged]"
+            assert lines == ["x" * (64 << 10) + note] * 2
+
+    arun(scenario())
+
+
+def test_a_call_stuck_in_c_after_its_cancel_gets_the_worker_replaced(tmp_path: Path) -> None:
+    # A backtracking pattern: string.find would run for longer than anyone waits, and the
+    # count hook cannot interrupt it. Past LUA_STUCK_SECONDS the worker asks for a restart.
+    app = tmp_path / "app"
+    (app / "run").mkdir(parents=True)
+    (app / "run" / "run.lua").write_text(RUN)
+    code = "print('searching') return string.find(string.rep('a', 60), string.rep('a*', 30) .. 'b')"
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            env = {"LUA_STUCK_SECONDS": "1"}
+            worker, conn = await start(host, "lua", app=app, env=env)
+            assert (await load(conn, app, "run")).result.status == SUCCESS
+            stuck = await conn.start_invocation("run", {"msg": code})
+            await running(conn, stuck.invocation_id)
+            await conn.cancel(stuck.invocation_id)
+            assert (await stuck.result(60)).result.status == CANCELLED
+            assert await worker.wait(60) == 200  # the host's "restart me" status
+            errors = [m.message for m in conn.logs_for("") if m.level == LEVEL.Error]
+            assert any(
+                "did not stop 1 s after it was cancelled" in m
+                and "asking the host for a new worker process" in m
+                for m in errors
+            ), errors
+
+    arun(scenario())

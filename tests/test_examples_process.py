@@ -236,7 +236,7 @@ def test_failures_timeouts_and_cancel_kill_the_process_group(tmp_path: Path) -> 
             pids = written_pids(child_pid, parent_pid)
             reply = await pending.result(60)
             assert reply.result.status == FAILURE
-            assert "timed out after 1.5 s; its process group was killed" in (
+            assert "timed out after 1.5 s; its processes were killed" in (
                 reply.result.exception.message
             )
             if pids:

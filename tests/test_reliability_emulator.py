@@ -15,6 +15,7 @@ import os
 import random
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +26,15 @@ from pathlib import Path
 
 import pytest
 from conftest import eventually
-from emulator_support import RunningEmulator, http_function, request, write_app, write_worker
+from emulator_support import (
+    HostSubprocess,
+    RunningEmulator,
+    alive,
+    http_function,
+    request,
+    write_app,
+    write_worker,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -565,3 +574,121 @@ def test_oversized_bodies_are_refused_without_being_buffered(tmp_path: Path) -> 
     finally:
         process.terminate()
         assert process.wait(60) == 0
+
+
+def test_ctrl_c_while_a_timed_out_worker_is_restarted_stops_cleanly_and_kills_the_worker(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C while the emulator restarts a worker after a function timeout, just when that
+    worker has ended its stream but its process lives on (an exit handler that never
+    returns): the emulator exits 0 without a traceback, and the worker and the child in its
+    process group are gone (it used to crash with StreamClosedError, leaving them running)."""
+    release = tmp_path / "release"
+    app = write_app(
+        tmp_path,
+        {"linger": http_function(["get"])},
+        host={"functionTimeout": "00:00:01"},
+        # Without the cancel capability the timed-out call stays unanswered: a restart.
+        settings={"WK_CAPS": json.dumps({"HandlesInvocationCancelMessage": ""})},
+    )
+    host = HostSubprocess(app, write_worker(tmp_path))
+    pids: list[int] = []
+    try:
+        replies: list[int] = []
+        caller = threading.Thread(
+            target=lambda: replies.append(
+                request("GET", f"{host.url}/api/linger?until={release}", timeout=HANG).status
+            )
+        )
+        caller.start()
+        found = host.wait_for(r"linger: worker pid (\d+), child pid (\d+)")
+        pids = [int(found.group(1)), int(found.group(2))]
+        host.wait_for("A function timeout has occurred. Restarting worker process")
+        caller.join(HANG)
+        assert replies == [500]
+        release.touch()  # the worker drains at once, ends its stream, then lingers
+        host.wait_for("lingering after the stream ended")
+        host.process.send_signal(signal.SIGINT)
+        assert host.wait_exit(HANG) == 0, host.output
+        assert "Traceback" not in host.output, host.output
+        assert "Host stopped." in host.output
+        eventually(
+            lambda: not any(alive(pid) for pid in pids),
+            lambda: f"worker and child gone: {[p for p in pids if alive(p)]} alive",
+            HANG,
+        )
+    finally:
+        host.close()
+        for pid in pids:  # whatever happened, leave nothing behind
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+STATUS_REQUEST = b"GET /admin/host/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def served(running_address: tuple[str, int]) -> int | None:
+    """The status of a request on a new connection; None when it was closed unanswered."""
+    with socket.create_connection(running_address, timeout=HANG) as sock:
+        try:
+            sock.sendall(STATUS_REQUEST)
+        except (BrokenPipeError, ConnectionResetError):
+            return None
+        return status_of(read_until_closed(sock, "a status request"))
+
+
+def test_connections_past_the_cap_are_closed_unanswered_and_the_console_says_how_to_raise_it(
+    tmp_path: Path,
+) -> None:
+    app = write_app(tmp_path, {"echo": http_function()})
+    options = EmulatorOptions(app, write_worker(tmp_path), port=0, max_connections=3)
+    running = RunningEmulator(options).start()
+    held: list[socket.socket] = []
+    try:
+        assert running.start_error is None, running.output
+        where = address(running)
+        held = [socket.create_connection(where, timeout=HANG) for _ in range(3)]
+        # Connections are accepted in the order they were made: these three come first.
+        assert [served(where) for _ in range(2)] == [None, None]
+        line = running.wait_for("Raise the limit with --max-connections")
+        assert "3 connections are open, the limit: a new one was closed without a response" in line
+        # The open ones are still served.
+        held[0].sendall(STATUS_REQUEST)
+        assert status_of(read_until_closed(held[0], "a held connection")) == 200
+        held[1].close()
+        eventually(  # once the emulator has seen those two go, a new one is served again
+            lambda: served(where) == 200, "a new connection is served once two have closed", HANG
+        )
+        still_serving(running)
+    finally:
+        for sock in held:
+            sock.close()
+        assert running.stop() == 0
+    assert "Traceback" not in running.output
+
+
+def test_the_connection_cap_is_lowered_to_fit_the_open_file_limit(tmp_path: Path) -> None:
+    """Under ``ulimit -n 100`` the default cap of 1,000 could not be reached: accept() would
+    fail first and asyncio print tracebacks. The emulator lowers it to what fits (100 less
+    64 kept for itself) and says why when it is hit."""
+    app = write_app(tmp_path, {"echo": http_function()})
+    host = HostSubprocess(app, write_worker(tmp_path), open_files=100)
+    held: list[socket.socket] = []
+    try:
+        hostname, port = host.url.split("//", 1)[1].rsplit(":", 1)
+        where = (hostname, int(port))
+        held = [socket.create_connection(where, timeout=HANG) for _ in range(36)]
+        assert served(where) is None
+        host.wait_for(
+            r"36 connections are open, the limit \(lowered from 1000 to fit the open-file"
+            r" limit, ulimit -n 100\)"
+        )
+        held.pop().close()
+        eventually(lambda: served(where) == 200, "served again once one has closed", HANG)
+        host.process.send_signal(signal.SIGTERM)
+        assert host.wait_exit(HANG) == 0
+        assert "Traceback" not in host.output, host.output
+    finally:
+        for sock in held:
+            sock.close()
+        host.close()

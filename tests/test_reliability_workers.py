@@ -738,3 +738,286 @@ def test_a_runaway_lua_loop_through_workerkit_host_times_out_without_a_restart(
     finally:
         assert running.stop() == 0
     print(f"\na Lua loop through workerkit host: 500 after {answered:.2f} s (functionTimeout 2 s)")
+
+
+# -- the process example: what a function leaves running, and its stdout --------------------
+#
+# Daemons (setsid, a double fork) and a cleared environment; stdout held open by a process the
+# worker cannot reach; a flood of stdout. Every daemon a test starts writes its pid to a file,
+# and the test kills it itself if the worker did not.
+
+DETACHED = """#!/usr/bin/env bash
+# Forked twice, in its own session: its parent (the subshell) exits at once, so it is
+# orphaned straight away.
+( setsid sleep 300 > /dev/null 2>&1 < /dev/null & echo "$!" > orphan.pid )
+# Its own session and no environment: nothing tells which invocation it came from.
+env -i "$(command -v setsid)" "$(command -v sleep)" 300 > /dev/null 2>&1 < /dev/null &
+echo "$!" > bare.pid
+# Once it runs sleep (its environment cleared, its session its own), not before:
+until tr '\\0' ' ' < /proc/$!/cmdline | grep -q "sleep 300"; do
+    [ -e /proc/$! ] || exit 1
+    sleep 0.01
+done
+printf '{"returnValue": "detached"}'
+"""
+HOLDING = """#!/usr/bin/env bash
+# In its own session, holding stdout and stderr open:
+setsid sleep 300 &
+echo "$!" > held.pid
+printf '{"returnValue": "holding"}'
+"""
+WAITING = """#!/usr/bin/env bash
+# A daemon of its own, then wait (a minute at most) until the test creates `release`.
+setsid sleep 300 > /dev/null 2>&1 < /dev/null &
+echo "$!" > mine.pid
+for _ in $(seq 3000); do [ -e release ] && break; sleep 0.02; done
+printf '{"returnValue": "released"}'
+"""
+HAND_OVER = """import json, socket, sys
+
+# Hand stdout and stderr to a process outside the worker's tree (the test), then exit.
+request = json.load(sys.stdin)
+with socket.socket(socket.AF_UNIX) as holder:
+    holder.connect("\\0" + request["inputs"]["msg"])
+    socket.send_fds(holder, [b"fds"], [1, 2])
+    holder.recv(1)  # the holder has them
+print(json.dumps({"returnValue": "printed, then exited"}))
+"""
+PADDED = """import json, sys
+
+# A small result, then `mib` MiB of spaces (valid JSON whitespace).
+mib = int(json.load(sys.stdin)["inputs"]["msg"])
+sys.stdout.write('{"returnValue": "ok"}')
+for _ in range(mib):
+    sys.stdout.write(" " * (1 << 20))
+"""
+ENDLESS = "#!/usr/bin/env bash\nexec yes\n"
+
+
+def process_app(root: Path) -> Path:
+    scripts = {"detached.sh": DETACHED, "holding.sh": HOLDING, "waiting.sh": WAITING,
+               "handover.py": HAND_OVER, "padded.py": PADDED, "endless.sh": ENDLESS,
+               "echo.sh": ECHO}  # fmt: skip
+    for script, source in scripts.items():
+        (root / script).with_suffix("").mkdir(parents=True)
+        (root / script).with_suffix("").joinpath(script).write_text(source)
+    return root
+
+
+async def load_process_app(conn: Any, app: Path) -> None:
+    for folder in sorted(app.iterdir()):
+        (script,) = folder.iterdir()
+        reply = await conn.load(
+            folder.name, folder.name, script_file=str(script), directory=str(folder),
+            bindings={"msg": binding("queueTrigger"), "$return": binding("queue", "out")},
+        )  # fmt: skip
+        assert reply.result.status == SUCCESS, reply.result
+
+
+def pid_written(file: Path) -> bool:
+    """`file` holds a whole pid (echo writes the number, then a newline)."""
+    return file.exists() and file.read_text().endswith("\n")
+
+
+def read_pids(folder: Path, *names: str) -> dict[str, int]:
+    return {name: int((folder / f"{name}.pid").read_text()) for name in names}
+
+
+def kill_leftover(pid: int) -> None:
+    """Kill `pid` if it is still one of the tests' sleepers (the worker did not)."""
+    with contextlib.suppress(OSError):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if alive(pid) and argv[0].endswith(b"sleep") and argv[1:2] == [b"300"]:
+            os.kill(pid, signal.SIGKILL)
+
+
+def zombie_children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if entry.name.isdigit() and fields[0] == "Z" and int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="containment beyond the group is Linux's")
+def test_daemons_a_process_function_leaves_are_killed_and_hold_no_invocation(
+    tmp_path: Path,
+) -> None:
+    app = process_app(tmp_path / "app")
+    pids: dict[str, int] = {}
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            # The default timeout (300 s): a held stdout must not be what ends the call.
+            worker, conn = await start(host, "process", app=app)
+            await load_process_app(conn, app)
+
+            # A daemon forked twice is killed when the invocation ends.
+            reply = await conn.invoke("detached", {"msg": "x"})
+            pids.update(read_pids(app / "detached", "orphan", "bare"))
+            assert reply.result.status == SUCCESS, reply.result
+            assert decode_output(reply.return_value) == "detached"
+            await until(lambda: not alive(pids["orphan"]), 60)
+
+            # One that holds stdout open does not hold the invocation, and is killed too.
+            reply = await conn.invoke("holding", {"msg": "x"}, timeout=60)  # 60: a hang
+            pids.update(read_pids(app / "holding", "held"))
+            assert reply.result.status == SUCCESS, reply.result
+            assert decode_output(reply.return_value) == "holding"
+            await until(lambda: not alive(pids["held"]), 60)
+
+            # The worker collected the orphans it adopted: no zombie children are left once
+            # another invocation has ended.
+            reply = await conn.invoke("echo", {"msg": "still serving"})
+            assert decode_output(reply.return_value)["body"]["request"]["inputs"] == {
+                "msg": "still serving"
+            }
+            assert zombie_children(worker.process.pid) == []
+
+            # The one with no environment in a session of its own cannot be told apart (the
+            # documented limit): it lives until the worker exits.
+            assert alive(pids["bare"])
+            await conn.terminate()
+            assert await worker.wait(60) == 0
+            await until(lambda: not alive(pids["bare"]), 60)
+
+    try:
+        arun(scenario(), timeout=240)
+    finally:
+        for file in app.glob("*/*.pid"):  # also those a failed run did not get to read
+            with contextlib.suppress(ValueError):
+                pids[file.stem] = int(file.read_text())
+        for pid in pids.values():
+            kill_leftover(pid)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="containment beyond the group is Linux's")
+def test_an_invocation_ending_kills_only_its_own_daemons(tmp_path: Path) -> None:
+    app = process_app(tmp_path / "app")
+    pids: dict[str, int] = {}
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            _, conn = await start(host, "process", app=app)
+            await load_process_app(conn, app)
+            waiting = await conn.start_invocation("waiting", {"msg": "x"})
+            await until(lambda: pid_written(app / "waiting" / "mine.pid"), 60)
+            pids.update(read_pids(app / "waiting", "mine"))
+
+            # Another invocation ends, and its daemon is killed; not the running one's.
+            reply = await conn.invoke("holding", {"msg": "x"}, timeout=60)
+            pids.update(read_pids(app / "holding", "held"))
+            assert reply.result.status == SUCCESS, reply.result
+            await until(lambda: not alive(pids["held"]), 60)
+            assert alive(pids["mine"]) and not waiting.future.done()
+
+            (app / "waiting" / "release").touch()
+            reply = await waiting.result(60)
+            assert decode_output(reply.return_value) == "released"
+            await until(lambda: not alive(pids["mine"]), 60)
+
+    try:
+        arun(scenario(), timeout=240)
+    finally:
+        for file in app.glob("*/*.pid"):
+            with contextlib.suppress(ValueError):
+                pids[file.stem] = int(file.read_text())
+        for pid in pids.values():
+            kill_leftover(pid)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="abstract unix sockets are Linux's")
+def test_stdout_held_by_a_process_out_of_reach_does_not_hold_the_invocation(
+    tmp_path: Path,
+) -> None:
+    import socket
+    import uuid
+
+    app = process_app(tmp_path / "app")
+    address = f"workerkit-test-{uuid.uuid4()}"
+    held: list[int] = []
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind("\0" + address)
+        listener.listen(1)
+        listener.settimeout(60)
+
+        def hold() -> None:  # keep the function's stdout and stderr open until the end
+            with contextlib.suppress(OSError):
+                connection, _ = listener.accept()
+                with connection:
+                    _, fds, _, _ = socket.recv_fds(connection, 16, 2)
+                    held.extend(fds)
+                    connection.sendall(b"k")
+
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
+
+        async def scenario() -> None:
+            async with TestHost() as host:
+                _, conn = await start(host, "process", app=app)
+                await load_process_app(conn, app)
+                reply = await conn.invoke("handover", {"msg": address}, timeout=60)  # a hang
+                assert reply.result.status == SUCCESS, reply.result
+                assert held, "the function handed over its stdout"
+                assert decode_output(reply.return_value) == "printed, then exited"
+                assert any(
+                    "handover.py exited 1 s ago but its stdout or stderr is still open"
+                    in entry.message
+                    for entry in conn.logs_for(reply.invocation_id)
+                ), conn.logs_for(reply.invocation_id)
+
+        try:
+            arun(scenario(), timeout=120)
+        finally:
+            if holder.is_alive():  # the function never connected: wake the holder
+                with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as waker:
+                    waker.connect("\0" + address)
+            holder.join(60)
+            for fd in held:
+                os.close(fd)
+
+
+def worker_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the worker's CPU time in /proc")
+def test_a_process_functions_stdout_is_read_in_linear_time_and_capped(tmp_path: Path) -> None:
+    """60 MiB of stdout at once must cost the worker about the CPU time of 4 calls printing
+    15 MiB each (the same bytes), not 4 times that: a ratio of two measurements on the same
+    machine, whatever its speed (the least of two rounds, against noise). Past MAX_STDOUT
+    (64 MiB) the call fails, saying so."""
+    app = process_app(tmp_path / "app")
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            worker, conn = await start(host, "process", app=app)
+            await load_process_app(conn, app)
+
+            async def cpu_for(*sizes: int) -> float:
+                before = worker_cpu_seconds(worker.process.pid)
+                for mib in sizes:
+                    reply = await conn.invoke("padded", {"msg": str(mib)}, timeout=60)
+                    assert reply.result.status == SUCCESS, reply.result
+                    assert decode_output(reply.return_value) == "ok"
+                return worker_cpu_seconds(worker.process.pid) - before
+
+            rounds = [(await cpu_for(15, 15, 15, 15), await cpu_for(60)) for _ in range(2)]
+            spread, whole = (min(costs) for costs in zip(*rounds, strict=True))
+            print(f"\nprocess stdout: 4 x 15 MiB read in {spread:.2f} s of worker CPU,"
+                  f" 60 MiB at once in {whole:.2f} s")  # fmt: skip
+            assert whole < 2 * max(spread, 0.05), rounds
+
+            reply = await conn.invoke("endless", {"msg": "x"}, timeout=60)
+            assert reply.result.status == FAILURE
+            assert reply.result.exception.message == (
+                "endless.sh printed more than 64 MiB on stdout (MAX_STDOUT), so its processes"
+                " were killed; a result is one JSON object within that size"
+            )
+            reply = await conn.invoke("padded", {"msg": "0"})
+            assert decode_output(reply.return_value) == "ok"
+
+    arun(scenario(), timeout=240)

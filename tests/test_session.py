@@ -586,6 +586,36 @@ def test_cancel_during_an_async_invocation() -> None:
     arun(scenario())
 
 
+def test_an_async_hook_swallowing_cancellation_is_answered_cancelled_while_it_runs_on() -> None:
+    """The host gets its one Cancelled promptly although the coroutine ignores the cancel (a
+    catch-all `except BaseException`); the coroutine runs on, holding its slot of
+    max_in_flight, and what it returns at last is dropped, with a warning naming it."""
+
+    async def scenario() -> None:
+        worker = Scenarios(options=WorkerOptions(max_in_flight=1))
+        async with serving(worker) as (conn, _):
+            stubborn = await load(conn, "stubborn")
+            value = await load(conn, "value")
+            pending = await conn.start_invocation(stubborn)
+            await asyncio.to_thread(worker.started.acquire)
+            await conn.cancel(pending.invocation_id)
+            reply = await pending.result(timeout=60)  # used to come only once the hook returned
+            assert reply.result.status == CANCELLED
+            assert worker.cancelled == [pending.invocation_id]  # swallowed: it runs on
+            assert not worker.release.is_set()
+            [warning] = [e.message for e in conn.logs if "answered Cancelled" in e.message]
+            assert "'stubborn'" in warning and pending.invocation_id in warning
+            # Its slot is still taken: the next invocation runs once the coroutine returns.
+            queued = await conn.start_invocation(value, {"value": 7})
+            worker.release.set()
+            assert (await queued.result(timeout=60)).result.status == SUCCESS
+            await conn.status()  # the stream is ordered: a late second reply would be here
+            assert len(responses_for(conn, pending.invocation_id)) == 1
+            assert conn.unmatched == []
+
+    arun(scenario(), timeout=120)
+
+
 def test_cancel_before_start_while_queued() -> None:
     async def scenario() -> None:
         worker = Scenarios(options=WorkerOptions(max_in_flight=1))
@@ -699,6 +729,23 @@ def test_terminate_cancels_what_is_still_running_when_the_grace_period_runs_out(
             assert worker.cancelled == [stuck.invocation_id]
 
     arun(scenario())
+
+
+def test_terminate_answers_a_hook_that_swallows_cancellation_before_the_stream_ends() -> None:
+    async def scenario() -> None:
+        worker = Scenarios()
+        async with serving(worker) as (conn, started):
+            stuck = await conn.start_invocation(await load(conn, "stubborn"))
+            await asyncio.to_thread(worker.started.acquire)
+            await conn.terminate(grace_period=1.0)
+            assert (await stuck.result(timeout=60)).result.status == CANCELLED
+            assert await started.wait(60) == 0
+            await conn.wait_closed(60)
+            assert len(responses_for(conn, stuck.invocation_id)) == 1
+            assert worker.cancelled  # it did swallow the cancellation
+            worker.release.set()  # it runs in this loop: let it end
+
+    arun(scenario(), timeout=120)
 
 
 def test_stream_loss_cancels_work_and_returns_non_zero() -> None:

@@ -110,6 +110,17 @@ class Scenarios(workerkit.Worker):
             raise
         return "released"
 
+    async def fn_stubborn(self, invocation: Invocation) -> Any:
+        """Swallows every cancellation (a catch-all ``except BaseException``) until `release`
+        is set, then returns a value anyway."""
+        self.started.release()
+        while not self.release.is_set():
+            try:
+                await asyncio.sleep(0.01)
+            except BaseException:  # the point of this function
+                self.cancelled.append(invocation.invocation_id)
+        return "finished anyway"
+
     async def fn_sleep(self, invocation: Invocation) -> Any:
         user_log.info("sleeping")  # tests wait for this line: the invocation is running
         await asyncio.sleep(float(invocation.inputs["seconds"]))

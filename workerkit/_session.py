@@ -92,6 +92,14 @@ CAPABILITIES: Mapping[str, str] = {
     "EnableUserCodeException": "true",
 }
 DEFAULT_TERMINATE_GRACE = 5.0
+#: The exit status by which a worker asks the host for a fresh process, not counted as a
+#: crash (the host's WorkerProcess `OnProcessExited`: IntentionalRestartExitCode).
+RESTART_EXIT_CODE = 200
+#: Seconds a cancelled ``async def`` invocation gets to end before it is answered Cancelled
+#: anyway. A coroutine that honours cancellation ends within a step or two; one still running
+#: after this swallowed the CancelledError (or cleans up slowly), and the host must not wait
+#: on it: the host restarts a worker whose cancelled invocation is unanswered 2 s on.
+CANCEL_GRACE = 0.25
 #: Property the worker puts on indexed functions; the host echoes it on every load.
 WORKER_INDEXED = "worker_indexed"
 
@@ -106,6 +114,12 @@ class _Running:
     #: cancelled before its first step would end without running them, and without a reply.)
     started: bool = False
     invocation: Invocation | None = None
+    invocation_id: str = ""
+    request_id: str = ""
+    #: Its one response has been sent, or is being sent: nothing else may be sent for it.
+    answered: bool = False
+    #: Answers Cancelled once `CANCEL_GRACE` has passed after a cancel (`_cancel_overdue`).
+    overdue: asyncio.TimerHandle | None = None
 
 
 class Session:
@@ -133,6 +147,7 @@ class Session:
         self._initialized = asyncio.Event()
         self._stop = asyncio.Event()
         self._shutdown: asyncio.Task[None] | None = None
+        self._shutdown_code = 0
         self._terminating = False
         self._pool = ThreadPoolExecutor(self.options.threads, thread_name_prefix="workerkit-hook")
         self._slots = asyncio.Semaphore(self.options.max_in_flight)
@@ -164,6 +179,7 @@ class Session:
         reason = "cancelled"
         watchdog = None
         try:
+            self.worker._restart = self._restart_from_any_thread
             log_handler.attach(self._log_route)
             if self.options.loop_block_warning > 0:
                 watchdog = LoopWatchdog(self._loop, self.options.loop_block_warning, self._describe)
@@ -174,9 +190,10 @@ class Session:
             if watchdog is not None:
                 watchdog.stop()
             self._closed = True
+            self.worker._restart = None
             self._log_route.sink = None  # from now on its records go to stderr
             try:
-                if self.exit_code != 0:
+                if self.exit_code not in (0, RESTART_EXIT_CODE):
                     log.error("worker stopping: %s", reason)
                 await self._abandon()
             finally:  # even when cancelled again while abandoning
@@ -206,24 +223,42 @@ class Session:
         who = f"task {task.get_name()!r}" if task is not None else "code outside any task"
         return who, advice
 
-    def request_shutdown(self, reason: str, grace: float | None = None) -> None:
-        """Stop taking work, drain within `grace` seconds, then end the stream (exit 0)."""
+    def request_shutdown(self, reason: str, grace: float | None = None, exit_code: int = 0) -> None:
+        """Stop taking work, drain within `grace` seconds, then end the stream and exit with
+        `exit_code`."""
         if self._shutdown is None:
             self._terminating = True
+            self._shutdown_code = exit_code
             limit = self.options.shutdown_grace if grace is None else grace
             self._shutdown = self._spawn(self._drain_and_stop(reason, limit))
+
+    def _restart_from_any_thread(self, reason: str) -> None:
+        """`Worker.request_restart`: drain, then exit so that the host starts a new worker."""
+
+        def restart() -> None:
+            log.error("restart requested: %s", reason)
+            self.request_shutdown(f"restart requested: {reason}", exit_code=RESTART_EXIT_CODE)
+
+        try:
+            self._loop.call_soon_threadsafe(restart)
+        except RuntimeError:
+            pass  # the loop is closed: the worker is exiting already
 
     async def _drain_and_stop(self, reason: str, grace: float) -> None:
         log.info("shutting down (%s), %d invocations in flight", reason, len(self._invocations))
         deadline = self._loop.time() + grace
         # Keep a margin of the grace period for cancelling, on_shutdown and flushing.
         budget = max(grace * 0.6, grace - 2.0, 0.0)
-        if self._invocations:
-            _, pending = await asyncio.wait(set(self._invocations), timeout=budget)
+        owing = self._owing()
+        if owing:
+            _, pending = await asyncio.wait(owing, timeout=budget)
             for running in list(self._running.values()):
                 self._cancel(running)
+            pending &= self._owing()
             if pending:
                 await asyncio.wait(pending, timeout=max(deadline - self._loop.time() - 1.0, 0.1))
+            for running in list(self._running.values()):
+                self._cancel_overdue(running)  # what would not stop: answered before the end
         if "on_shutdown" in self._overridden:
             remaining = max(deadline - self._loop.time() - 0.5, 0.1)
             try:
@@ -232,10 +267,16 @@ class Session:
                 )
             except Exception as exc:
                 log.error("on_shutdown failed: %s", exc, exc_info=True)
-        self.exit_code = 0
+        self.exit_code = self._shutdown_code
         # Ending the call (flush, our end, the host's end) gets what is left, at least 1 s.
         self.transport.finish_by = max(deadline, self._loop.time() + 1.0)
         self._stop.set()
+
+    def _owing(self) -> set[asyncio.Task[None]]:
+        """The invocations whose response is still to come: not those answered Cancelled
+        that run on regardless (waiting for them would only delay the exit)."""
+        detached = {r.task for r in self._running.values() if r.answered}
+        return {task for task in self._invocations if task not in detached}
 
     async def _abandon(self) -> None:
         """The stream is over: cancel what is left; replies could not be sent anyway."""
@@ -574,7 +615,7 @@ class Session:
                 ),
             )
             return
-        running = _Running()
+        running = _Running(invocation_id=invocation_id, request_id=request_id)
         self._running[invocation_id] = running
         task = self._spawn(self._invoke(request, running))
         running.task = task
@@ -611,6 +652,18 @@ class Session:
                 )
             finally:
                 self._running.pop(invocation_id, None)
+                if running.overdue is not None:
+                    running.overdue.cancel()
+            if running.answered:  # answered Cancelled when it would not stop: one reply only
+                name = running.invocation.function.name if running.invocation else "?"
+                log.info(
+                    "function %r (invocation %s) ended after it was answered Cancelled;"
+                    " what it returned is dropped",
+                    name,
+                    invocation_id,
+                )
+                return
+            running.answered = True
             # The slot is held until the response is on the wire: with a host that reads
             # slowly, at most `max_in_flight` responses wait in memory.
             if isinstance(response, bytes):
@@ -696,11 +749,45 @@ class Session:
         self._cancel(running)
 
     def _cancel(self, running: _Running) -> None:
+        first = not running.cancel.is_set()
         running.cancel.set()
         if running.task is not None and running.started:
             running.task.cancel()
+        if first and not running.answered:
+            running.overdue = self._loop.call_later(CANCEL_GRACE, self._cancel_overdue, running)
         if running.invocation is not None and "on_cancel" in self._overridden:
             self._spawn(self._quietly("on_cancel", running.invocation))
+
+    def _cancel_overdue(self, running: _Running) -> None:
+        """A cancelled invocation that has not ended `CANCEL_GRACE` later (an ``async def``
+        that swallows CancelledError, say), or when the worker stops, is answered Cancelled
+        now, as a plain def stuck in its thread is. Its task runs on, detached: it keeps its
+        place among the `max_in_flight` (it does hold memory and the loop), and whatever it
+        ends with is dropped, so the invocation still gets exactly one response."""
+        if running.overdue is not None:
+            running.overdue.cancel()
+            running.overdue = None
+        task = running.task
+        if running.answered or self._closed or task is None or task.done():
+            return
+        running.answered = True
+        invocation_id = running.invocation_id
+        invocation = running.invocation
+        name = invocation.function.name if invocation is not None else "?"
+        log.warning(
+            "function %r (invocation %s) still runs %g s after it was cancelled: answered"
+            " Cancelled; it keeps running, and its slot of max_in_flight, until it returns."
+            " Does it swallow asyncio.CancelledError (a catch-all `except BaseException`)?",
+            name,
+            invocation_id,
+            CANCEL_GRACE,
+        )
+        self._reply(
+            running.request_id,
+            invocation_response=pb.InvocationResponse(
+                invocation_id=invocation_id, result=cancelled()
+            ),
+        )
 
     async def _quietly(self, hook: str, arg: Any) -> None:
         try:

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -189,6 +189,8 @@ class Worker:
         if missing:
             raise _must_implement(type(self), missing)
         self.options = options if options is not None else WorkerOptions()
+        #: Set by the session while the worker serves (`request_restart`).
+        self._restart: Callable[[str], None] | None = None
 
     # -- the two hooks every worker writes --------------------------------------------------
     def on_function_load(self, function: FunctionInfo) -> None:
@@ -253,6 +255,22 @@ class Worker:
         invocations drained. Release resources; bounded by the remaining grace period."""
         return None
 
+    def request_restart(self, reason: str) -> None:
+        """Ask the host for a fresh worker process. Safe from any hook and any thread.
+
+        For a worker that knows it can no longer serve well (a thread it cannot stop, a leak,
+        a native library in a bad state): workerkit logs `reason` as an error, stops taking
+        invocations, lets those in flight finish within ``WorkerOptions.shutdown_grace``,
+        then exits with status 200, which the Functions host (and ``workerkit host``) takes
+        as a request for a new worker rather than as a crash.
+
+        Raises `RuntimeError` when the worker is not serving (not started, or stopped).
+        """
+        restart = self._restart
+        if restart is None:
+            raise RuntimeError("request_restart: the worker is not serving a host")
+        restart(reason)
+
     # -- running -----------------------------------------------------------------------------
     async def serve(self, args: HostArgs) -> int:
         """Connect to the host and serve until terminated; return the exit status: 0 after
@@ -270,8 +288,9 @@ class Worker:
 def run(worker: type[Worker] | Worker, argv: Sequence[str] | None = None) -> None:
     """Parse the host's argv, serve until terminated, and exit the process.
 
-    Exits 0 after `WorkerTerminate`, SIGTERM or SIGINT (after draining), 1 when the stream
-    to the host ended or broke, 2 for a bad command line.
+    Exits 0 after `WorkerTerminate`, SIGTERM or SIGINT (after draining), 200 after
+    `Worker.request_restart` (after draining), 1 when the stream to the host ended or broke,
+    2 for a bad command line.
     """
     args = parse_host_args_or_exit(sys.argv[1:] if argv is None else argv)
     instance = worker() if isinstance(worker, type) else worker

@@ -21,15 +21,19 @@ Bytes travel as ``{"base64": "..."}`` both ways (an HTTP body that is not UTF-8 
 "headers": {...}, "body": "..."}`` or just a string for the body. Each stderr line becomes a
 log line of the invocation (a ``warning:``, ``error:`` or ``debug:`` prefix sets the level).
 A non-zero exit fails the invocation with the end of stderr in the message. On cancel,
-timeout, or once the process has exited, its whole process group is killed.
+timeout, or once the process has exited, whatever it started is killed: its process group,
+and on Linux also what left the group (daemons), found through the worker's process tree.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import collections
 import contextlib
+import contextvars
+import ctypes
 import json
 import logging
 import os
@@ -39,7 +43,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import workerkit
 from workerkit import (
@@ -60,12 +64,19 @@ INTERPRETERS: dict[str, tuple[str, ...]] = {
     ".rb": ("ruby",),
     ".py": (sys.executable, "-u"),
 }
-#: Seconds one invocation may run before its process group is killed.
+#: Seconds one invocation may run before its processes are killed.
 TIMEOUT = float(os.environ.get("PROCESS_TIMEOUT_SECONDS", "300"))
 MAX_STDOUT = 64 << 20  # bytes of result a process may print
+#: Seconds to read what is left in the pipes once the process has exited. What it printed is
+#: in them already; only a process out of the worker's reach can keep them open longer.
+DRAIN = 1.0
 STDERR_TAIL = 20  # stderr lines quoted in a failure
 LINE_LIMIT = 64 << 10  # longer stderr lines are logged in pieces
 LEVELS = {"debug": logging.DEBUG, "warning": logging.WARNING, "error": logging.ERROR}
+#: Added to each process's environment: the invocation id. Children inherit it through fork,
+#: exec and setsid, so it tells whose a process is once it has left its process group.
+MARK = "PROCESS_INVOCATION_ID"
+PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
 
 logging.getLogger("function").setLevel(logging.DEBUG)  # the host filters by its own levels
 
@@ -86,6 +97,10 @@ class ProcessWorker(workerkit.Worker):
     def __init__(self) -> None:
         super().__init__()
         self.commands: dict[str, Command] = {}
+        self.contained = _become_subreaper()
+        self.leaders: set[int] = set()  # processes asyncio started and has not reaped yet
+        self.spawning = 0  # processes being started, not in `leaders` yet
+        atexit.register(self._kill_all)  # also runs when the stream breaks (exit status 1)
 
     def on_function_load(self, function: FunctionInfo) -> None:
         script = Path(function.script_file).resolve()
@@ -112,6 +127,7 @@ class ProcessWorker(workerkit.Worker):
 
     async def on_invocation(self, invocation: Invocation) -> Any:
         command = self.commands[invocation.function.function_id]
+        name = Path(command.argv[-1]).name
         request = {
             "invocationId": invocation.invocation_id,
             "functionName": invocation.function.name,
@@ -120,39 +136,179 @@ class ProcessWorker(workerkit.Worker):
             "triggerMetadata": invocation.trigger_metadata,
         }
         payload = json.dumps(request, default=_to_json).encode()
-        process = await asyncio.create_subprocess_exec(
-            *command.argv,
-            cwd=command.cwd,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group, killed as a whole
-            limit=LINE_LIMIT,
-        )
-        tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
-        io = asyncio.gather(
-            _feed(process, payload),
-            _read_stdout(process),
-            _relay_stderr(process, command.log, tail),
-        )
+        transport, run = await self._start(command, invocation.invocation_id)
+        leader = transport.get_pid()
+        stdin = cast(asyncio.WriteTransport, transport.get_pipe_transport(0))
+        stdin.write(payload)  # written as the process reads it; it need not read it all
+        stdin.write_eof()
+        clean = False  # exited, and nothing of it was left running
         try:
             async with asyncio.timeout(TIMEOUT):
-                code = await process.wait()
-                _kill_group(process)  # whatever it left running would hold the pipes
-                _, stdout, _ = await io
+                await asyncio.wait((run.exited, run.overflow), return_when=asyncio.FIRST_COMPLETED)
+                if not run.overflow.done():
+                    # It has exited. What it left running may hold its stdout open for ever:
+                    # stop that now, then take what is left in the pipes.
+                    clean = not self._stop(invocation.invocation_id, leader)
+                    await asyncio.wait((run.closed,), timeout=DRAIN)
+                    if not run.closed.done():
+                        command.log.warning(
+                            f"{name} exited {DRAIN:g} s ago but its stdout or stderr is still "
+                            "open (a process out of the worker's reach?): stopped reading"
+                        )
         except TimeoutError:
-            _kill_group(process)
             raise InvocationError(
-                f"{invocation.function.name} timed out after {TIMEOUT:g} s; its process "
-                f"group was killed. stderr:\n" + "\n".join(tail)
+                f"{invocation.function.name} timed out after {TIMEOUT:g} s; its processes "
+                f"were killed. stderr:\n" + "\n".join(run.tail)
             ) from None
         finally:
-            _kill_group(process)  # cancelled (or failed): stop everything it started
-            io.cancel()  # a no-op once done
+            if not clean:  # cancelled, timed out, too much output, or it left processes
+                self._stop(invocation.invocation_id, leader)
+            # Let go of the pipes: a process we cannot kill may hold them. (abort() drops the
+            # input it did not read; only while some is left, as asyncio's pipe must not be
+            # aborted after it closed.)
+            if stdin.get_write_buffer_size():
+                stdin.abort()
+            for fd in (1, 2):
+                cast(asyncio.ReadTransport, transport.get_pipe_transport(fd)).close()
+            # The transport, once asyncio has reaped the process: before, closing it would
+            # make asyncio poll the process and kill it by pid.
+            run.exited.add_done_callback(lambda _: transport.close())
+        if run.overflow.done():
+            raise InvocationError(
+                f"{name} printed more than {MAX_STDOUT >> 20} MiB on stdout (MAX_STDOUT), so "
+                f"its processes were killed; a result is one JSON object within that size"
+            )
+        code = transport.get_returncode() or 0
         if code != 0:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-            raise InvocationError(f"{Path(command.argv[-1]).name} {how}:\n" + "\n".join(tail))
-        return _result(stdout, command)
+            raise InvocationError(f"{name} {how}:\n" + "\n".join(run.tail))
+        return _result(run.take_stdout(), command)
+
+    async def _start(
+        self, command: Command, invocation_id: str
+    ) -> tuple[asyncio.SubprocessTransport, _Run]:
+        """Start the function's process, in a process group of its own."""
+        self.spawning += 1
+        try:
+            transport, run = await asyncio.get_running_loop().subprocess_exec(
+                lambda: _Run(command.log),
+                *command.argv,
+                cwd=command.cwd,
+                env={**os.environ, MARK: invocation_id},
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        finally:
+            self.spawning -= 1
+        leader = transport.get_pid()
+        self.leaders.add(leader)
+        run.exited.add_done_callback(lambda _: self.leaders.discard(leader))
+        return transport, run
+
+    def _stop(self, invocation_id: str, leader: int) -> int:
+        """Kill the invocation's processes that are still running; how many were found."""
+        if not self.contained:
+            # Elsewhere than Linux, only its process group, by number. The number stays the
+            # group's while any member lives; once none does, a new process may reuse it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(leader, signal.SIGKILL)
+            return 0
+        mark = invocation_id.encode()
+        tree = _descendants()
+        found = 0
+        for proc in tree:
+            owner = _mark(proc.pid)
+            # Its environment names the invocation, or it cleared its environment but stayed
+            # in the invocation's process group. (A process of another invocation that got
+            # the same group number later carries that one's mark.) Zombies are dead already.
+            if owner == mark or (owner is None and proc.pgid == leader and not proc.zombie):
+                _kill(proc)
+                found += 1
+        self._reap(tree)
+        return found
+
+    def _reap(self, tree: list[_Proc]) -> None:
+        """Wait for the adopted orphans that have exited: nobody else will. Never for a
+        process asyncio started: it waits for those itself, and would lose the status."""
+        if self.spawning:  # a process just started may not be in `leaders` yet: next time
+            return
+        worker = os.getpid()
+        for proc in tree:
+            if proc.zombie and proc.ppid == worker and proc.pid not in self.leaders:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(proc.pid, os.WNOHANG)
+
+    def _kill_all(self) -> None:
+        """At exit: whatever is left, of any invocation, or whose it was unknown."""
+        if self.contained:
+            for proc in _descendants():
+                _kill(proc)
+            return
+        for leader in self.leaders:  # not reaped, so far as asyncio told: still its group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(leader, signal.SIGKILL)
+
+
+class _Run(asyncio.SubprocessProtocol):
+    """The pipes of one function process: stdout collected (a list of chunks, joined once),
+    stderr logged line by line as the invocation's logs."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()  # stdout and stderr ended
+        self.overflow: asyncio.Future[None] = loop.create_future()  # stdout over MAX_STDOUT
+        self.stdout: list[bytes] = []
+        self.size = 0
+        self.stderr = bytearray()  # a line not ended yet
+        self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self.log = log
+        self.context = contextvars.copy_context()  # the invocation's: its logs are its own
+        self.open = {1, 2}
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd == 1:
+            self.size += len(data)
+            if self.size <= MAX_STDOUT:
+                self.stdout.append(data)
+            elif not self.overflow.done():
+                self.overflow.set_result(None)
+        else:
+            self.stderr += data
+            if b"\n" in data or len(self.stderr) >= LINE_LIMIT:
+                self._log_lines()
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 2:
+            self._log_lines(end=True)
+        self.open.discard(fd)
+        if not self.open and not self.closed.done():
+            self.closed.set_result(None)
+
+    def process_exited(self) -> None:
+        self.exited.set_result(None)
+
+    def take_stdout(self) -> bytes:
+        data = b"".join(self.stdout)
+        self.stdout.clear()
+        return data
+
+    def _log_lines(self, end: bool = False) -> None:
+        """Log each complete stderr line (at `end`, the rest too); a line longer than
+        LINE_LIMIT in pieces."""
+        while self.stderr:
+            newline = self.stderr.find(b"\n", 0, LINE_LIMIT)
+            if newline < 0 and len(self.stderr) < LINE_LIMIT and not end:
+                return
+            cut = newline + 1 if newline >= 0 else LINE_LIMIT
+            line = self.stderr[:cut].decode(errors="replace").rstrip("\r\n")
+            del self.stderr[:cut]
+            self.tail.append(line)
+            prefix, sep, rest = line.partition(":")
+            level = LEVELS.get(prefix.strip().lower()) if sep else None
+            self.context.run(self.log.log, level or logging.INFO, rest.strip() if level else line)
 
 
 def _to_json(value: Any) -> Any:
@@ -217,48 +373,93 @@ def _result(stdout: bytes, command: Command) -> Any:
     )
 
 
-async def _feed(process: asyncio.subprocess.Process, payload: bytes) -> None:
-    assert process.stdin is not None
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it need not read
-        process.stdin.write(payload)
-        await process.stdin.drain()
-        process.stdin.close()
-        await process.stdin.wait_closed()
+# -- the process tree (Linux) ---------------------------------------------------------------
+#
+# Without cgroups, the worker contains what functions start by becoming a child subreaper:
+# an orphan of its descendants is then reparented to the worker instead of init, so every
+# process a function started, daemons that setsid and fork twice included, stays in the
+# worker's process tree until it is killed. /proc shows that tree; the invocation a process
+# belongs to is in its environment (MARK).
 
 
-async def _read_stdout(process: asyncio.subprocess.Process) -> bytes:
-    assert process.stdout is not None
-    data = await process.stdout.read(MAX_STDOUT + 1)
-    while len(data) <= MAX_STDOUT and (more := await process.stdout.read(MAX_STDOUT)):
-        data += more
-    if len(data) > MAX_STDOUT:
-        _kill_group(process)
-        raise InvocationError(f"the function printed more than {MAX_STDOUT} bytes")
-    return data
+@dataclass(frozen=True, slots=True)
+class _Proc:
+    """A process as /proc/<pid>/stat showed it."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    zombie: bool
+    start: int  # clock ticks after boot: with the pid, it names one process for good
 
 
-async def _relay_stderr(
-    process: asyncio.subprocess.Process, log: logging.Logger, tail: collections.deque[str]
-) -> None:
-    """Log each stderr line as the invocation's (this task inherits its context)."""
-    assert process.stderr is not None
-    while True:
-        try:
-            raw = await process.stderr.readline()
-        except ValueError:  # a line over the stream's limit: take what is buffered
-            raw = await process.stderr.read(LINE_LIMIT)
-        if not raw:
-            return
-        line = raw.decode(errors="replace").rstrip("\r\n")
-        tail.append(line)
-        prefix, sep, rest = line.partition(":")
-        level = LEVELS.get(prefix.strip().lower()) if sep else None
-        log.log(level or logging.INFO, rest.strip() if level else line)
+def _become_subreaper() -> bool:
+    """Linux (5.3 and later, for pidfds): make the worker a child subreaper."""
+    if sys.platform != "linux" or not hasattr(os, "pidfd_open") or not os.path.isdir("/proc/1"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # a kernel without pidfds
+        return False
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return bool(prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), 0, 0, 0) == 0)
 
 
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+def _stat(pid: int) -> _Proc:
+    with open(f"/proc/{pid}/stat", "rb") as file:
+        # the command name, in parentheses, may hold anything: fields follow the last ")"
+        fields = file.read().rsplit(b")", 1)[1].split()
+    return _Proc(pid, int(fields[1]), int(fields[2]), fields[0] == b"Z", int(fields[19]))
+
+
+def _descendants() -> list[_Proc]:
+    """The worker's descendants now, zombies included."""
+    try:  # no child at all (no other call running, nothing left): no need to read /proc
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return []
+    children: dict[int, list[_Proc]] = collections.defaultdict(list)
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):  # it just ended
+                proc = _stat(int(name))
+                children[proc.ppid].append(proc)
+    found: list[_Proc] = []
+    parents = [os.getpid()]
+    while parents:
+        below = children.pop(parents.pop(), [])
+        found += below
+        parents += [proc.pid for proc in below]
+    return found
+
+
+def _mark(pid: int) -> bytes | None:
+    """The invocation id in the environment `pid` was started with, if any."""
+    prefix = MARK.encode() + b"="
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as file:
+            environ = file.read()
+    except OSError:  # gone, or not ours to read (set-user-ID)
+        return None
+    return next((v[len(prefix) :] for v in environ.split(b"\0") if v.startswith(prefix)), None)
+
+
+def _kill(proc: _Proc) -> None:
+    """SIGKILL `proc` if it is still the process /proc showed. Its pid may have been reused
+    since: so open a pidfd first, then check that the pid still names the process that
+    started at `proc.start`; if so, the pidfd is that process, and the signal cannot reach
+    a newcomer even if it ends and its pid is reused right after the check."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # gone
+        return
+    try:
+        if _stat(proc.pid).start == proc.start:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except (OSError, IndexError, ValueError):
+        pass
+    finally:
+        os.close(pidfd)
 
 
 if __name__ == "__main__":

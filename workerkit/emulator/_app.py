@@ -154,12 +154,18 @@ class HostSettings:
         route_prefix: ``extensions.http.routePrefix`` (default ``api``; "" for none).
         function_timeout: ``functionTimeout`` in seconds; None when unbounded (``-1``).
         functions: the ``functions`` allow-list, when given.
+        max_concurrent_requests: ``extensions.http.maxConcurrentRequests``: HTTP function
+            requests run at once, the rest wait; None (the host's default, ``-1``): no limit.
+        max_outstanding_requests: ``extensions.http.maxOutstandingRequests``: requests
+            running or waiting, beyond which they are answered 429; None (``-1``): no limit.
     """
 
     path: Path
     route_prefix: str = "api"
     function_timeout: float | None = DEFAULT_FUNCTION_TIMEOUT
     functions: tuple[str, ...] | None = None
+    max_concurrent_requests: int | None = None
+    max_outstanding_requests: int | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,7 @@ def read_host_json(app_dir: Path) -> HostSettings:
     if str(version) != "2.0":
         raise AppError(path, f"{version!r} is an invalid value for host.json 'version' property")
     prefix: Any = "api"
+    http: Any = {}
     extensions = _get(document, "extensions")
     if isinstance(extensions, dict):
         http = _get(extensions, "http")
@@ -195,6 +202,12 @@ def read_host_json(app_dir: Path) -> HostSettings:
             value = _get(http, "routePrefix")
             if value is not None:
                 prefix = value
+        else:
+            http = {}
+    throttles = [
+        _request_limit(path, name, _get(http, name))
+        for name in ("maxConcurrentRequests", "maxOutstandingRequests")
+    ]
     if not isinstance(prefix, str):
         raise AppError(path, "extensions.http.routePrefix must be a string")
     timeout: float | None = DEFAULT_FUNCTION_TIMEOUT
@@ -220,7 +233,27 @@ def read_host_json(app_dir: Path) -> HostSettings:
         route_prefix=prefix.strip("/"),
         function_timeout=timeout,
         functions=tuple(functions) if functions is not None else None,
+        max_concurrent_requests=throttles[0],
+        max_outstanding_requests=throttles[1],
     )
+
+
+def _request_limit(path: Path, name: str, value: Any) -> int | None:
+    """``extensions.http.<name>``: a positive count, or -1 (also when absent) for none. The
+    host reads configuration values as strings, so ``"100"`` is 100; it fails to start on
+    0 or another negative number (they become dataflow block limits)."""
+    if value is None:
+        return None
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,18}", value.strip()):
+        number = int(value.strip())
+    if number is None or number == 0 or number < -1:
+        raise AppError(
+            path, f"extensions.http.{name} must be a positive integer or -1 (no limit): {value!r}"
+        )
+    return None if number == -1 else number
 
 
 def read_local_settings(app_dir: Path) -> LocalSettings:

@@ -73,6 +73,8 @@ DEFAULT_PORT: Final = 7071
 DEFAULT_MAX_BODY_SIZE: Final = 100 * 1024 * 1024
 #: Kestrel's RequestHeadersTimeout.
 DEFAULT_HEADER_TIMEOUT: Final = 30.0
+#: Open connections at most (Kestrel sets no limit by default; see `_http`).
+DEFAULT_MAX_CONNECTIONS: Final = 1000
 DEFAULT_HOST: Final = "127.0.0.1"
 _API_REASON: Final = "This function was programmatically called via the host APIs."
 _SHOWN_VALUE: Final = 200
@@ -102,6 +104,9 @@ class EmulatorOptions:
             read at, once `data_rate_grace` seconds have passed (Kestrel's defaults: 240
             bytes/s after 5 s). A slower body is answered 408; a slower reader is cut off.
         data_rate_grace: seconds before `min_data_rate` applies.
+        max_connections: TCP connections open at once; past it a new connection is closed
+            without a response (Kestrel's behaviour past MaxConcurrentConnections) and the
+            console says so. Lowered when the open-file limit (``ulimit -n``) is smaller.
     """
 
     app_dir: Path
@@ -114,6 +119,11 @@ class EmulatorOptions:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     min_data_rate: float = 240.0
     data_rate_grace: float = 5.0
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {self.max_connections}")
 
 
 @dataclass(frozen=True)
@@ -233,6 +243,7 @@ class Emulator:
                 header_timeout=options.header_timeout,
                 min_data_rate=options.min_data_rate,
                 data_rate_grace=options.data_rate_grace,
+                max_connections=options.max_connections,
             )
             try:
                 bound = await door.start(options.host, port)
@@ -303,21 +314,31 @@ class Emulator:
             if timer not in self._firing:  # a running invocation is drained like the others
                 timer.cancel()
         supervisor = self._supervisor
-        if supervisor is not None:
-            in_flight = supervisor.in_flight()
-            if in_flight and self.config is not None:
-                self.console.info(
-                    f"Waiting up to {self.config.shutdown_timeout:g} s for {in_flight}"
-                    " invocation(s) to finish."
-                )
-                await supervisor.drain(self.config.shutdown_timeout)
-            await supervisor.stop()
-        pending = [*self._tasks, *self._timers]
-        if pending:
-            await asyncio.wait(pending, timeout=5)
-        if self._front_door is not None:
-            await self._front_door.stop()
+        try:
+            if supervisor is not None:
+                try:
+                    in_flight = supervisor.in_flight()
+                    if in_flight and self.config is not None:
+                        self.console.info(
+                            f"Waiting up to {self.config.shutdown_timeout:g} s for {in_flight}"
+                            " invocation(s) to finish."
+                        )
+                        await supervisor.drain(self.config.shutdown_timeout)
+                finally:
+                    await supervisor.stop()  # kills the worker, whatever happened
+            pending = [*self._tasks, *self._timers]
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        finally:
+            if self._front_door is not None:
+                await self._front_door.stop()
         self.console.info("Host stopped.")
+
+    def kill_workers(self) -> None:
+        """Kill every worker process still running, at once (never raises): the last line of
+        defence when stopping went wrong."""
+        if self._supervisor is not None:
+            self._supervisor.kill()
 
     # -- configuration -----------------------------------------------------------------------
     def _environment(self, values: Mapping[str, str]) -> dict[str, str]:

@@ -17,6 +17,8 @@ a header line over 32 KiB, over     400 (aiohttp's parser; the connection is clo
 a body slower than the minimum      408, and the connection is closed
   data rate
 anything while shutting down        503
+over ``maxOutstandingRequests``     429 with ``X-FUNCTION-SCALEOUT: 1`` (not ``/admin``)
+a connection over the cap           closed at once, no response (``max_connections``)
 an emulator bug                     500 (logged)
 ==================================  ==========================================================
 
@@ -31,15 +33,33 @@ Slow clients are cut off: the request line and headers must arrive within ``head
 client reading a response, must keep up ``min_data_rate`` bytes/s after a grace period of
 ``data_rate_grace`` seconds (Kestrel's MinRequestBodyDataRate and MinResponseDataRate). A body
 too slow is answered 408; a response read too slowly has its connection aborted.
+
+At most ``max_connections`` TCP connections are open at once (default 1,000, lowered to fit
+the process's open-file limit). Past it a new connection is closed at once without a response,
+as Kestrel closes one past ``MaxConcurrentConnections`` (dotnet/aspnetcore,
+src/Servers/Kestrel/Core/src/Internal/ConnectionLimitMiddleware.cs), and the console says so,
+at most once every 10 s. The host sets no such limit on Kestrel
+(src/WebJobs.Script.WebHost/Program.cs); the emulator has one so that a flood of connections
+cannot exhaust its file descriptors.
+
+``host.json`` ``extensions.http.maxConcurrentRequests`` and ``maxOutstandingRequests`` apply
+as the host applies them (src/WebJobs.Script.WebHost/Middleware/HttpThrottleMiddleware.cs,
+HttpRequestQueue.cs): every request but ``/admin`` ones enters a queue that runs at most
+``maxConcurrentRequests`` at once and holds at most ``maxOutstandingRequests`` (running ones
+included); one more is answered 429 with ``X-FUNCTION-SCALEOUT: 1`` and no body. Both are
+unlimited by default, as in the host outside the Windows Consumption plan.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import re
 import socket
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote
 
@@ -61,6 +81,13 @@ MAX_REQUEST_LINE: Final = 8192
 MAX_HEADERS: Final = 100
 MAX_HEADERS_TOTAL: Final = 32768
 _ENCODED_SLASH: Final = re.compile(r"(%2[fF])")
+#: File descriptors kept for everything but client connections: the worker's pipes and
+#: stream, the listening sockets, the console, the event loop.
+_RESERVED_FDS: Final = 64
+#: Seconds between two console lines about the same limit.
+_WARNING_INTERVAL: Final = 10.0
+#: The header the host adds to a 429 (ScriptConstants.AntaresScaleOutHeaderName).
+SCALE_OUT_HEADER: Final = "X-FUNCTION-SCALEOUT"
 
 
 def _text(status: int, text: str, **headers: str) -> web.Response:
@@ -118,6 +145,97 @@ class _ConsoleLog(logging.Handler):
             self.handleError(record)
 
 
+class RateLimited:
+    """Writes a line at most once every `interval` seconds, saying how many occurrences it
+    stood for since the last line."""
+
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        interval: float = _WARNING_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._write = write
+        self._interval = interval
+        self._clock = clock
+        self._last: float | None = None
+        self._held = 0
+
+    def __call__(self, line: Callable[[int], str]) -> None:
+        """One occurrence; `line` builds the text from how many there were since the last."""
+        self._held += 1
+        now = self._clock()
+        if self._last is not None and now - self._last < self._interval:
+            return
+        self._last = now
+        held, self._held = self._held, 0
+        self._write(line(held))
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted while the connection is open."""
+
+    def __init__(self, inner: asyncio.Protocol, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release: Callable[[], None] | None = release
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        release, self._release = self._release, None
+        try:
+            self._inner.connection_lost(exc)
+        finally:
+            if release is not None:
+                release()
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past the cap: closed as soon as it is made, nothing written."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class _RequestQueue:
+    """``maxConcurrentRequests`` running, ``maxOutstandingRequests`` running or waiting (None:
+    no limit); as the host's HttpRequestQueue, a dataflow block whose bounded capacity
+    counts the requests it runs."""
+
+    def __init__(self, concurrent: int | None, outstanding: int | None) -> None:
+        self._running = asyncio.Semaphore(concurrent) if concurrent is not None else None
+        self.outstanding_limit = outstanding
+        self.outstanding = 0
+
+    async def run(
+        self, request: web.Request, answer: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse | None:
+        """`answer` the request when its turn comes; None, at once, when the queue is full."""
+        if self.outstanding_limit is not None and self.outstanding >= self.outstanding_limit:
+            return None
+        self.outstanding += 1
+        try:
+            if self._running is None:
+                return await answer(request)
+            async with self._running:
+                return await answer(request)
+        finally:
+            self.outstanding -= 1
+
+
 class FrontDoor:
     """The aiohttp server in front of an `Emulator`.
 
@@ -127,6 +245,8 @@ class FrontDoor:
             requests on a kept-alive connection).
         min_data_rate: bytes per second a request body or a response must keep up...
         data_rate_grace: ...after this many seconds.
+        max_connections: TCP connections open at once; past it, new ones are closed at
+            once (lowered to fit the open-file limit).
     """
 
     def __init__(
@@ -137,16 +257,30 @@ class FrontDoor:
         header_timeout: float = 30.0,
         min_data_rate: float = 240.0,
         data_rate_grace: float = 5.0,
+        max_connections: int = 1000,
     ) -> None:
         self.emulator = emulator
         self.max_body_size = max_body_size
         self.header_timeout = header_timeout
         self.min_data_rate = min_data_rate
         self.data_rate_grace = data_rate_grace
+        self.max_connections, self._lowered = _fit_open_files(max_connections)
+        self.connections = 0
         self.addresses: list[str] = []
         self._runner: web.AppRunner | None = None
+        self._listeners: list[asyncio.Server] = []
         self._log = logging.Logger("workerkit.host.http", logging.WARNING)
         self._log.addHandler(_ConsoleLog(emulator.console))
+        self._refusals = RateLimited(emulator.console.warning)
+        self._rejections = RateLimited(emulator.console.warning)
+        settings = emulator.host_settings
+        concurrent = settings.max_concurrent_requests if settings is not None else None
+        outstanding = settings.max_outstanding_requests if settings is not None else None
+        self._queue = (
+            _RequestQueue(concurrent, outstanding)
+            if concurrent is not None or outstanding is not None
+            else None
+        )
 
     async def start(self, host: str, port: int) -> int:
         """Listen on every address `host` resolves to, at `port` (0: a free port, the same
@@ -170,27 +304,87 @@ class FrontDoor:
             logger=self._log,
         )
         await runner.setup()
+        server = runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+
+        def connection() -> asyncio.Protocol:
+            if self.connections >= self.max_connections:
+                self._refusals(self._refusal_line)
+                return _Refused()
+            self.connections += 1
+            return _Counted(server(), self._released)
+
         try:
             addresses = await _resolve(host)
             bound = port
             for address in addresses:
-                site = web.TCPSite(runner, address, bound, reuse_address=True)
-                await site.start()
-                bound = runner.addresses[-1][1]
+                listener = await loop.create_server(
+                    connection, address, bound, reuse_address=True, backlog=128
+                )
+                self._listeners.append(listener)
+                bound = listener.sockets[0].getsockname()[1]
         except BaseException:
+            await self._close_listeners()
             await runner.cleanup()
             raise
         self._runner = runner
         self.addresses = addresses
         return bound
 
+    def _released(self) -> None:
+        self.connections -= 1
+
+    def _refusal_line(self, refused: int) -> str:
+        lowered = (
+            f" (lowered from {self._lowered[0]} to fit the open-file limit, ulimit -n"
+            f" {self._lowered[1]})"
+            if self._lowered is not None
+            else ""
+        )
+        again = f"; {refused} refused since the last such line" if refused > 1 else ""
+        return (
+            f"HTTP: {self.connections} connections are open, the limit{lowered}: a new one was"
+            f" closed without a response, as Kestrel does past MaxConcurrentConnections{again}."
+            " Raise the limit with --max-connections (EmulatorOptions.max_connections)."
+        )
+
+    async def _close_listeners(self) -> None:
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener.close()
+        for listener in listeners:
+            # Bounded: on 3.12+ this also waits for the connections to close.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(listener.wait_closed(), 1.0)
+
     async def stop(self) -> None:
         """Stop listening; requests in progress are given a few seconds."""
+        for listener in self._listeners:
+            listener.close()  # no new connections while the others wind down
         if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+            runner, self._runner = self._runner, None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runner.cleanup(), 10.0)
+        await self._close_listeners()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        queue = self._queue
+        if queue is None or _is_admin(request):
+            return await self._answer(request)
+        response = await queue.run(request, self._answer)
+        if response is not None:
+            return response
+        self._rejections(
+            lambda held: (
+                f"Http request queue limit of {queue.outstanding_limit} has been"
+                f" exceeded (host.json extensions.http.maxOutstandingRequests): answered 429"
+                + (f"; {held} times since the last such line." if held > 1 else ".")
+            )
+        )
+        return await self._send(request, web.Response(status=429, headers={SCALE_OUT_HEADER: "1"}))
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         try:
             response = await self._dispatch(request)
         except asyncio.CancelledError:
@@ -355,6 +549,26 @@ class FrontDoor:
             state = {"state": "Running", "version": HOST_VERSION}
             return web.json_response(state)
         return _text(404, f"no admin endpoint {request.path}\n")
+
+
+def _is_admin(request: web.Request) -> bool:
+    segments, _ = normalize_path(request.rel_url.raw_path)
+    return bool(segments) and segments[0].lower() == "admin"
+
+
+def _fit_open_files(wanted: int) -> tuple[int, tuple[int, int] | None]:
+    """The connection cap, lowered when the open-file limit could not hold that many
+    connections besides what else the emulator keeps open; (cap, (wanted, the limit) when
+    lowered, else None). Past the limit accept() would fail and asyncio log tracebacks."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # no such limit here (Windows)
+        return wanted, None
+    if soft == resource.RLIM_INFINITY or soft - _RESERVED_FDS >= wanted:
+        return wanted, None
+    return max(soft - _RESERVED_FDS, 1), (wanted, soft)
 
 
 async def _resolve(host: str) -> list[str]:

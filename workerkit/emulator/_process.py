@@ -17,6 +17,10 @@ one worker process at a time. The host's rules it follows (HOST_PROTOCOL §1, §
   handles it); if it still has not answered 2 s later the worker is restarted (not counted);
 - stopping drains invocations for ``processShutdownTimeout``, then sends ``WorkerTerminate``
   (5 s grace, when the worker handles it) and kills the process if it is still running.
+
+Every wait is bounded and no send to a worker raises (its stream may be over while its
+process lingers). Whatever happens, stopping kills every worker this supervisor started that
+still runs, with its process group (each worker leads its own).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import asyncio
 import collections
 import contextlib
 import datetime
+import os
+import signal
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -52,6 +58,8 @@ __all__ = [
 METADATA_TIMEOUT: Final = 60.0
 TERMINATE_GRACE: Final = 5.0
 KILL_WAIT: Final = 1.0
+#: How long a worker whose stream is over may take to exit before it is killed.
+EXIT_AFTER_STREAM: Final = 2.0
 #: After a timed-out invocation is cancelled, how long it may take before the worker restarts.
 TIMEOUT_GRACE: Final = 2.0
 ERROR_THRESHOLD: Final = 3
@@ -112,6 +120,8 @@ class _Channel:
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
     #: Why the emulator ended this worker on purpose (restart after a timeout, shutdown).
     ended_on_purpose: str | None = None
+    #: WorkerTerminate was sent: a second `_end` (Ctrl-C during a restart) only waits and kills.
+    terminate_sent: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def handles(self, capability: str) -> bool:
@@ -124,9 +134,18 @@ class _Channel:
             return None
 
     def kill(self) -> None:
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
+        """Kill the worker and what it started in its process group (it leads its own:
+        ``start_new_session``), as the host's job object does on Windows
+        (src/WebJobs.Script/Workers/ProcessManagement/JobObjectRegistry.cs); never raises.
+        Only while the worker has not been reaped: its id cannot name another group then."""
+        if self.process.returncode is not None:
+            return
+        killpg = getattr(os, "killpg", None)
+        if killpg is not None:
+            with contextlib.suppress(OSError):
+                killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):  # ProcessLookupError: it is gone already
+            self.process.kill()
 
 
 class Supervisor:
@@ -229,28 +248,37 @@ class Supervisor:
             await asyncio.wait_for(channel.idle.wait(), timeout)
 
     async def stop(self, *, grace: float = TERMINATE_GRACE) -> None:
-        """Terminate the worker (WorkerTerminate, then kill) and close the gRPC server."""
+        """Terminate the worker (WorkerTerminate, then kill) and close the gRPC server.
+
+        Every wait is bounded, and whatever happens (an error, a cancel) every worker process
+        this supervisor started is killed before it returns or raises.
+        """
         self._stopping = True
         self._ready.clear()
-        channel = self._channel
-        if channel is not None:
-            await self._end(channel, "the host is shutting down", grace=grace)
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
-        for leftover in self._channels.values():
-            leftover.kill()
-        await self._host.stop()
+        try:
+            channel = self._channel
+            if channel is not None:
+                await self._end(channel, "the host is shutting down", grace=grace)
+            if self._runner is not None:
+                self._runner.cancel()
+                await asyncio.wait({self._runner}, timeout=5)
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=5)
+        finally:
+            self.kill()
+            try:
+                # Bounded: on 3.12+ closing waits for every gRPC connection to go.
+                await asyncio.wait_for(self._host.stop(), 5)
+            except Exception as exc:
+                self.console.warning(f"The gRPC server did not close cleanly: {exc!r}")
 
     def kill(self) -> None:
-        """Kill the worker process now (a second Ctrl-C)."""
+        """Kill every worker process this supervisor started that still runs (a second
+        Ctrl-C, and the last step of `stop`); never raises."""
         self._stopping = True
-        for channel in self._channels.values():
+        for channel in list(self._channels.values()):
             channel.ended_on_purpose = channel.ended_on_purpose or "killed"
             channel.kill()
 
@@ -350,9 +378,24 @@ class Supervisor:
     async def _after_timeout(
         self, channel: _Channel, invocation_id: str, response: asyncio.Future[pb.InvocationResponse]
     ) -> None:
-        if channel.handles("HandlesInvocationCancelMessage") and channel.connection is not None:
-            with contextlib.suppress(ConnectionError, OSError):
-                await channel.connection.cancel(invocation_id)
+        """What the host does after a function timeout: cancel the invocation, give it
+        `TIMEOUT_GRACE` to be answered, and restart the worker only if it is still executing
+        it then (src/WebJobs.Script.WebHost/WebScriptHostExceptionHandler.cs,
+        OnTimeoutExceptionAsync; RpcFunctionInvocationDispatcher.cs,
+        RestartWorkerWithInvocationIdAsync). A worker that answers Cancelled in time is kept.
+
+        The restart fails none of the worker's other invocations itself: it sends
+        WorkerTerminate, and the worker may finish them within the grace period, the stream
+        being read meanwhile (src/WebJobs.Script.Grpc/Channel/GrpcWorkerChannel.cs,
+        StopWorkerProcess, then Dispose). Those still unanswered when the worker is gone fail
+        at once here; the host drops them (no TryFailExecutions for a timeout restart), so
+        they fail at their own function timeout there.
+        """
+        connection = channel.connection
+        if channel.handles("HandlesInvocationCancelMessage") and connection is not None:
+            await self._send_quietly(
+                channel, "InvocationCancel", connection.cancel(invocation_id), TIMEOUT_GRACE
+            )
         with contextlib.suppress(TimeoutError, ConnectionError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(response), TIMEOUT_GRACE)
         if response.done() or self._stopping or channel is not self._channel:
@@ -450,7 +493,7 @@ class Supervisor:
             closed.cancel()
         code = channel.process.returncode
         if code is None:
-            code = await channel.wait_exit(2.0)
+            code = await channel.wait_exit(EXIT_AFTER_STREAM)
         exited.cancel()
         for pump in channel.pumps:
             with contextlib.suppress(TimeoutError):
@@ -482,18 +525,51 @@ class Supervisor:
         return f"Language Worker Process exited with status {code}.{tail}", True
 
     async def _end(self, channel: _Channel, reason: str, *, grace: float) -> None:
-        """Stop `channel` on purpose: WorkerTerminate (if handled) with `grace`, then kill."""
+        """Stop `channel` on purpose: WorkerTerminate (if handled) with `grace`, then kill.
+
+        Never raises for the worker's sake and never waits longer than `grace` plus
+        `KILL_WAIT`: the stream may be over already (a worker that ended it and lingers, or a
+        second `_end` while a restart is under way), or the worker may not read it.
+        """
         channel.ended_on_purpose = channel.ended_on_purpose or reason
-        if channel.process.returncode is None:
+        try:
+            if channel.process.returncode is not None:
+                return
             connection = channel.connection
             if connection is not None and channel.handles("HandlesWorkerTerminateMessage"):
-                with contextlib.suppress(ConnectionError, OSError):
-                    await connection.terminate(grace)
-                if await channel.wait_exit(grace) is None:
-                    channel.kill()
-            else:
-                channel.kill()
-            await channel.wait_exit(KILL_WAIT)
+                if connection.closed:  # a worker exits (1) as soon as its stream is over
+                    grace = min(grace, EXIT_AFTER_STREAM)
+                elif not channel.terminate_sent:
+                    channel.terminate_sent = True
+                    await self._send_quietly(
+                        channel, "WorkerTerminate", connection.terminate(grace), grace
+                    )
+                await channel.wait_exit(grace)
+        finally:
+            channel.kill()  # a no-op once it has exited; also when cancelled meanwhile
+        await channel.wait_exit(KILL_WAIT)
+
+    async def _send_quietly(
+        self, channel: _Channel, what: str, send: Coroutine[Any, Any, None], timeout: float
+    ) -> None:
+        """Send a request to the worker within `timeout` seconds (a worker that stops
+        reading blocks a send for ever through flow control); a stream already over, or
+        any other failure to send, is noted, not raised (h2's StreamClosedError is neither
+        a ConnectionError nor an OSError)."""
+        try:
+            await asyncio.wait_for(send, timeout)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            self.console.warning(
+                f"Could not send {what} to worker pid {channel.process.pid} within"
+                f" {timeout:g} s (it does not read its stream)."
+            )
+        except Exception as exc:
+            if self.console.verbose:
+                self.console.info(
+                    f"Could not send {what} to worker pid {channel.process.pid}: {exc!r}"
+                )
 
     # -- starting a worker -------------------------------------------------------------------
     async def _start_channel(self) -> _Channel:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 HELP = "run a function app against a language worker on this machine (like func start)"
@@ -41,6 +42,12 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError("the function timeout must be positive")
     return value
+
+
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 10**9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def _port(text: str) -> int:
@@ -88,6 +95,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="largest request body accepted, e.g. 10MB (default 100MB; larger: 413)",
     )
     parser.add_argument(
+        "--max-connections",
+        type=_count,
+        default=1000,
+        metavar="N",
+        help="most client connections open at once (default 1000; more are closed at once)",
+    )
+    parser.add_argument(
         "--function-timeout",
         type=_seconds,
         default=None,
@@ -119,9 +133,19 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         max_body_size=args.max_body_size,
         function_timeout=args.function_timeout,
+        max_connections=args.max_connections,
     )
     console = Console(color=False if args.no_color else None, verbose=args.verbose)
     emulator = Emulator(options, console)
+
+    def report(error: BaseException | None) -> None:
+        """An error that is the emulator's own bug: one line (with --verbose, the traceback),
+        never an unhandled exception."""
+        if error is None or isinstance(error, EmulatorError):
+            return
+        console.error(f"workerkit host: internal error, please report it: {error!r}")
+        if args.verbose:
+            traceback.print_exception(error, file=sys.stderr)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -138,20 +162,33 @@ def run(args: argparse.Namespace) -> int:
 
         for number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(number, on_signal)
-        starting = asyncio.create_task(emulator.start())
-        stopped = asyncio.create_task(emulator.wait_stop_requested())
-        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        if not starting.done():  # Ctrl-C while starting
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, EmulatorError):
-                await starting
-            return 1
         try:
-            starting.result()
-        except EmulatorError as exc:
-            print(f"workerkit host: error: {exc}", file=sys.stderr)
+            starting = asyncio.create_task(emulator.start())
+            stopped = asyncio.create_task(emulator.wait_stop_requested())
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not starting.done():  # Ctrl-C while starting
+                starting.cancel()
+                await asyncio.wait({starting})
+                if not starting.cancelled():
+                    report(starting.exception())
+                return 1
+            try:
+                starting.result()
+            except EmulatorError as exc:
+                print(f"workerkit host: error: {exc}", file=sys.stderr)
+                return 1
+            return await emulator.run()
+        except Exception as exc:  # a bug: say so, and still stop everything
+            report(exc)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(emulator.stop(), 30)
             return 1
-        return await emulator.run()
+        finally:
+            emulator.kill_workers()  # whatever happened, no worker outlives the host
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:  # Ctrl-C before the handlers were installed
+        emulator.kill_workers()
+        return 130
