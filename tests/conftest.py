@@ -63,7 +63,7 @@ async def open_stream_as(port: int, worker_id: str) -> list[Any]:
     from grpclib.const import Cardinality
 
     from workerkit._generated import AzureFunctionsRpcMessages as pb
-    from workerkit._transport import EVENT_STREAM_PATH, Codec
+    from workerkit._runtime.transport import EVENT_STREAM_PATH, Codec
 
     message = pb.StreamingMessage
     channel = Channel("127.0.0.1", port, codec=Codec(4 * 1024 * 1024))

@@ -1,4 +1,4 @@
-"""The hand-written hot path (workerkit._fastwire) must agree with the general code:
+"""The hand-written hot path (workerkit._wire.fastwire) must agree with the general code:
 betterproto2 for the wire and workerkit.convert for values, on arbitrary input."""
 
 from __future__ import annotations
@@ -12,7 +12,11 @@ from hypothesis import strategies as st
 from pb_strategies import pb_messages
 
 from workerkit import convert
-from workerkit._fastwire import (
+from workerkit._generated import AzureFunctionsRpcMessages as pb
+from workerkit._runtime.logs import LogEntry
+from workerkit._runtime.transport import CONTENT_FIELDS
+from workerkit._types import FunctionInfo, InitRequest, MetadataRequest
+from workerkit._wire.fastwire import (
     decode_value,
     encode_chunks,
     encode_value,
@@ -31,10 +35,6 @@ from workerkit._fastwire import (
     typed_data,
     worker_init_response,
 )
-from workerkit._generated import AzureFunctionsRpcMessages as pb
-from workerkit._logs import LogEntry
-from workerkit._transport import CONTENT_FIELDS
-from workerkit._types import FunctionInfo, InitRequest, MetadataRequest
 from workerkit.convert import ConversionError, HttpCookie, HttpResponse
 from workerkit.errors import CANCELLED, FAILURE, SUCCESS, ErrorDetails, error_details, failure
 

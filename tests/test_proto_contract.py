@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import descriptor_pb2, text_format
 from google_pb2 import Pb2
 
-from workerkit._transport import EVENT_STREAM_PATH
+from workerkit._runtime.transport import EVENT_STREAM_PATH
 from workerkit.testing import TestHost
 
 REPO = Path(__file__).resolve().parent.parent

@@ -121,7 +121,7 @@ def _not_allowed(extra: set[str]) -> set[str]:
 
 def test_import_loads_only_stdlib_and_declared_dependencies() -> None:
     extra, everything = _loaded_top_level_modules("import workerkit")
-    # grpclib loads when a worker serves, betterproto2 when a message needs it (workerkit._pb)
+    # grpclib loads when a worker serves, betterproto2 when a message needs it (workerkit._wire.pb)
     artefacts = {"_distutils_hack", "certifi"}
     assert {n for n in extra - artefacts if not n.startswith(ALLOWED_PREFIXES)} == {"workerkit"}
     assert _not_allowed(extra) == set(), sorted(extra)

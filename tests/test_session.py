@@ -23,8 +23,8 @@ from workers import Indexing, Scenarios, SyncScenarios
 import workerkit
 from workerkit import FunctionMetadata, HttpRequest, WorkerOptions
 from workerkit._generated import AzureFunctionsRpcMessages as pb
-from workerkit._logs import handler as log_handler
-from workerkit._session import _machine
+from workerkit._runtime.logs import handler as log_handler
+from workerkit._runtime.session import _machine
 from workerkit.testing import (
     HostConnection,
     InProcessWorker,

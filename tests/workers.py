@@ -55,7 +55,7 @@ class Scenarios(workerkit.Worker):
 
     # async functions -----------------------------------------------------------------------
     async def fn_modules(self, invocation: Invocation) -> Any:
-        """Whether betterproto2 has been imported in this process (workerkit._pb)."""
+        """Whether betterproto2 has been imported in this process (workerkit._wire.pb)."""
         user_log.warning("checking the modules")
         return {"betterproto2": "betterproto2" in sys.modules}
 

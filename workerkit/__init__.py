@@ -13,7 +13,7 @@ Everything an author needs is importable from here; `workerkit.testing` holds an
 host for tests, `workerkit.convert` the TypedData mapping.
 """
 
-from ._logs import current_invocation_id
+from ._runtime.logs import current_invocation_id
 from ._types import (
     Binding,
     EnvironmentReload,

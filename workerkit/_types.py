@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from ._generated import AzureFunctionsRpcMessages as pb
     from ._generated.AzureFunctionsRpcMessages import TypedData
 else:
-    # The generated classes are imported on first use (`workerkit._pb`), not for an
+    # The generated classes are imported on first use (`workerkit._wire.pb`), not for an
     # annotation: at run time `Invocation.raw_inputs` is annotated with Any values.
     TypedData = Any
 

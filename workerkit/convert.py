@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
-from workerkit._pb import pb, shared
+from workerkit._wire.pb import pb, shared
 
 if TYPE_CHECKING:
     from workerkit._generated import (

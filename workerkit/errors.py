@@ -5,7 +5,7 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass
 
-from ._pb import pb
+from ._wire.pb import pb
 
 __all__ = [
     "CANCELLED",

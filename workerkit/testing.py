@@ -31,7 +31,7 @@ from grpclib.const import Cardinality, Handler
 from grpclib.server import Server, Stream
 
 from ._generated import AzureFunctionsRpcMessages as pb
-from ._transport import EVENT_STREAM_PATH, Codec
+from ._runtime.transport import EVENT_STREAM_PATH, Codec
 from .cli import DEFAULT_MAX_MESSAGE_LENGTH, HostArgs
 from .convert import encode_input
 from .worker import Worker

@@ -275,7 +275,7 @@ class Worker:
     async def serve(self, args: HostArgs) -> int:
         """Connect to the host and serve until terminated; return the exit status: 0 after
         a terminate, non-zero when the stream ended or broke (so the host restarts us)."""
-        from ._session import Session
+        from ._runtime.session import Session
 
         return await Session(self, args).run()
 
@@ -296,7 +296,7 @@ def run(worker: type[Worker] | Worker, argv: Sequence[str] | None = None) -> Non
     instance = worker() if isinstance(worker, type) else worker
 
     async def main() -> int:
-        from ._session import Session
+        from ._runtime.session import Session
 
         loop = asyncio.get_running_loop()
         session = Session(instance, args)

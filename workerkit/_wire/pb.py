@@ -37,8 +37,8 @@ class _Deferred:
 
 
 if TYPE_CHECKING:
-    from . import _generated as shared
-    from ._generated import AzureFunctionsRpcMessages as pb
+    from .. import _generated as shared
+    from .._generated import AzureFunctionsRpcMessages as pb
 else:
     pb = _Deferred("workerkit._generated.AzureFunctionsRpcMessages")
     shared = _Deferred("workerkit._generated")

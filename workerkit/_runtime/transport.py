@@ -22,7 +22,7 @@ from grpclib.config import Configuration
 from grpclib.const import Cardinality
 from grpclib.encoding.base import CodecBase
 
-from ._fastwire import (
+from .._wire.fastwire import (
     HostRequest,
     RawInvocation,
     _varint,
@@ -33,10 +33,10 @@ from ._fastwire import (
     read_metadata_request,
     rpc_log,
 )
-from ._logs import WARNING, LogEntry
-from ._pb import pb
-from .cli import HostArgs
-from .errors import MessageTooLarge
+from .._wire.pb import pb
+from ..cli import HostArgs
+from ..errors import MessageTooLarge
+from .logs import WARNING, LogEntry
 
 __all__ = ["EVENT_STREAM_PATH", "Codec", "Transport"]
 
@@ -44,7 +44,7 @@ EVENT_STREAM_PATH = "/AzureFunctionsRpcMessages.FunctionRpc/EventStream"
 log = logging.getLogger("workerkit.transport")
 
 if TYPE_CHECKING:
-    from ._generated.AzureFunctionsRpcMessages import StreamingMessage as Message
+    from .._generated.AzureFunctionsRpcMessages import StreamingMessage as Message
 
     #: What the writer sends: a message, a log record, or bytes already encoded by
     #: `_fastwire` (the hot path and the start-up conversation).

@@ -19,7 +19,10 @@ import betterproto2
 import grpclib.exceptions
 import h2.exceptions
 
-from ._conformance_cases import (
+from .._generated import AzureFunctionsRpcMessages as pb
+from ..cli import HostArgs
+from ..testing import HostConnection, TestHost, WorkerProcess, http_bindings
+from ._cases import (
     MISSING,
     Case,
     CasesError,
@@ -32,12 +35,9 @@ from ._conformance_cases import (
     short,
     value_problem,
 )
-from ._generated import AzureFunctionsRpcMessages as pb
-from .cli import HostArgs
-from .testing import HostConnection, TestHost, WorkerProcess, http_bindings
 
 if TYPE_CHECKING:
-    from .emulator import FunctionSpec
+    from ..emulator import FunctionSpec
 
 #: The capabilities that decide whether the host sends a control message at all (§4.2):
 #: WorkerStatusRequest, WorkerTerminate (else it kills the process), InvocationCancel.
@@ -685,7 +685,7 @@ class _Runner:
     async def metadata(self, worker: _Worker) -> tuple[Outcome, str]:
         """Worker indexing (§3.2, §5.8): the functions the worker reports, validated as the
         host validates them, become the functions to load."""
-        from .emulator import discover_functions, functions_from_metadata
+        from ..emulator import discover_functions, functions_from_metadata
 
         try:
             reply = await worker.connection().functions_metadata(

@@ -16,11 +16,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import betterproto2
 
-from ._generated import AzureFunctionsRpcMessages as pb
-from .convert import ConversionError, decode_output
+from .._generated import AzureFunctionsRpcMessages as pb
+from ..convert import ConversionError, decode_output
 
 if TYPE_CHECKING:
-    from .emulator._rpchttp import IncomingRequest
+    from ..emulator._rpchttp import IncomingRequest
 
 _LOCAL_ORIGIN: Final = "http://localhost:7071"
 
@@ -271,7 +271,7 @@ def _typed_value(kind: str, value: Any, where: str) -> pb.TypedData:
 
 def _parse_http_input(raw: Any, where: str) -> IncomingRequest:
     """An HTTP request description (string URL or object) as the front door receives it."""
-    from .emulator._rpchttp import IncomingRequest
+    from ..emulator._rpchttp import IncomingRequest
 
     if isinstance(raw, str):
         raw = {"url": raw}
@@ -384,7 +384,7 @@ def input_data(
     Raises:
         CasesError: the value does not describe a valid HTTP request.
     """
-    from .emulator._rpchttp import build_rpc_http, http_trigger_metadata
+    from ..emulator._rpchttp import build_rpc_http, http_trigger_metadata
 
     kind = _typed_kind(raw, where)
     is_http = binding is not None and binding.type.lower() == "httptrigger"
@@ -532,7 +532,7 @@ def http_problem(
     Returns:
         Why it differs (None when it matches), and what the host would do silently.
     """
-    from .emulator._rpchttp import ResponseError, response_from_output
+    from ..emulator._rpchttp import ResponseError, response_from_output
 
     try:
         response = response_from_output(data)

@@ -10,7 +10,7 @@ writes those few messages directly:
   raw `TypedData` of inputs only when a hook asks for them (`LazyValues`);
 - `encode_value`, `invocation_response` and `rpc_log` write the bytes betterproto2 would;
 - the start-up conversation (StartStream, init, function loads) is read and written here too,
-  so a worker reaches "ready" without importing betterproto2 at all (`workerkit._pb`).
+  so a worker reaches "ready" without importing betterproto2 at all (`workerkit._wire.pb`).
 
 Anything off the beaten path (cookies, collections, shared memory, ...) falls back
 to betterproto2 and `workerkit.convert`, so the results are always those of the general code:
@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from ._logs import LogEntry
-from ._pb import pb
-from ._types import _DATA_TYPES, _DIRECTIONS, Binding, FunctionInfo, InitRequest, MetadataRequest
-from .convert import (
+from .._runtime.logs import LogEntry
+from .._types import _DATA_TYPES, _DIRECTIONS, Binding, FunctionInfo, InitRequest, MetadataRequest
+from ..convert import (
     Claim,
     ClaimsIdentity,
     ConversionError,
@@ -39,7 +38,8 @@ from .convert import (
     decode,
     encode,
 )
-from .errors import ErrorDetails
+from ..errors import ErrorDetails
+from .pb import pb
 
 __all__ = [
     "HostRequest",

@@ -133,7 +133,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from ._conformance_cases import (
+from ..testing import TestHost
+from ._cases import (
     Case,
     CasesError,
     Expectation,
@@ -141,7 +142,7 @@ from ._conformance_cases import (
     load_cases,
     parse_cases,
 )
-from ._conformance_scenarios import (
+from ._scenarios import (
     CONTROL_CAPABILITIES,
     ConformanceOptions,
     Outcome,
@@ -149,10 +150,9 @@ from ._conformance_scenarios import (
     ScenarioResult,
     _Runner,
 )
-from .testing import TestHost
 
 if TYPE_CHECKING:
-    from .emulator import FunctionSpec
+    from ..emulator import FunctionSpec
 
 __all__ = [
     "CONTROL_CAPABILITIES",
@@ -224,7 +224,7 @@ async def check_worker(
     if app is not None and not Path(app).is_dir():
         raise ValueError(f"app directory {os.fspath(app)!r} does not exist")
     if app is not None and not worker_indexing:
-        from .emulator import discover_functions
+        from ..emulator import discover_functions
 
         found, errors = discover_functions(Path(app).resolve())
         functions = sorted(found, key=lambda spec: spec.disabled)  # disabled last, as the host

@@ -21,7 +21,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from ._fastwire import (
+from .._types import (
+    EnvironmentReload,
+    FunctionInfo,
+    FunctionMetadata,
+    InitRequest,
+    InitResult,
+    Invocation,
+    InvocationResult,
+    MetadataRequest,
+    RetryContext,
+    Shutdown,
+    TraceContext,
+    Warmup,
+)
+from .._wire.fastwire import (
     HostRequest,
     LazyValues,
     RawInvocation,
@@ -37,28 +51,10 @@ from ._fastwire import (
     typed_data,
     worker_init_response,
 )
-from ._logs import LogRoute, current_invocation_id, current_route
-from ._logs import handler as log_handler
-from ._pb import pb
-from ._transport import Transport, Unreadable
-from ._types import (
-    EnvironmentReload,
-    FunctionInfo,
-    FunctionMetadata,
-    InitRequest,
-    InitResult,
-    Invocation,
-    InvocationResult,
-    MetadataRequest,
-    RetryContext,
-    Shutdown,
-    TraceContext,
-    Warmup,
-)
-from ._watchdog import LoopWatchdog
-from .cli import HostArgs
-from .convert import ConversionError, HttpResponse
-from .errors import (
+from .._wire.pb import pb
+from ..cli import HostArgs
+from ..convert import ConversionError, HttpResponse
+from ..errors import (
     FAILURE,
     SUCCESS,
     InvocationCancelled,
@@ -68,10 +64,14 @@ from .errors import (
     failure,
     success,
 )
-from .worker import HOOKS, Worker, ready_options
+from ..worker import HOOKS, Worker, ready_options
+from .logs import LogRoute, current_invocation_id, current_route
+from .logs import handler as log_handler
+from .transport import Transport, Unreadable
+from .watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
-    from ._generated.AzureFunctionsRpcMessages import StreamingMessage as Message
+    from .._generated.AzureFunctionsRpcMessages import StreamingMessage as Message
 
 log = logging.getLogger("workerkit")
 

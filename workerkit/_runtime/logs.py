@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 
-from .errors import ErrorDetails, error_details
+from ..errors import ErrorDetails, error_details
 
 __all__ = ["LogEntry", "LogRoute", "current_invocation_id", "handler"]
 
