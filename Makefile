@@ -79,9 +79,11 @@ other-python: .venv-$(V)/.installed
 	.venv-$*/bin/python -m pip install --quiet --prefer-binary -e '.[dev]'
 	touch $@
 
-# Regenerate workerkit/_generated from proto/ (betterproto2 through grpcio-tools' protoc).
+# Regenerate workerkit/_generated from proto/ (betterproto2 through grpcio-tools' protoc), and
+# the field numbers and tags of the hand-written codec (workerkit/_wire/schema.py).
 proto: $(STAMP)
 	$(PY) proto/generate.py workerkit/_generated
+	$(PY) proto/generate.py --schema workerkit/_wire/schema.py
 
 # The template worker under `workerkit host` (Ctrl-C to stop). Its worker.config.json says
 # python3; the host's own override points it at .venv's interpreter. DEMO_ARGS=--port 0

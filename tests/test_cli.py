@@ -1,4 +1,4 @@
-"""Tests for workerkit.cli: the host's command line (HOST_PROTOCOL §1.1) parsed into HostArgs."""
+"""Tests for workerkit.cli: the host's command line, both spellings, parsed into HostArgs."""
 
 import subprocess
 import sys

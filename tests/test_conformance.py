@@ -12,7 +12,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import EXAMPLES, ROOT, arun
@@ -628,3 +630,72 @@ def test_public_names() -> None:
     from workerkit.__main__ import COMMANDS
 
     assert COMMANDS["conformance"] == "workerkit.conformance"
+    # The command's plumbing is reachable for `workerkit` but not exported.
+    assert callable(conformance.configure) and callable(conformance.run) and conformance.HELP
+    assert not {"HELP", "configure", "run"} & set(conformance.__all__)
+
+
+def test_a_reply_that_does_not_come_is_judged_in_one_place() -> None:
+    """`Runner.expect`, which every scenario awaits its replies with: a late reply becomes
+    expected, and `missing` decides (a text fails, a function sees the replies that came with
+    another id, None lets the TimeoutError through)."""
+    from workerkit._generated import AzureFunctionsRpcMessages as pb
+    from workerkit.conformance._runner import Failed, LaunchedWorker, Missing, Runner
+
+    class Connection:
+        unmatched = [
+            pb.StreamingMessage(function_load_response=pb.FunctionLoadResponse(function_id="x"))
+        ]
+
+    worker = LaunchedWorker(process=None, args=None, conn=Connection())  # type: ignore[arg-type]
+    runner = Runner(
+        None,  # type: ignore[arg-type]
+        ["worker"],
+        cwd=ROOT,
+        env={},
+        worker_dir="",
+        functions=None,
+        app_errors=(),
+        cases=(),
+        options=ConformanceOptions(),
+    )
+
+    async def late() -> int:
+        raise TimeoutError
+
+    async def answer() -> int:
+        return 42
+
+    def expect(
+        kind: str,
+        key: str = "",
+        missing: Missing = None,
+        reply: Coroutine[Any, Any, int] | None = None,
+    ) -> int:
+        result: int = arun(
+            runner.expect(worker, reply or late(), kind=kind, key=key, missing=missing)
+        )
+        return result
+
+    assert expect("worker_init_response", reply=answer()) == 42
+    with pytest.raises(Failed, match=r"^no WorkerInitResponse$"):
+        expect("worker_init_response", missing="no WorkerInitResponse")
+    with pytest.raises(TimeoutError):
+        expect("function_environment_reload_response")
+    seen: list[list[str]] = []
+
+    def wrong_id(strays: list[pb.FunctionLoadResponse]) -> str | None:
+        seen.append([stray.function_id for stray in strays])
+        return "came with another id" if strays else None
+
+    with pytest.raises(Failed, match="came with another id"):
+        expect("function_load_response", "f1", wrong_id)
+    with pytest.raises(TimeoutError):  # the stray reply was explained the first time
+        expect("function_load_response", "f2", wrong_id)
+    assert seen == [["x"], []]
+    assert worker.timed_out == {
+        ("worker_init_response", ""),
+        ("function_environment_reload_response", ""),
+        ("function_load_response", "f1"),
+        ("function_load_response", "f2"),
+    }

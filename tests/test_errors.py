@@ -307,3 +307,18 @@ def test_failure_with_plain_string() -> None:
 
 def test_failure_with_plain_string_user_flag() -> None:
     assert failure("bad", user=True).exception.is_user_exception is True
+
+
+def test_public_names_are_the_exceptions() -> None:
+    import workerkit
+
+    assert sorted(errors.__all__) == [
+        "FunctionLoadError",
+        "InvocationCancelled",
+        "InvocationError",
+        "MessageTooLarge",
+        "WorkerError",
+    ]
+    assert all(getattr(workerkit, name) is getattr(errors, name) for name in errors.__all__)
+    # The StatusResult helpers stay importable for workerkit's runtime.
+    assert callable(errors.failure) and callable(errors.error_details) and errors.SUCCESS == 1

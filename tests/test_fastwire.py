@@ -1,5 +1,5 @@
-"""The hand-written hot path (workerkit._wire.fastwire) must agree with the general code:
-betterproto2 for the wire and workerkit.convert for values, on arbitrary input."""
+"""The hand-written hot path (workerkit._wire.messages and .values) must agree with the
+general code: betterproto2 for the wire and workerkit.convert for values, on arbitrary input."""
 
 from __future__ import annotations
 
@@ -14,12 +14,8 @@ from pb_strategies import pb_messages
 from workerkit import convert
 from workerkit._generated import AzureFunctionsRpcMessages as pb
 from workerkit._runtime.logs import LogEntry
-from workerkit._runtime.transport import CONTENT_FIELDS
 from workerkit._types import FunctionInfo, InitRequest, MetadataRequest
-from workerkit._wire.fastwire import (
-    decode_value,
-    encode_chunks,
-    encode_value,
+from workerkit._wire.messages import (
     function_load_response,
     function_metadata_response,
     invocation_response,
@@ -32,9 +28,10 @@ from workerkit._wire.fastwire import (
     rpc_log,
     start_stream,
     status_result,
-    typed_data,
     worker_init_response,
 )
+from workerkit._wire.schema import ONEOF_STREAMING_MESSAGE_CONTENT
+from workerkit._wire.values import decode_value, encode_chunks, encode_value, typed_data
 from workerkit.convert import ConversionError, HttpCookie, HttpResponse
 from workerkit.errors import CANCELLED, FAILURE, SUCCESS, ErrorDetails, error_details, failure
 
@@ -414,7 +411,8 @@ def test_function_metadata_response_matches_the_message(
 
 def test_the_content_fields_are_the_contracts_oneof(pb2: Pb2) -> None:
     streaming = pb2.descriptor(f"{PACKAGE}.StreamingMessage")
-    assert {f.number for f in streaming.oneofs_by_name["content"].fields} == CONTENT_FIELDS
+    content = {f.number for f in streaming.oneofs_by_name["content"].fields}
+    assert content == ONEOF_STREAMING_MESSAGE_CONTENT
 
 
 def test_an_empty_result_is_still_sent() -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import cast
 
 import pytest
@@ -20,6 +21,7 @@ from workerkit.testing import TestHost
 REPO = Path(__file__).resolve().parent.parent
 PROTO_DIR = REPO / "proto"
 GENERATED_DIR = REPO / "workerkit" / "_generated"
+SCHEMA_FILE = REPO / "workerkit" / "_wire" / "schema.py"
 REFERENCE_DIR = REPO.parent / "shared" / "spec" / "proto"
 PROTO_FILES = (
     "FunctionRpc.proto",
@@ -29,14 +31,22 @@ PROTO_FILES = (
 EVENT_STREAM = "/AzureFunctionsRpcMessages.FunctionRpc/EventStream"
 
 
-def _load_generate() -> Callable[[Path], None]:
+def _generator() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "workerkit_proto_generate", PROTO_DIR / "generate.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return cast(Callable[[Path], None], module.generate)
+    return module
+
+
+def _load_generate() -> Callable[[Path], None]:
+    return cast(Callable[[Path], None], _generator().generate)
+
+
+def _load_generate_schema() -> Callable[[Path], None]:
+    return cast(Callable[[Path], None], _generator().generate_schema)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -64,6 +74,34 @@ def test_generated_code_matches_proto(tmp_path: Path) -> None:
                 n=1,
             )
             pytest.fail(f"{hint}\n" + "\n".join(list(diff)[:60]))
+
+
+def test_wire_schema_matches_proto(tmp_path: Path) -> None:
+    out = tmp_path / "schema.py"
+    _load_generate_schema()(out)
+    fresh, committed = out.read_text(encoding="utf-8"), SCHEMA_FILE.read_text(encoding="utf-8")
+    if fresh != committed:
+        diff = difflib.unified_diff(
+            committed.splitlines(),
+            fresh.splitlines(),
+            "committed/schema.py",
+            "regenerated/schema.py",
+            lineterm="",
+            n=1,
+        )
+        hint = "workerkit/_wire/schema.py is stale: run `make proto` and commit the result"
+        pytest.fail(f"{hint}\n" + "\n".join(list(diff)[:60]))
+
+
+def test_generate_schema_replaces_its_own_file_only(tmp_path: Path) -> None:
+    out = tmp_path / "schema.py"
+    out.write_text(SCHEMA_FILE.read_text(encoding="utf-8") + "STALE = 1\n", encoding="utf-8")
+    _load_generate_schema()(out)
+    assert out.read_text(encoding="utf-8") == SCHEMA_FILE.read_text(encoding="utf-8")
+    out.write_text("# hand-written\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="not a generated schema"):
+        _load_generate_schema()(out)
+    assert out.read_text(encoding="utf-8") == "# hand-written\n"
 
 
 def test_generate_replaces_stale_files(tmp_path: Path) -> None:

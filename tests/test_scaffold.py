@@ -118,3 +118,9 @@ def test_the_templates_ship_inside_the_package() -> None:
     for template in scaffold.TEMPLATES:
         assert (root / template / "worker.config.json").is_file()
         assert (root / template / "README.md").is_file()
+
+
+def test_public_names_leave_the_command_out() -> None:
+    assert sorted(scaffold.__all__) == ["ScaffoldError", "TEMPLATES", "create", "language_id"]
+    # `workerkit new` reaches its plumbing by attribute (workerkit.__main__.COMMANDS).
+    assert callable(scaffold.configure) and callable(scaffold.run) and scaffold.HELP

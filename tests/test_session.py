@@ -24,7 +24,7 @@ import workerkit
 from workerkit import FunctionMetadata, HttpRequest, WorkerOptions
 from workerkit._generated import AzureFunctionsRpcMessages as pb
 from workerkit._runtime.logs import handler as log_handler
-from workerkit._runtime.session import _machine
+from workerkit._runtime.replies import machine as _machine
 from workerkit.testing import (
     HostConnection,
     InProcessWorker,

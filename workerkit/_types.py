@@ -38,7 +38,10 @@ DataType = Literal["undefined", "string", "binary", "stream"]
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _DIRECTIONS: dict[int, Direction] = {0: "in", 1: "out", 2: "inout"}
 _DATA_TYPES: dict[int, DataType] = {0: "undefined", 1: "string", 2: "binary", 3: "stream"}
-# Names the host accepts for functions and bindings (its own validation, HOST_PROTOCOL §5.8).
+# Names the host accepts: a function's starts with a letter, then letters, digits, '_' or '-';
+# a binding's is letters and digits only, or "$return"; 128 characters at most. The host's
+# checks: src/WebJobs.Script/Utility.cs and src/WebJobs.Script/Host/
+# WorkerFunctionMetadataProvider.cs in Azure/azure-functions-host.
 _FUNCTION_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,127}$", re.IGNORECASE)
 _BINDING_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9]{0,127}$")
 #: Namespace of the deterministic function ids `FunctionMetadata` derives from names.

@@ -7,21 +7,15 @@ from dataclasses import dataclass
 
 from ._wire.pb import pb
 
+# The exceptions, also exported by `workerkit`. The functions and constants after them turn an
+# exception into the StatusResult or RpcException the runtime sends: importable from here for
+# workerkit's own modules, but not part of the API.
 __all__ = [
-    "CANCELLED",
-    "FAILURE",
-    "SUCCESS",
-    "ErrorDetails",
     "FunctionLoadError",
     "InvocationCancelled",
     "InvocationError",
     "MessageTooLarge",
     "WorkerError",
-    "cancelled",
-    "error_details",
-    "failure",
-    "rpc_exception",
-    "success",
 ]
 
 #: `StatusResult.Status` values.

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["HELP", "TEMPLATES", "ScaffoldError", "configure", "create", "language_id", "run"]
+# `HELP`, `configure` and `run` are the `workerkit new` command, which workerkit.__main__ finds
+# here; they are not part of the Python API.
+__all__ = ["TEMPLATES", "ScaffoldError", "create", "language_id"]
 
 HELP = "create a new worker project from a template (python, process or lua)"
 

@@ -149,8 +149,10 @@ class Worker:
     runtime_version: ClassVar[str] = f"{sys.version_info.major}.{sys.version_info.minor}"
     worker_version: ClassVar[str] = "0.1.0"
 
-    #: Hooks implemented with ``async def``; filled when the subclass is defined.
+    #: Hooks implemented with ``async def``, and hooks the class overrides (the session
+    #: skips the base class's trivial ones); filled when the subclass is defined.
     _async_hooks: ClassVar[frozenset[str]] = frozenset()
+    _overridden_hooks: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -182,6 +184,9 @@ class Worker:
         # wrapper (3.12+) makes it async.
         cls._async_hooks = frozenset(
             name for name in HOOKS if inspect.iscoroutinefunction(getattr(cls, name))
+        )
+        cls._overridden_hooks = frozenset(
+            name for name in HOOKS if getattr(cls, name) is not getattr(Worker, name)
         )
 
     def __init__(self, *, options: WorkerOptions | None = None) -> None:
@@ -277,7 +282,7 @@ class Worker:
         a terminate, non-zero when the stream ended or broke (so the host restarts us)."""
         from ._runtime.session import Session
 
-        return await Session(self, args).run()
+        return await Session(self, args, ready_options(self)).run()
 
     @classmethod
     def main(cls, argv: Sequence[str] | None = None) -> None:
@@ -299,7 +304,7 @@ def run(worker: type[Worker] | Worker, argv: Sequence[str] | None = None) -> Non
         from ._runtime.session import Session
 
         loop = asyncio.get_running_loop()
-        session = Session(instance, args)
+        session = Session(instance, args, ready_options(instance))
         for signum in (signal.SIGTERM, signal.SIGINT):
             # Not available off the main thread or on some platforms: the host still
             # has WorkerTerminate.

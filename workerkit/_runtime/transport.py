@@ -22,11 +22,9 @@ from grpclib.config import Configuration
 from grpclib.const import Cardinality
 from grpclib.encoding.base import CodecBase
 
-from .._wire.fastwire import (
+from .._wire.messages import (
     HostRequest,
     RawInvocation,
-    _varint,
-    fields,
     read_function_load,
     read_init,
     read_invocation,
@@ -34,6 +32,17 @@ from .._wire.fastwire import (
     rpc_log,
 )
 from .._wire.pb import pb
+from .._wire.primitives import fields, read_varint
+from .._wire.schema import (
+    FUNCTION_LOAD_REQUEST_FUNCTION_ID,
+    INVOCATION_REQUEST_INVOCATION_ID,
+    ONEOF_STREAMING_MESSAGE_CONTENT,
+    STREAMING_MESSAGE_FUNCTION_LOAD_REQUEST,
+    STREAMING_MESSAGE_FUNCTIONS_METADATA_REQUEST,
+    STREAMING_MESSAGE_INVOCATION_REQUEST,
+    STREAMING_MESSAGE_REQUEST_ID,
+    STREAMING_MESSAGE_WORKER_INIT_REQUEST,
+)
 from ..cli import HostArgs
 from ..errors import MessageTooLarge
 from .logs import WARNING, LogEntry
@@ -47,7 +56,7 @@ if TYPE_CHECKING:
     from .._generated.AzureFunctionsRpcMessages import StreamingMessage as Message
 
     #: What the writer sends: a message, a log record, or bytes already encoded by
-    #: `_fastwire` (the hot path and the start-up conversation).
+    #: `workerkit._wire.messages` (the hot path and the start-up conversation).
     Outgoing = Message | LogEntry | bytes
     #: Given a message that cannot be sent as it is (over the size limit, or not
     #: serialisable) and why, return a stand-in to send instead, or None to drop it.
@@ -74,8 +83,11 @@ class Unreadable:
     function_id: str = ""
 
 
-#: The member whose first field, a string, is worth salvaging: content field -> its name.
-_SALVAGED_IDS = {4: "invocation_id", 8: "function_id"}
+#: Content members with an id worth salvaging: member -> (the id's field, what it is).
+_SALVAGED_IDS = {
+    STREAMING_MESSAGE_INVOCATION_REQUEST: (INVOCATION_REQUEST_INVOCATION_ID, "invocation_id"),
+    STREAMING_MESSAGE_FUNCTION_LOAD_REQUEST: (FUNCTION_LOAD_REQUEST_FUNCTION_ID, "function_id"),
+}
 
 
 def salvage(data: bytes, reason: str) -> Unreadable:
@@ -90,24 +102,25 @@ def salvage(data: bytes, reason: str) -> Unreadable:
         pos, size = 0, len(view)
         try:
             while pos < size:
-                key, pos = _varint(view, pos)
+                key, pos = read_varint(view, pos)
                 if key & 7 != 2:
                     return  # only length-delimited fields matter here
-                length, pos = _varint(view, pos)
+                length, pos = read_varint(view, pos)
                 value = view[pos : min(pos + length, size)]
                 pos += length
                 number = key >> 3
                 if number in wanted:
                     found[wanted[number]] = str(value, "utf-8", "replace")
-                elif top and number in CONTENT_FIELDS:
+                elif top and number in ONEOF_STREAMING_MESSAGE_CONTENT:
                     content = number
-                    inner = _SALVAGED_IDS.get(number)
-                    if inner is not None:
-                        walk(value, {1: inner}, False)
+                    salvaged = _SALVAGED_IDS.get(number)
+                    if salvaged is not None:
+                        id_field, name = salvaged
+                        walk(value, {id_field: name}, False)
         except (IndexError, ValueError):  # truncated or garbled: keep what was read
             return
 
-    walk(memoryview(data), {1: "request_id"}, True)
+    walk(memoryview(data), {STREAMING_MESSAGE_REQUEST_ID: "request_id"}, True)
     return Unreadable(reason, content=content, **found)
 
 
@@ -116,16 +129,14 @@ if TYPE_CHECKING:
     Incoming = Message | RawInvocation | HostRequest | Unreadable
 
 
-#: Field numbers of `StreamingMessage.content`'s members (a test checks them against the
-#: contract): a field outside the oneof, e.g. one a newer host adds, is not the content.
-CONTENT_FIELDS = frozenset(
-    (2, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15, 16, 17, 20, 21, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34)
-)
-#: Content members read by `_fastwire` during start-up: (member name, reader).
+#: Content members read by hand during start-up: (member name, reader).
 _START_UP: dict[int, tuple[str, Callable[[memoryview], Any]]] = {
-    17: ("worker_init_request", read_init),
-    8: ("function_load_request", read_function_load),
-    29: ("functions_metadata_request", read_metadata_request),
+    STREAMING_MESSAGE_WORKER_INIT_REQUEST: ("worker_init_request", read_init),
+    STREAMING_MESSAGE_FUNCTION_LOAD_REQUEST: ("function_load_request", read_function_load),
+    STREAMING_MESSAGE_FUNCTIONS_METADATA_REQUEST: (
+        "functions_metadata_request",
+        read_metadata_request,
+    ),
 }
 
 
@@ -134,15 +145,16 @@ class Codec(CodecBase):
     receipt. Already-serialised ``bytes`` pass through `encode` untouched, so the writer can
     measure a message before sending it.
 
-    With `fast_invocations` (the worker's side) the messages `_fastwire` reads are handed
-    over as `RawInvocation` and `HostRequest`, everything else as a `StreamingMessage`."""
+    With `fast_invocations` (the worker's side) the messages read by hand
+    (`workerkit._wire.messages`) are handed over as `RawInvocation` and `HostRequest`,
+    everything else as a `StreamingMessage`."""
 
     __content_subtype__ = "proto"
 
     def __init__(self, max_message_length: int, *, fast_invocations: bool = False) -> None:
         self.max_message_length = max_message_length
-        #: Hand invocation requests over as `RawInvocation`, and the start-up requests
-        #: `_fastwire` reads as `HostRequest`; a frame that cannot be read as `Unreadable`.
+        #: Hand invocation requests over as `RawInvocation`, and the start-up requests read
+        #: by hand as `HostRequest`; a frame that cannot be read as `Unreadable`.
         self.fast_invocations = fast_invocations
 
     def encode(self, message: Any, message_type: Any) -> bytes:
@@ -161,13 +173,14 @@ class Codec(CodecBase):
             for number, wire_type, value in fields(data):  # also checks the framing
                 if wire_type != 2:
                     continue  # every field of StreamingMessage is length-delimited
-                if number == 1:
+                if number == STREAMING_MESSAGE_REQUEST_ID:
                     request_id = str(value, "utf-8")
-                elif number in CONTENT_FIELDS:  # the oneof: the last member wins
+                elif number in ONEOF_STREAMING_MESSAGE_CONTENT:  # the last member wins
+                    # (a field outside the oneof, e.g. one a newer host adds, is not content)
                     content, payload = number, value
             if self.fast_invocations:
                 if payload is not None:
-                    if content == 4:
+                    if content == STREAMING_MESSAGE_INVOCATION_REQUEST:
                         return read_invocation(request_id, payload)
                     reader = _START_UP.get(content)
                     if reader is not None:
@@ -287,7 +300,7 @@ class Transport:
         channel = Channel(self.args.host, self.args.port, codec=codec, config=config)
         try:
             # The codec reads every message itself: no message class is needed here, and
-            # none is imported before the host sends something `_fastwire` does not read.
+            # none is imported before the host sends something not read by hand.
             async with channel.request(
                 EVENT_STREAM_PATH, Cardinality.STREAM_STREAM, bytes, object
             ) as stream:

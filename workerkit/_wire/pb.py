@@ -3,8 +3,8 @@
 Importing betterproto2 and the generated classes costs a worker about 60 ms of start-up on a
 small machine: more than everything else it imports. The messages of the start-up
 conversation (StartStream, init, worker indexing, function loads), invocations and logs are
-read and written by hand (`_fastwire`), so a worker whose host sends nothing else never
-imports them; anything else (status, cancel, terminate, a Failure reply, an uncommon
+read and written by hand (`messages`, `values`), so a worker whose host sends nothing else
+never imports them; anything else (status, cancel, terminate, a Failure reply, an uncommon
 TypedData, ...) imports them on first use.
 
 ``pb`` stands for ``workerkit._generated.AzureFunctionsRpcMessages`` and ``shared`` for

@@ -214,7 +214,9 @@ def _check_value(value: Any, where: str, *, expected: bool = False) -> None:
         else:
             _parse_http_input(value[kind], where)
     elif expected and kind.startswith("$collection"):
-        raise CasesError(f"{where}: the host takes no {kind[1:]} back from a worker (§5.5)")
+        raise CasesError(
+            f"{where}: the host takes no {kind[1:]} back from a worker (it fails the invocation)"
+        )
     else:
         _typed_value(kind, value[kind], where)
 
@@ -362,11 +364,13 @@ def _dump(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Shaping inputs as the host does (HOST_PROTOCOL §5.2, §5.3)
+# Shaping inputs as the host does (its ToRpc and ToRpcHttp, in Azure/azure-functions-host
+# src/WebJobs.Script.Grpc/MessageExtensions/GrpcMessageConversionExtensions.cs)
 
 
 def has_capability(capabilities: Mapping[str, str], name: str) -> bool:
-    """The host checks presence with a non-empty value (§4.2)."""
+    """Whether the worker declared `name`: the host ignores a capability with an empty value
+    (here a blank one counts as empty too)."""
     return bool(capabilities.get(name, "").strip())
 
 
@@ -429,7 +433,8 @@ _FORBIDDEN_KINDS: Final = frozenset(
 
 
 def output_problems(response: pb.InvocationResponse) -> list[str]:
-    """What the host would reject or misread in a response's values (§5.4, §5.5)."""
+    """What the host would reject or misread in a response's values: collection and
+    model-binding values (it fails the invocation), and an http response without body."""
     problems = []
     values = [("$return", response.return_value)] + [
         (binding.name, binding.data) for binding in response.output_data
@@ -437,13 +442,13 @@ def output_problems(response: pb.InvocationResponse) -> list[str]:
     for name, data in values:
         kind = kind_of(data)
         if kind in _FORBIDDEN_KINDS:
-            problems.append(f"{name} is {kind}, which the host rejects (§5.5)")
+            problems.append(f"{name} is {kind}, which the host rejects")
         elif (
             kind == "http" and data is not None and data.http is not None and data.http.body is None
         ):
             problems.append(
                 f"{name} is an http response without body: the host then ignores its status "
-                "and headers and returns it as JSON with 200 (§5.4)"
+                "and headers and returns it as JSON with 200"
             )
     return problems
 

@@ -1,0 +1,104 @@
+"""The session's invocation rules (`workerkit._runtime.protocol.Ledger`), with no socket: every
+admitted invocation is answered exactly once, whatever the order of cancels, overdue timers,
+ends and shutdown."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workerkit._runtime.protocol import Entry, Ledger
+
+
+def test_refusals_name_their_reason() -> None:
+    ledger = Ledger(backlog=10)
+    assert ledger.admit(Entry("a", "r1")) is None
+    assert ledger.admit(Entry("a", "r2")) == "invocation id a is already running on this worker"
+    assert ledger.admit(Entry("", "r3")) == "the InvocationRequest has no invocation_id"
+    ledger.shutting_down = True
+    assert ledger.admit(Entry("b", "r4")) == (
+        "the worker is shutting down and takes no new invocations"
+    )
+    assert [e.invocation_id for e in ledger] == ["a"]
+
+
+def test_an_id_may_be_used_again_once_released() -> None:
+    ledger = Ledger(backlog=10)
+    first = Entry("a", "r1")
+    assert ledger.admit(first) is None
+    ledger.release(first)
+    assert ledger.get("a") is None
+    second = Entry("a", "r2")
+    assert ledger.admit(second) is None
+    ledger.release(first)  # a late release of the old entry leaves the new one open
+    assert ledger.get("a") is second
+
+
+def test_the_answer_is_claimed_once_and_a_cancel_starts_its_grace_once() -> None:
+    ledger = Ledger(backlog=10)
+    entry = Entry("a", "r1")
+    ledger.admit(entry)
+    assert ledger.request_cancel(entry) is True
+    assert ledger.request_cancel(entry) is False  # a second cancel: no second timer
+    assert ledger.owing() == [entry]
+    assert ledger.claim_answer(entry) is True  # answered Cancelled when overdue
+    assert ledger.owing() == []
+    assert ledger.claim_answer(entry) is False  # its late result is dropped
+
+
+def test_reading_pauses_at_the_backlog_and_resumes_below_it() -> None:
+    ledger = Ledger(backlog=2)
+    assert ledger.task_started() is False
+    assert ledger.task_started() is True  # two tasks: stop reading
+    assert ledger.task_ended() is True  # one: read again
+    assert ledger.task_ended() is True
+
+
+# Events: (kind, invocation number). The model: a request is admitted or refused; an admitted
+# invocation's hook ends at most once; an overdue timer fires only after a cancel.
+KINDS = st.sampled_from(["request", "cancel", "overdue", "end", "shutdown"])
+EVENTS = st.lists(st.tuples(KINDS, st.integers(0, 4)), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(EVENTS)
+def test_every_request_gets_exactly_one_response(events: list[tuple[str, int]]) -> None:
+    ledger = Ledger(backlog=3)
+    responses: dict[str, int] = {}  # request id -> responses sent for it
+    running: dict[int, Entry] = {}  # invocation number -> entry whose hook has not ended
+    requests = 0
+    for kind, number in events:
+        if kind == "request":
+            requests += 1
+            entry = Entry(f"inv-{number}", f"req-{requests}")
+            responses[entry.request_id] = 0
+            if ledger.admit(entry) is not None:
+                responses[entry.request_id] += 1  # the refusal
+            else:
+                running[number] = entry
+                ledger.task_started()
+        elif kind == "cancel":
+            entry = ledger.get(f"inv-{number}")
+            if entry is not None:
+                ledger.request_cancel(entry)
+        elif kind == "overdue":
+            entry = running.get(number)
+            if entry is not None and entry.cancel_requested and ledger.claim_answer(entry):
+                responses[entry.request_id] += 1  # answered Cancelled, the hook runs on
+        elif kind == "end":
+            entry = running.pop(number, None)
+            if entry is not None:
+                ledger.release(entry)
+                if ledger.claim_answer(entry):
+                    responses[entry.request_id] += 1
+                ledger.task_ended()
+        else:
+            ledger.shutting_down = True
+        assert all(count <= 1 for count in responses.values())
+    for entry in list(running.values()):  # every hook ends eventually
+        ledger.release(entry)
+        if ledger.claim_answer(entry):
+            responses[entry.request_id] += 1
+        ledger.task_ended()
+    assert all(count == 1 for count in responses.values()), responses
+    assert len(ledger) == 0 and ledger.owing() == []

@@ -1,0 +1,389 @@
+"""Invocations: from an `InvocationRequest` to its one `InvocationResponse`.
+
+`Invocations` runs each request as a task: it waits for a slot (`max_in_flight`), runs the
+function's `on_invocation` through `Session.call`, encodes the response and sends it. The
+rules (refusals, one answer per request, cancel, backpressure) are `protocol.Ledger`'s; this
+module owns the tasks, the slots and the timers around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .._types import FunctionInfo, Invocation, InvocationResult, RetryContext, TraceContext
+from .._wire.messages import RawInvocation, invocation_response, read_trace
+from .._wire.pb import pb
+from .._wire.values import LazyValues, decode_value, encode_chunks, typed_data
+from ..convert import ConversionError, HttpResponse
+from ..errors import InvocationCancelled, MessageTooLarge, cancelled, failure
+from .logs import current_invocation_id
+from .protocol import Entry, Ledger
+
+if TYPE_CHECKING:
+    from .session import Session
+
+log = logging.getLogger("workerkit")
+
+#: Seconds a cancelled ``async def`` invocation gets to end before it is answered Cancelled
+#: anyway. A coroutine that honours cancellation ends within a step or two; one still running
+#: after this swallowed the CancelledError (or cleans up slowly), and the host must not wait
+#: on it: the host restarts a worker whose cancelled invocation is unanswered 2 s on.
+CANCEL_GRACE = 0.25
+
+
+@dataclass(eq=False)
+class Running(Entry):
+    """An invocation between its request and its response: the ledger's entry, plus what
+    the runtime holds for it."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    task: asyncio.Task[None] | None = None
+    #: The task has begun: cancelling it now raises inside `_invoke`'s handlers. (A task
+    #: cancelled before its first step would end without running them, and without a reply.)
+    started: bool = False
+    invocation: Invocation | None = None
+    #: Answers Cancelled once `CANCEL_GRACE` has passed after a cancel (`cancel_overdue`).
+    overdue: asyncio.TimerHandle | None = None
+
+
+class Invocations:
+    """The invocations of one session."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        options = session.options
+        self.ledger = Ledger(options.max_in_flight + options.max_queued)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(options.max_in_flight)
+
+    def running(self) -> list[Running]:
+        """The open invocations (all entries of the ledger are `Running`s)."""
+        return [entry for entry in self.ledger if isinstance(entry, Running)]
+
+    def owing(self) -> set[asyncio.Task[None]]:
+        """The invocations whose response is still to come: not those answered Cancelled
+        that run on regardless (waiting for them would only delay the exit)."""
+        detached = {r.task for r in self.running() if r.answered}
+        return {task for task in self.tasks if task not in detached}
+
+    def request(self, request: RawInvocation) -> None:
+        request_id = request.request_id
+        invocation_id = request.invocation_id
+        running = Running(invocation_id=invocation_id, request_id=request_id)
+        refusal = self.ledger.admit(running)
+        if refusal is not None:
+            log.error("refused invocation %r: %s", invocation_id, refusal)
+            self.session._reply(
+                request_id,
+                invocation_response=pb.InvocationResponse(
+                    invocation_id=invocation_id, result=failure(refusal)
+                ),
+            )
+            return
+        task = self.session._spawn(self._invoke(request, running))
+        running.task = task
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        if self.ledger.task_started():
+            self.session.transport.reading.clear()  # resumed by _invocation_done
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if self.ledger.task_ended():
+            self.session.transport.reading.set()
+
+    async def _invoke(self, request: RawInvocation, running: Running) -> None:
+        invocation_id = request.invocation_id
+        running.started = True
+        holding = False
+        try:
+            try:
+                if running.cancel.is_set():  # cancelled before this task first ran
+                    raise asyncio.CancelledError
+                await self.slots.acquire()
+                holding = True
+                response = await self._execute(request, running)
+            except asyncio.CancelledError:
+                if self.session._closed:  # the stream is gone: nobody to answer
+                    raise
+                response = pb.InvocationResponse(invocation_id=invocation_id, result=cancelled())
+            except Exception as exc:  # a workerkit bug must still cost only this invocation
+                log.exception("internal error in invocation %s", invocation_id)
+                response = pb.InvocationResponse(
+                    invocation_id=invocation_id,
+                    result=failure(f"workerkit internal error: {exc!r}"),
+                )
+            finally:
+                self.ledger.release(running)
+                if running.overdue is not None:
+                    running.overdue.cancel()
+            if not self.ledger.claim_answer(running):  # answered Cancelled: one reply only
+                name = running.invocation.function.name if running.invocation else "?"
+                log.info(
+                    "function %r (invocation %s) ended after it was answered Cancelled;"
+                    " what it returned is dropped",
+                    name,
+                    invocation_id,
+                )
+                return
+            # The slot is held until the response is on the wire: with a host that reads
+            # slowly, at most `max_in_flight` responses wait in memory.
+            if isinstance(response, bytes):
+                await self.session.transport.send_and_wait(response)
+            else:  # a Failure or Cancelled: uncommon, built with the generated messages
+                await self.session.transport.send_and_wait(
+                    pb.StreamingMessage(request_id=request.request_id, invocation_response=response)
+                )
+        finally:
+            if holding:
+                self.slots.release()
+
+    async def _execute(
+        self, request: RawInvocation, running: Running
+    ) -> pb.InvocationResponse | bytes:
+        """Run one invocation; the response as message, or as bytes on the fast path."""
+        invocation_id = request.invocation_id
+        function_id = request.function_id
+        loading = self.session._loading.get(function_id)
+        if loading is not None:
+            await loading.wait()
+        function = self.session._functions.get(function_id)
+        if function is None:
+            error = self.session._load_errors.get(function_id)
+            message = (
+                f"function {function_id} failed to load: {error}"
+                if error is not None
+                else f"no function with id {function_id!r} is loaded on this worker"
+            )
+            return pb.InvocationResponse(invocation_id=invocation_id, result=failure(message))
+        try:
+            invocation = _invocation(request, function, running.cancel)
+        except ConversionError as exc:
+            return pb.InvocationResponse(
+                invocation_id=invocation_id,
+                result=failure(f"function {function.name}: {exc}"),
+            )
+        running.invocation = invocation
+        current_invocation_id.set(invocation_id)
+        try:
+            response: bytes = await self.session.call(
+                "on_invocation",
+                invocation,
+                functools.partial(_response, function, request.request_id, invocation_id),
+            )
+        except (asyncio.CancelledError, InvocationCancelled) as exc:
+            if running.cancel.is_set() or task_cancelled():
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return pb.InvocationResponse(invocation_id=invocation_id, result=cancelled())
+            # Raised by the function itself, with no cancel asked for: a failure like any other
+            # (Cancelled tells the host it asked for this, which it did not).
+            log.error("function %s failed: %r (nothing cancelled it)", function.name, exc)
+            return pb.InvocationResponse(
+                invocation_id=invocation_id,
+                result=failure(
+                    f"{type(exc).__name__} raised by the function, but nothing cancelled"
+                    " the invocation",
+                    user=True,
+                    source=function.name,
+                ),
+            )
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt from user code too
+            log.error("function %s failed: %s", function.name, exc, exc_info=True)
+            return pb.InvocationResponse(
+                invocation_id=invocation_id, result=failure(exc, user=True, source=function.name)
+            )
+        limit = self.session.args.max_message_length
+        if len(response) > limit:
+            too_big = MessageTooLarge(len(response), limit, f"the response of {invocation_id}")
+            log.error("%s", too_big)
+            return pb.InvocationResponse(
+                invocation_id=invocation_id,
+                result=failure(f"the function's result cannot be sent to the host: {too_big}"),
+            )
+        return response
+
+    def cancel_request(self, request_id: str, request: pb.InvocationCancel) -> None:
+        running = self.ledger.get(request.invocation_id)
+        if not isinstance(running, Running):
+            log.debug("cancel of %s: not running (finished or unknown)", request.invocation_id)
+            return
+        self.cancel(running)
+
+    def cancel(self, running: Running) -> None:
+        first = self.ledger.request_cancel(running)
+        running.cancel.set()
+        if running.task is not None and running.started:
+            running.task.cancel()
+        if first and not running.answered:
+            running.overdue = self.session._loop.call_later(
+                CANCEL_GRACE, self.cancel_overdue, running
+            )
+        if running.invocation is not None and "on_cancel" in self.session._overridden:
+            self.session._spawn(self.session._quietly("on_cancel", running.invocation))
+
+    def cancel_overdue(self, running: Running) -> None:
+        """A cancelled invocation that has not ended `CANCEL_GRACE` later (an ``async def``
+        that swallows CancelledError, say), or when the worker stops, is answered Cancelled
+        now, as a plain def stuck in its thread is. Its task runs on, detached: it keeps its
+        place among the `max_in_flight` (it does hold memory and the loop), and whatever it
+        ends with is dropped, so the invocation still gets exactly one response."""
+        if running.overdue is not None:
+            running.overdue.cancel()
+            running.overdue = None
+        task = running.task
+        if (
+            self.session._closed
+            or task is None
+            or task.done()
+            or not self.ledger.claim_answer(running)
+        ):
+            return
+        invocation_id = running.invocation_id
+        invocation = running.invocation
+        name = invocation.function.name if invocation is not None else "?"
+        log.warning(
+            "function %r (invocation %s) still runs %g s after it was cancelled: answered"
+            " Cancelled; it keeps running, and its slot of max_in_flight, until it returns."
+            " Does it swallow asyncio.CancelledError (a catch-all `except BaseException`)?",
+            name,
+            invocation_id,
+            CANCEL_GRACE,
+        )
+        self.session._reply(
+            running.request_id,
+            invocation_response=pb.InvocationResponse(
+                invocation_id=invocation_id, result=cancelled()
+            ),
+        )
+
+
+def task_cancelled() -> bool:
+    """Whether the current task is being cancelled (by us: a CancelledError raised by user
+    code leaves the count at 0)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def cancelled_by_us(exc: BaseException) -> bool:
+    """`exc` is the cancellation of this task (the stream ended, or we are stopping); a
+    CancelledError a hook raised or let through on its own is the hook's failure, and its
+    request still gets a reply."""
+    return isinstance(exc, asyncio.CancelledError) and task_cancelled()
+
+
+def captured(
+    method: Callable[[Any], Any], arg: Any, then: Callable[[Any], Any] | None
+) -> tuple[bool, Any, bool]:
+    """Run a plain-def hook in a pool thread, and `then` on its result unless that is
+    awaitable: (ok, the value or the exception, whether `then` ran). The exception is
+    returned, not raised: a future's exception is thrown into the awaiting coroutine, and a
+    thrown GeneratorExit closes that coroutine instead of reaching its handlers (the reply
+    would be lost)."""
+    try:
+        value = method(arg)
+        if then is None or inspect.isawaitable(value):
+            return True, value, False
+        return True, then(value), True
+    except BaseException as exc:
+        return False, exc, False
+
+
+def _invocation(
+    request: RawInvocation, function: FunctionInfo, cancel: threading.Event
+) -> Invocation:
+    inputs: dict[str, Any] = {}
+    raw: dict[str, memoryview] = {}
+    assert request.inputs is not None and request.metadata is not None
+    for name, data, shared in request.inputs:
+        if shared:
+            raise ConversionError(
+                f"input {name!r} came through shared memory, which this worker does not support"
+            )
+        if data is not None:
+            raw[name] = data
+        try:
+            inputs[name] = decode_value(data)
+        except ConversionError as exc:
+            raise ConversionError(f"cannot read input {name!r}: {exc}") from None
+    trace = TraceContext(*read_trace(request.trace)) if request.trace is not None else _NO_TRACE
+    retry = None
+    if request.retry is not None:
+        context = pb.RetryContext.parse(bytes(request.retry))
+        retry = RetryContext(
+            context.retry_count,
+            context.max_retry_count,
+            context.exception.message if context.exception is not None else "",
+        )
+    return Invocation(
+        invocation_id=request.invocation_id,
+        function=function,
+        inputs=inputs,
+        raw_inputs=LazyValues(raw, typed_data),
+        trigger_metadata=LazyValues(request.metadata, _metadata_value),
+        trace_context=trace,
+        retry_context=retry,
+        _cancel=cancel,
+    )
+
+
+_NO_TRACE = TraceContext()
+
+
+def _metadata_value(data: memoryview) -> Any:
+    try:
+        return decode_value(data)
+    except ConversionError:  # metadata is informational: keep what the host sent
+        return typed_data(data)
+
+
+def _response(function: FunctionInfo, request_id: str, invocation_id: str, result: Any) -> bytes:
+    """The InvocationResponse, encoded, for what `on_invocation` returned; raises (a user
+    error: the invocation fails) when the result cannot be sent."""
+    if isinstance(result, InvocationResult):
+        value, outputs = result.return_value, dict(result.outputs)
+    else:
+        value, outputs = result, {}
+    if "$return" in outputs:
+        if value is not None:
+            raise ValueError("both return_value and outputs['$return'] are set; use one")
+        value = outputs.pop("$return")
+    bindings = function.bindings
+    if isinstance(value, HttpResponse) and "$return" not in bindings:
+        # An HTTP response returned from a function whose HTTP output is named: put it there.
+        http_outputs = [b.name for b in bindings.values() if b.type == "http" and b.is_output]
+        if len(http_outputs) == 1 and http_outputs[0] not in outputs:
+            outputs[http_outputs[0]] = value
+            value = None
+    if value is not None and bindings and "$return" not in bindings:
+        # The host would read a JSON object's keys as output bindings (legacy behaviour).
+        raise ValueError(
+            f"function {function.name} returned a value but has no '$return' binding: return"
+            " None, or InvocationResult(outputs={...}) for its named output bindings"
+        )
+    if outputs and bindings:
+        unknown = [name for name in outputs if name not in bindings or not bindings[name].is_output]
+        if unknown:
+            declared = ", ".join(n for n, b in bindings.items() if b.is_output) or "none"
+            raise ValueError(
+                f"outputs {', '.join(map(repr, unknown))} are not output bindings of function "
+                f"{function.name} (its output bindings: {declared})"
+            )
+    try:
+        return invocation_response(
+            request_id,
+            invocation_id,
+            None if value is None else encode_chunks(value),
+            [(name, encode_chunks(data)) for name, data in outputs.items()],
+        )
+    except ConversionError as exc:
+        raise ConversionError(
+            f"cannot send the result of function {function.name}: {exc}"
+        ) from None

@@ -1,0 +1,196 @@
+"""The scenarios that invoke: the cases of a cases file (inputs shaped as the host shapes
+them, the response judged against the case's ``expect``), an invocation of a function never
+loaded, and an InvocationCancel for an invocation never sent.
+
+Each is a `Step` of `._runner`. The host's side: ``ToRpcInvocationRequest`` in
+Azure/azure-functions-host ``src/WebJobs.Script.Grpc/Extensions/
+ScriptInvocationContextExtensions.cs``; responses are read by ``GrpcWorkerChannel.cs``."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+
+from .._generated import AzureFunctionsRpcMessages as pb
+from ._cases import (
+    MISSING,
+    Case,
+    CasesError,
+    describe,
+    has_capability,
+    http_problem,
+    input_data,
+    kind_of,
+    output_problems,
+    short,
+    value_problem,
+)
+from ._report import Outcome
+from ._runner import (
+    Failed,
+    LaunchedWorker,
+    NotRun,
+    Runner,
+    Step,
+    Verdict,
+    checked_result,
+    failure_text,
+    one_line,
+    status_name,
+)
+
+
+def case_step(case: Case) -> Step:
+    """The scenario ``case:NAME``."""
+
+    async def step(runner: Runner, worker: LaunchedWorker) -> Verdict:
+        return await run_case(runner, worker, case)
+
+    return step
+
+
+async def run_case(runner: Runner, worker: LaunchedWorker, case: Case) -> Verdict:
+    if runner.functions is None:
+        raise NotRun("not run: no functions are known (see metadata)")
+    spec = next((s for s in runner.functions if s.name == case.function), None)
+    if spec is None:
+        known = ", ".join(s.name for s in runner.functions) or "none"
+        raise Failed(f"no function {case.function!r} in the app (functions: {known})")
+    if spec.disabled:
+        raise Failed(f"function {case.function!r} is disabled: the host never invokes it")
+    if runner.loaded.get(spec.name):
+        raise NotRun(f"not run: {spec.name} failed to load ({one_line(runner.loaded[spec.name])})")
+    if case.cancel_after is not None and not has_capability(
+        runner.capabilities, "HandlesInvocationCancelMessage"
+    ):
+        raise NotRun("skipped (not advertised: HandlesInvocationCancelMessage)")
+    function_metadata = spec.load_request().metadata
+    bindings = dict(function_metadata.bindings) if function_metadata is not None else {}
+    inputs, metadata = case_inputs(runner, case, bindings)
+    reply = await runner.invoke(
+        worker,
+        spec.function_id,
+        inputs,
+        trigger_metadata=metadata,
+        timeout=case.timeout,
+        cancel_after=case.cancel_after,
+        missing=f"no InvocationResponse within {case.timeout or runner.options.timeout:g} s",
+    )
+    return judge(case, reply, bindings)
+
+
+def case_inputs(
+    runner: Runner, case: Case, bindings: Mapping[str, pb.BindingInfo]
+) -> tuple[dict[str, pb.TypedData], dict[str, pb.TypedData]]:
+    """Input data in the host's order (trigger first, then input bindings), and the
+    trigger metadata the host would add, with the case's own entries on top."""
+    inbound = {
+        name: info
+        for name, info in bindings.items()
+        if info.direction != pb.BindingInfoDirection.out
+    }
+    triggers = [n for n, info in inbound.items() if info.type.lower().endswith("trigger")]
+    unknown = [n for n in case.inputs if n not in inbound]
+    if unknown:
+        raise Failed(
+            f"input {unknown[0]!r} is not an input binding of {case.function} "
+            f"(inputs: {', '.join(inbound) or 'none'})"
+        )
+    missing = [n for n in triggers if n not in case.inputs]
+    if missing:
+        raise Failed(f'the case gives no value for the trigger "{missing[0]}"')
+    inputs: dict[str, pb.TypedData] = {}
+    metadata: dict[str, pb.TypedData] = {}
+    for name in sorted(inbound, key=lambda n: n not in triggers):
+        raw = case.inputs.get(name)
+        trigger = name if name in triggers else ""
+        try:
+            inputs[name], added = input_data(
+                raw, inbound[name], runner.capabilities, f"inputs.{name}", trigger=trigger
+            )
+        except CasesError as exc:
+            raise Failed(str(exc)) from None
+        metadata.update(added)
+    for key, raw in case.trigger_metadata.items():
+        metadata[key] = input_data(raw, None, runner.capabilities, f"trigger_metadata.{key}")[0]
+    return inputs, metadata
+
+
+def judge(
+    case: Case, reply: pb.InvocationResponse, bindings: Mapping[str, pb.BindingInfo]
+) -> Verdict:
+    """The verdict on `reply` to `case`: a failure lists every expectation it missed; what the
+    host would silently drop or change makes a warning."""
+    result = checked_result(reply.result, "InvocationResponse")
+    expect = case.expect
+    got = status_name(result)
+    if got != expect.status:
+        raise Failed(f"expected {expect.status}, got {one_line(failure_text(result))}")
+    problems: list[str] = []
+    notes: list[str] = []
+    if expect.error is not None:
+        message = result.exception.message if result.exception else ""
+        if expect.error not in message:
+            problems.append(f"failure message {short(message)} lacks {expect.error!r}")
+    if got == "Success":
+        problems += output_problems(reply)
+    outputs = {b.name: b.data for b in reply.output_data}
+    if expect.return_value is not MISSING:
+        problem = value_problem(reply.return_value, expect.return_value, "return_value")
+        problems += [problem] if problem else []
+    for name, expected in expect.outputs.items():
+        problem = value_problem(outputs.get(name), expected, f"outputs.{name}")
+        problems += [problem] if problem else []
+    if expect.http is not None:
+        http_out = [
+            n
+            for n, info in bindings.items()
+            if info.direction != pb.BindingInfoDirection.in_ and info.type.lower() == "http"
+        ]
+        name = http_out[0] if http_out else "$return"
+        data = reply.return_value if name == "$return" else outputs.get(name)
+        problem, silent = http_problem(data, expect.http, name)
+        problems += [problem] if problem else []
+        if data is None or data.http is None or data.http.body is not None:
+            notes += silent  # (a missing body is already a problem, above)
+    if problems:
+        raise Failed("; ".join(problems))
+    strays = sorted(
+        name
+        for name in outputs
+        if name not in bindings or bindings[name].direction == pb.BindingInfoDirection.in_
+    )
+    if strays:
+        notes.append(f"outputs {', '.join(strays)} match no output binding: the host drops them")
+    if notes:
+        return Outcome.WARN, f"{got}, but: " + "; ".join(notes)
+    answers = [f"{name} {describe(data)}" for name, data in outputs.items()]
+    if kind_of(reply.return_value):
+        answers.insert(0, f"$return {describe(reply.return_value)}")
+    return Outcome.PASS, f"{got}" + (f": {'; '.join(answers)}" if answers else "")
+
+
+async def unknown_function(runner: Runner, worker: LaunchedWorker) -> Verdict:
+    function_id = f"conformance-unknown-{uuid.uuid4()}"
+    reply = await runner.invoke(
+        worker,
+        function_id,
+        missing=f"no InvocationResponse within {runner.options.timeout:g} s for function id "
+        f"{function_id!r}, which was never loaded",
+    )
+    result = checked_result(reply.result, "InvocationResponse")
+    if result.status.name != "Failure":
+        raise Failed(f"answered {status_name(result)} for a function never loaded")
+    await asyncio.sleep(0.2)  # a worker that crashes after replying shows it now
+    await runner.alive(worker)
+    return Outcome.PASS, one_line(failure_text(result))
+
+
+async def cancel_unknown(runner: Runner, worker: LaunchedWorker) -> Verdict:
+    if not has_capability(runner.capabilities, "HandlesInvocationCancelMessage"):
+        raise NotRun("skipped (not advertised: HandlesInvocationCancelMessage)")
+    await worker.connection().cancel(f"conformance-never-sent-{uuid.uuid4()}")
+    await runner.alive(worker)
+    probe = "WorkerStatusRequest" if runner.status_ok else "an invocation"
+    return Outcome.PASS, f"ignored; the worker still answers {probe}"
