@@ -70,7 +70,7 @@ def test_the_layers_are_folders_a_newcomer_can_name() -> None:
     entries = {p.name for p in PACKAGE.iterdir() if not p.name.startswith("__pycache__")}
     # the author's API at the top; the runtime, the wire and the tools as folders
     assert {"worker.py", "convert.py", "errors.py", "testing.py"} <= entries
-    assert {"_runtime", "_wire", "_generated", "conformance", "emulator"} <= entries
+    assert {"_runtime", "_wire", "_generated", "_hostside", "conformance", "emulator"} <= entries
     assert not {"_session.py", "_transport.py", "_fastwire.py", "_logs.py"} & entries
 
 

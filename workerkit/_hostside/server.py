@@ -1,0 +1,284 @@
+"""The host's server: a grpclib server on 127.0.0.1 that workers dial, and the workers it
+starts (in this process or as subprocesses with the host's argv). Public as
+`workerkit.testing.TestHost`; `workerkit host` and `workerkit conformance` use it too."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import betterproto2
+from grpclib.const import Cardinality, Handler
+from grpclib.server import Server, Stream
+
+from .._runtime.transport import EVENT_STREAM_PATH, Codec
+from ..cli import DEFAULT_MAX_MESSAGE_LENGTH, HostArgs
+from ..worker import Worker
+from .connection import HostConnection, Message
+
+
+class InProcessWorker:
+    """A worker served by a task in the test's own event loop."""
+
+    def __init__(self, task: asyncio.Task[int], connection: HostConnection) -> None:
+        self.task = task
+        self.connection = connection
+
+    async def wait(self, timeout: float | None = 10.0) -> int:
+        """The exit status `Worker.serve` returned."""
+        return await asyncio.wait_for(asyncio.shield(self.task), timeout)
+
+
+class WorkerProcess:
+    """A worker subprocess started with the host's argv; its output is collected."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.connection: HostConnection | None = None
+        self._pumps = [
+            asyncio.create_task(self._pump(process.stdout, self.stdout)),
+            asyncio.create_task(self._pump(process.stderr, self.stderr)),
+        ]
+
+    @staticmethod
+    async def _pump(source: asyncio.StreamReader | None, sink: bytearray) -> None:
+        if source is None:
+            return
+        while chunk := await source.read(65536):
+            sink += chunk
+
+    async def wait(self, timeout: float | None = 10.0) -> int:
+        """The exit status, once the process exited (its output fully collected)."""
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        await asyncio.wait(self._pumps, timeout=5)
+        return code
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+
+
+class TestHost:
+    """A Functions host for tests, listening on 127.0.0.1 (a free port) or ``::1``.
+
+    Like the real host, it ends a stream at once when the first message is not
+    `StartStream` with a worker id it launched (`host_args`, `spawn`, `start_worker`). It
+    also ends a second stream naming a worker id that has connected before, and one that
+    `check_peer` refuses. Each refusal is added to `refused` and told to `on_refused`.
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
+        on_connection: Callable[[HostConnection], None] | None = None,
+        check_peer: Callable[[str, tuple[str, int] | None], str | None] | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """Args:
+        host: loopback address to listen on.
+        max_message_length: the gRPC message size limit, as the host passes it to workers.
+        on_connection: called with each accepted `HostConnection` before its first message
+            is read (e.g. to set `HostConnection.observer`).
+        check_peer: called with the worker id and the peer's (address, port) of each
+            StartStream naming a worker it launched; a reason (str) refuses the stream.
+        on_refused: called with the worker id and the reason of each stream refused.
+        """
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(f"TestHost listens on loopback only, not {host!r}")
+        self.host = host
+        self.max_message_length = max_message_length
+        self.on_connection = on_connection
+        self.check_peer = check_peer
+        self.on_refused = on_refused
+        self.port = 0
+        #: StartStream messages refused: (worker id, first message kind).
+        self.refused: list[tuple[str, str]] = []
+        self._expected: set[str] = set()
+        self._connections: dict[str, asyncio.Future[HostConnection]] = {}
+        self._server: Server | None = None
+        self._processes: list[WorkerProcess] = []
+        self._workers: list[InProcessWorker] = []
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            EVENT_STREAM_PATH: Handler(
+                self._event_stream, Cardinality.STREAM_STREAM, Message, Message
+            )
+        }
+
+    async def start(self) -> None:
+        self._server = Server([self], codec=Codec(self.max_message_length))
+        await self._server.start(self.host, 0)
+        listening: Any = self._server._server  # grpclib keeps the asyncio server there
+        self.port = int(listening.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        for process in self._processes:
+            process.kill()
+        for process in self._processes:
+            with contextlib.suppress(TimeoutError):
+                await process.wait(5)
+        for worker in self._workers:
+            worker.task.cancel()
+        if self._workers:
+            await asyncio.wait([w.task for w in self._workers], timeout=5)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> TestHost:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- launching ---------------------------------------------------------------------------
+    def host_args(self, worker_id: str | None = None, request_id: str | None = None) -> HostArgs:
+        """Arguments for a new worker; its StartStream will be accepted."""
+        worker_id = worker_id or str(uuid.uuid4())
+        self._expected.add(worker_id)
+        return HostArgs(
+            host=self.host,
+            port=self.port,
+            worker_id=worker_id,
+            request_id=request_id or str(uuid.uuid4()),
+            max_message_length=self.max_message_length,
+        )
+
+    def argv(self, worker_id: str | None = None) -> list[str]:
+        """The connection arguments the real host appends, both spellings."""
+        return self.host_args(worker_id).to_argv()
+
+    async def connection(self, worker_id: str, timeout: float | None = 10.0) -> HostConnection:
+        """Wait for the worker with `worker_id` to open its stream."""
+        future = self._connections.setdefault(worker_id, asyncio.get_running_loop().create_future())
+        return await asyncio.wait_for(asyncio.shield(future), timeout)
+
+    async def start_worker(
+        self, worker: Worker, *, timeout: float | None = 10.0
+    ) -> InProcessWorker:
+        """Serve `worker` in this event loop and wait for its StartStream; what stops it
+        from serving (e.g. a `TypeError` about the class) is raised here at once."""
+        args = self.host_args()
+        task = asyncio.create_task(worker.serve(args))
+        waiter = asyncio.create_task(self.connection(args.worker_id, timeout))
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            waiter.cancel()
+            raise
+        if not waiter.done():
+            waiter.cancel()
+            code = task.result()  # raises what the worker raised
+            raise RuntimeError(f"the worker stopped with {code} before StartStream")
+        try:
+            connection = waiter.result()
+        except BaseException:
+            task.cancel()
+            raise
+        started = InProcessWorker(task, connection)
+        self._workers.append(started)
+        return started
+
+    async def spawn(
+        self,
+        command: Sequence[str],
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        connect: bool = True,
+        timeout: float | None = 30.0,
+    ) -> WorkerProcess:
+        """Start `command` plus the host's argv as a subprocess, as the real host does.
+
+        With `connect`, wait for its StartStream (the connection is then on the result).
+        """
+        args = self.host_args()
+        environment = dict(os.environ if env is None else env)
+        environment.setdefault("PYTHONUNBUFFERED", "1")
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            *args.to_argv(),
+            cwd=cwd,
+            env=environment,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        started = WorkerProcess(process)
+        self._processes.append(started)
+        if connect:
+            waiter = asyncio.create_task(self.connection(args.worker_id, timeout))
+            exited = asyncio.create_task(process.wait())
+            done, _ = await asyncio.wait({waiter, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter not in done:
+                waiter.cancel()
+                await started.wait(5)
+                raise RuntimeError(
+                    f"worker exited with {process.returncode} before StartStream; stderr:\n"
+                    + started.stderr.decode(errors="replace")
+                )
+            exited.cancel()
+            started.connection = waiter.result()
+        return started
+
+    # -- the gRPC method ---------------------------------------------------------------------
+    async def _event_stream(self, stream: Stream[Message, Message]) -> None:
+        try:
+            first = await stream.recv_message()
+        except Exception:
+            return
+        if first is None:
+            return
+        kind = betterproto2.which_one_of(first, "content")[0]
+        worker_id = first.start_stream.worker_id if first.start_stream is not None else ""
+        problem: str | None = None
+        connected = self._connections.get(worker_id)
+        if worker_id not in self._expected:
+            problem = kind  # the first message names no worker this host launched
+        elif connected is not None and connected.done():
+            problem = "a second StartStream for a connected worker"
+        elif self.check_peer is not None:
+            peer = stream.peer.addr()
+            problem = self.check_peer(worker_id, (str(peer[0]), int(peer[1])) if peer else None)
+        if problem is not None:
+            self.refused.append((worker_id, problem))
+            if self.on_refused is not None:
+                self.on_refused(worker_id, problem)
+            return  # what the real host does: end the call, say nothing
+        connection = HostConnection(stream, first)
+        if self.on_connection is not None:
+            self.on_connection(connection)
+        future = self._connections.setdefault(worker_id, asyncio.get_running_loop().create_future())
+        if not future.done():
+            future.set_result(connection)
+        reader = asyncio.create_task(self._read(stream, connection))
+        closer = asyncio.create_task(connection._close.wait())
+        try:
+            await asyncio.wait({reader, closer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            closer.cancel()
+            connection._ended()
+
+    @staticmethod
+    async def _read(stream: Stream[Message, Message], connection: HostConnection) -> None:
+        try:
+            async for message in stream:
+                await connection._reading.wait()
+                connection._receive(message)
+        except Exception as exc:
+            print(f"TestHost: stream from {connection.worker_id} broke: {exc!r}", file=sys.stderr)
