@@ -17,12 +17,13 @@ Everything the worker sent is kept in `HostConnection.messages`, in arrival orde
 from __future__ import annotations
 
 from ._hostside.connection import HostConnection, PendingInvocation, binding, http_bindings
-from ._hostside.server import InProcessWorker, TestHost, WorkerProcess
+from ._hostside.server import InProcessWorker, StreamNotOpened, TestHost, WorkerProcess
 
 __all__ = [
     "HostConnection",
     "InProcessWorker",
     "PendingInvocation",
+    "StreamNotOpened",
     "TestHost",
     "WorkerProcess",
     "binding",

@@ -34,11 +34,27 @@ class InProcessWorker:
         return await asyncio.wait_for(asyncio.shield(self.task), timeout)
 
 
+class StreamNotOpened(RuntimeError):
+    """A launched worker did not open its stream: it exited, its StartStream was refused,
+    or none came in time (`reason`: "exited", "refused" or "timeout")."""
+
+    def __init__(
+        self, message: str, reason: str, returncode: int | None, refusal: tuple[str, str] | None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.returncode = returncode
+        #: (the worker id it sent, what was wrong) for a refused stream.
+        self.refusal = refusal
+
+
 class WorkerProcess:
     """A worker subprocess started with the host's argv; its output is collected."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, args: HostArgs | None = None) -> None:
         self.process = process
+        #: The host arguments it was started with (its worker id among them).
+        self.args = args
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.connection: HostConnection | None = None
@@ -204,8 +220,22 @@ class TestHost:
     ) -> WorkerProcess:
         """Start `command` plus the host's argv as a subprocess, as the real host does.
 
-        With `connect`, wait for its StartStream (the connection is then on the result).
+        With `connect`, wait for its StartStream (the connection is then on the result);
+        `StreamNotOpened` (a RuntimeError) says why there was none.
         """
+        started = await self.launch(command, cwd=cwd, env=env)
+        if connect:
+            started.connection = await self.wait_for_stream(started, timeout)
+        return started
+
+    async def launch(
+        self,
+        command: Sequence[str],
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> WorkerProcess:
+        """Start `command` plus the host's argv as a subprocess; do not wait for it."""
         args = self.host_args()
         environment = dict(os.environ if env is None else env)
         environment.setdefault("PYTHONUNBUFFERED", "1")
@@ -218,22 +248,46 @@ class TestHost:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        started = WorkerProcess(process)
+        started = WorkerProcess(process, args)
         self._processes.append(started)
-        if connect:
-            waiter = asyncio.create_task(self.connection(args.worker_id, timeout))
-            exited = asyncio.create_task(process.wait())
-            done, _ = await asyncio.wait({waiter, exited}, return_when=asyncio.FIRST_COMPLETED)
-            if waiter not in done:
-                waiter.cancel()
-                await started.wait(5)
-                raise RuntimeError(
-                    f"worker exited with {process.returncode} before StartStream; stderr:\n"
-                    + started.stderr.decode(errors="replace")
-                )
-            exited.cancel()
-            started.connection = waiter.result()
         return started
+
+    async def wait_for_stream(
+        self, worker: WorkerProcess, timeout: float | None = 30.0
+    ) -> HostConnection:
+        """The stream of a `launch`ed worker, once its StartStream came; `StreamNotOpened`
+        as soon as it exits or a stream is refused, or after `timeout` seconds."""
+        assert worker.args is not None, "a worker started by launch() or spawn()"
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        refused = len(self.refused)
+        waiter = asyncio.ensure_future(self.connection(worker.args.worker_id, None))
+        try:
+            while not waiter.done():
+                if len(self.refused) > refused:
+                    refusal = self.refused[refused]
+                    raise StreamNotOpened(
+                        f"the worker's stream was refused: {refusal[1]}", "refused", None, refusal
+                    )
+                if worker.process.returncode is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await worker.wait(5)  # its output, all of it
+                    raise StreamNotOpened(
+                        f"worker exited with {worker.process.returncode} before StartStream;"
+                        " stderr:\n" + worker.stderr.decode(errors="replace"),
+                        "exited",
+                        worker.process.returncode,
+                        None,
+                    )
+                if deadline is not None and loop.time() > deadline:
+                    raise StreamNotOpened(
+                        f"no StartStream within {timeout:g} s", "timeout", None, None
+                    )
+                # Polled: a refusal or an exit may come first, and the poll is cheap.
+                await asyncio.wait({waiter}, timeout=0.02)
+            return waiter.result()
+        finally:
+            waiter.cancel()
 
     # -- the gRPC method ---------------------------------------------------------------------
     async def _event_stream(self, stream: Stream[Message, Message]) -> None:

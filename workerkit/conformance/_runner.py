@@ -20,7 +20,7 @@ import h2.exceptions
 
 from .._generated import AzureFunctionsRpcMessages as pb
 from ..cli import HostArgs
-from ..testing import HostConnection, TestHost, WorkerProcess
+from ..testing import HostConnection, StreamNotOpened, TestHost, WorkerProcess
 from ._cases import Case
 from ._report import ConformanceOptions, Outcome, ScenarioResult
 
@@ -152,45 +152,31 @@ class Runner:
     # -- processes ---------------------------------------------------------------------------
     async def launch(self) -> LaunchedWorker:
         """Start the command with the host's argv (not waiting for its StartStream)."""
-        args = self.host.host_args()
         try:
-            process = await asyncio.create_subprocess_exec(
-                *self.command,
-                *args.to_argv(),
-                cwd=self.cwd,
-                env=self.env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            process = await self.host.launch(self.command, cwd=self.cwd, env=self.env)
         except OSError as exc:
             self.blocked = "the worker could not be started (see start-stream)"
             raise Failed(f"cannot start {self.command[0]!r}: {exc.strerror or exc}") from None
-        worker = LaunchedWorker(WorkerProcess(process), args)
+        assert process.args is not None
+        worker = LaunchedWorker(process, process.args)
         self.workers.append(worker)
         return worker
 
     async def connect(self, worker: LaunchedWorker) -> None:
         """Wait for the worker's StartStream; raise `Failed` saying what happened instead."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.start_timeout
-        refused = len(self.host.refused)
-        waiter = asyncio.ensure_future(self.host.connection(worker.args.worker_id, None))
         try:
-            while not waiter.done():
-                if len(self.host.refused) > refused:
-                    raise Failed(self._refusal(worker, self.host.refused[refused]))
-                if worker.returncode is not None:
-                    raise Failed(f"exited before StartStream{await self.exit_note(worker)}")
-                if loop.time() > deadline:
-                    raise Failed(
-                        f"no StartStream within {self.options.start_timeout:g} s "
-                        f"(the host allows 60 s){self.stderr_note(worker)}"
-                    )
-                await asyncio.wait({waiter}, timeout=0.02)
-            worker.conn = waiter.result()
-        finally:
-            waiter.cancel()
+            worker.conn = await self.host.wait_for_stream(
+                worker.process, self.options.start_timeout
+            )
+        except StreamNotOpened as exc:
+            if exc.refusal is not None:
+                raise Failed(self._refusal(worker, exc.refusal)) from None
+            if exc.reason == "exited":
+                raise Failed(f"exited before StartStream{await self.exit_note(worker)}") from None
+            raise Failed(
+                f"no StartStream within {self.options.start_timeout:g} s "
+                f"(the host allows 60 s){self.stderr_note(worker)}"
+            ) from None
 
     @staticmethod
     def _refusal(worker: LaunchedWorker, refused: tuple[str, str]) -> str:
