@@ -95,7 +95,7 @@ def test_environment_reload_in_a_real_process(tmp_path: Path) -> None:
 
 def test_betterproto2_is_imported_only_for_a_message_the_fast_path_does_not_read() -> None:
     """Start-up (StartStream, init, worker indexing, loads), HTTP invocations (with the
-    identities the host attaches) and their logs are read and written by `_fastwire`, so a
+    identities the host attaches) and their logs are read and written by `workerkit._wire`, so a
     worker is ready and serving without importing betterproto2 (~60 ms of start-up); the
     first uncommon message (here a status request) imports it."""
 

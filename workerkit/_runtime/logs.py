@@ -50,7 +50,7 @@ _HOST_LEVELS: dict[int, int] = {
 
 
 class LogEntry:
-    """One `RpcLog` to send: the fields workerkit fills, as plain values (`_fastwire.rpc_log`
+    """One `RpcLog` to send: the fields workerkit fills, as plain values (`_wire.messages.rpc_log`
     writes it)."""
 
     __slots__ = ("category", "exception", "invocation_id", "level", "log_category", "message")

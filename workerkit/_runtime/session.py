@@ -278,10 +278,10 @@ class Session:
         return then(value) if then is not None else value
 
     def dispatch(self, message: Message | RawInvocation | HostRequest | Unreadable) -> None:
-        if type(message) is RawInvocation:  # the hot path, read by _fastwire
+        if type(message) is RawInvocation:  # the hot path, read by _wire.messages
             self.invocations.request(message)
             return
-        if type(message) is HostRequest:  # init and loads, read by _fastwire
+        if type(message) is HostRequest:  # init and loads, read by _wire.messages
             self._handlers[message.kind](message.request_id, message.body)
             return
         if isinstance(message, Unreadable):
