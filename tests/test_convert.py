@@ -335,6 +335,19 @@ def test_request_text_uses_content_type_charset() -> None:
     assert unknown.text() == "ok"
 
 
+@pytest.mark.parametrize(
+    "codec", ["base64", "hex", "rot13", "zlib", "idna", "punycode", "undefined"]
+)
+def test_text_falls_back_to_utf8_for_a_charset_python_cannot_decode_text_with(codec: str) -> None:
+    """Python knows these codec names, but bytes.decode refuses them (not text encodings) or
+    fails despite "replace": like an unknown charset they mean UTF-8, not an exception."""
+    content_type = f"text/plain; charset={codec}"
+    body = "café\n".encode()
+    request = HttpRequest("POST", "/", headers={"content-type": content_type}, body=body)
+    assert request.text() == "café\n"
+    assert HttpResponse(body=body, headers={"Content-Type": content_type}).text() == "café\n"
+
+
 def test_request_json() -> None:
     assert HttpRequest("POST", "/", body=b'{"a": [1]}').json() == {"a": [1]}
     with pytest.raises(ValueError, match=r"^request body is not valid JSON: Expecting value"):
@@ -570,6 +583,32 @@ def test_decode_output_status_code_parsing() -> None:
     assert status("abc") == 200
     assert status("1_000") == 200
     assert status("99999999999") == 200
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("\t\n\v\f\r 201 \r\n", 201),  # ASCII white space around the number
+        ("\u00a0201", 200),  # but no other Unicode space (Python's strip() takes it)
+        ("201\u2003", 200),
+        ("+0000000000000404", 404),  # leading zeros do not count against the 10 digits
+        ("-2147483648", -(2**31)),  # the signed 32-bit range, then validated by the caller
+        ("2147483648", 200),
+        ("404\0\0", 404),  # .NET tolerates NULs at the very end...
+        ("404 \0", 404),
+        ("404\0 ", 200),  # ...but nothing after them
+        ("+-404", 200),
+        ("- 404", 200),
+        ("4\u0660\u0664", 200),  # ASCII digits only
+        ("0" * 5000 + "201", 201),  # no int() digit limit to trip over
+    ],
+)
+def test_status_code_strings_parse_like_dotnet_int_try_parse(text: str, expected: int) -> None:
+    """The host reads RpcHttp.status_code with int.TryParse(NumberStyles.Integer, invariant
+    culture) and falls back to 200 (HttpBinding.cs, TryParseStatusCode)."""
+    response = decode_output(pb.TypedData(http=pb.RpcHttp(status_code=text)))
+    assert isinstance(response, HttpResponse)
+    assert response.status_code == expected
 
 
 def test_decode_output_bodies() -> None:

@@ -1,4 +1,5 @@
-"""worker.config.json read as the host reads it (HOST_PROTOCOL §1.2, §2.3, §2.4)."""
+"""worker.config.json read as the host reads it: schema, profiles, languageWorkers settings,
+and the argv and environment the host builds from it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 
 from workerkit import HostArgs
 from workerkit.emulator import WorkerConfig, WorkerConfigError, read_worker_config
-from workerkit.emulator._config import parse_timespan, split_dotnet_arguments
+from workerkit.emulator._config import parse_timespan
+from workerkit.emulator._launch import split_dotnet_arguments
 
 PROPERTY = settings(max_examples=200, deadline=None)
 ARGS = HostArgs("127.0.0.1", 5555, "wid", "rid")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import datetime
 import json
 import re
@@ -21,6 +22,7 @@ from workerkit.emulator._rpchttp import (
     IncomingRequest,
     ResponseError,
     build_rpc_http,
+    host_text,
     http_trigger_metadata,
     response_from_output,
 )
@@ -164,7 +166,7 @@ def test_any_template_parses_or_is_a_route_error(template: str) -> None:
     route.match(["a", "b"])
 
 
-# -- RpcHttp built per capabilities (HOST_PROTOCOL §5.3) ---------------------------------------
+# -- RpcHttp built per capabilities (the host's ToRpcHttp) ----------------------------------------
 REQUEST = IncomingRequest(
     method="POST",
     url="http://127.0.0.1:7071/api/f?a=1&a=2&e=",
@@ -240,6 +242,60 @@ def test_invalid_json_is_a_string_and_no_body_is_absent() -> None:
     assert build_rpc_http(IncomingRequest("GET", "u"), {}).body is None
 
 
+@pytest.mark.parametrize(
+    ("data", "text"),
+    [
+        (b"caf\xc3\xa9", "café"),
+        (b"caf\xe9", "caf\ufffd"),  # undecodable bytes replaced
+        (b"\xef\xbb\xbfcaf\xc3\xa9", "café"),  # a byte order mark names the encoding...
+        ("café".encode("utf-16"), "café"),  # (Python writes UTF-16 with a mark)
+        (codecs.BOM_UTF16_BE + "café".encode("utf-16-be"), "café"),
+        ("café".encode("utf-32"), "café"),  # ...UTF-32 LE before the UTF-16 LE it starts like
+        (codecs.BOM_UTF32_BE + "café".encode("utf-32-be"), "café"),
+        (b"\xff", "\ufffd"),
+    ],
+)
+def test_host_text_is_utf8_unless_a_byte_order_mark_says_otherwise(data: bytes, text: str) -> None:
+    assert host_text(data) == text
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain; charset=iso-8859-1",
+        "text/plain; charset=base64",  # where workerkit's two charset helpers used to disagree
+        "application/json; charset=utf-16",
+        "text/plain; charset=nope",
+    ],
+)
+def test_the_host_ignores_the_charset_of_a_request_body(content_type: str) -> None:
+    """The host reads the body with a UTF-8 StreamReader whatever Content-Type says
+    (HttpRequestExtensions.ReadAsStringAsync in the webjobs HTTP extension)."""
+    request = IncomingRequest(
+        "POST", "u", headers=[("Content-Type", content_type)], body=b'{"k": "caf\xe9"}'
+    )
+    legacy = build_rpc_http(request, {})
+    assert legacy.raw_body == pb.TypedData(string='{"k": "caf\ufffd"}')
+    body_only = build_rpc_http(request, {"RpcHttpBodyOnly": "1"})
+    assert body_only.body == pb.TypedData(string='{"k": "caf\ufffd"}')
+    if content_type.startswith("application/json"):
+        assert json.loads(legacy.body.json) == {"k": "caf\ufffd"}  # type: ignore[union-attr, arg-type]
+        metadata = http_trigger_metadata(request, legacy, "req", {})
+        assert metadata["k"] == pb.TypedData(string="caf\ufffd")
+
+
+def test_the_legacy_raw_body_of_binary_content_is_plain_utf8() -> None:
+    """For octet-stream and multipart the host decodes the raw body itself
+    (Encoding.UTF8.GetString): a byte order mark is kept, not read."""
+    data = b"\xef\xbb\xbfbin\xff"
+    request = IncomingRequest(
+        "POST", "u", headers=[("content-type", "application/octet-stream")], body=data
+    )
+    http = build_rpc_http(request, {})
+    assert http.body == pb.TypedData(bytes=data)
+    assert http.raw_body == pb.TypedData(string="\ufeffbin\ufffd")
+
+
 def test_http_trigger_metadata() -> None:
     http = build_rpc_http(REQUEST, {})
     with_code = IncomingRequest(
@@ -269,7 +325,7 @@ def test_headers_are_lower_cased_and_joined(pairs: list[tuple[str, str]], nullab
     assert got == {k: ",".join(v) for k, v in expected.items()}
 
 
-# -- responses (HOST_PROTOCOL §5.4) --------------------------------------------------------------
+# -- responses (the host's HttpBinding.cs) ---------------------------------------------------------
 def test_an_rpc_http_response() -> None:
     output = response_from_output(
         pb.TypedData(
@@ -308,7 +364,16 @@ def test_an_rpc_http_response() -> None:
 
 @pytest.mark.parametrize(
     ("status", "expected"),
-    [("", 200), ("abc", 200), (" 404 ", 404), ("+202", 202), ("99999999999", 200)],
+    [
+        ("", 200),
+        ("abc", 200),
+        (" 404 ", 404),
+        ("+202", 202),
+        ("99999999999", 200),
+        ("\u00a0404", 200),  # only ASCII white space around the number
+        ("0000000000404", 404),  # leading zeros do not count against the digits
+        ("404\0", 404),  # trailing NULs are tolerated
+    ],
 )
 def test_status_strings_parse_like_int_try_parse(status: str, expected: int) -> None:
     http = pb.RpcHttp(status_code=status, body=pb.TypedData(string=""))
@@ -351,7 +416,7 @@ def test_responses_the_host_cannot_write(data: pb.TypedData) -> None:
         response_from_output(data)
 
 
-# -- trigger data (HOST_PROTOCOL §5.6) ----------------------------------------------------------
+# -- trigger data for other triggers ------------------------------------------------------------
 def test_timer_payload() -> None:
     when = datetime.datetime(2024, 5, 1, 10, 0, tzinfo=datetime.UTC)
     payload = json.loads(timer_payload(when, when + datetime.timedelta(seconds=5)).json)  # type: ignore[arg-type]

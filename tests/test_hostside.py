@@ -40,3 +40,31 @@ def test_a_worker_that_never_dials_times_out_and_its_argv_is_the_hosts() -> None
             assert repr(worker.args.to_argv()) in worker.stdout.decode()
 
     arun(scenario())
+
+
+def test_check_peer_may_wait_before_it_decides() -> None:
+    # `workerkit host` waits for the pid of a worker still being started before it checks
+    # a stream naming it: an impostor that dials in that window is refused, not accepted.
+    import asyncio
+
+    from conftest import open_stream_as, until
+
+    async def scenario() -> None:
+        decided = asyncio.Event()
+        asked: list[str] = []
+
+        async def check(worker_id: str, peer: tuple[str, int] | None) -> str | None:
+            asked.append(worker_id)
+            await decided.wait()
+            return "not the process started for it"
+
+        async with TestHost(check_peer=check) as host:
+            args = host.host_args()  # launched, as far as the host knows
+            impostor = asyncio.create_task(open_stream_as(host.port, args.worker_id))
+            await until(lambda: asked)
+            assert not impostor.done() and host.refused == []  # held until the check decides
+            decided.set()
+            assert await asyncio.wait_for(impostor, 60) == []  # ended, nothing sent
+            assert host.refused == [(args.worker_id, "not the process started for it")]
+
+    arun(scenario())

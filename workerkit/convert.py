@@ -49,7 +49,7 @@ Worker → host (`encode`; `decode_output` is the inverse)::
                                    back as lists
     anything else                  ConversionError (incl. HttpRequest and ModelBindingData)
 
-What the host accepts back (HOST_PROTOCOL §5.5): string, json, bytes, stream, http, int,
+What the host accepts back: string, json, bytes, stream, http, int,
 double, or no value. It fails the invocation on `collection_*`, `model_binding_data` and
 `collection_model_binding_data`, so `encode` never produces them and `decode_output` rejects
 them as the host would. `decode_output` reads `http` back as HttpResponse: an empty or
@@ -58,14 +58,12 @@ unparsable status code means 200, a json body is returned as its text.
 Every failure is a `ConversionError` (a `ValueError`) naming what could not be converted and why.
 """
 
-import codecs
 import datetime
 import json
 import math
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal, Self
+from typing import TYPE_CHECKING, Any, Final
 
 from workerkit._wire.pb import pb, shared
 
@@ -75,6 +73,18 @@ if TYPE_CHECKING:
         NullableString,
         RpcClaimsIdentity,
     )
+
+from workerkit._values import (
+    Claim,
+    ClaimsIdentity,
+    ConversionError,
+    HttpCookie,
+    HttpRequest,
+    HttpResponse,
+    ModelBindingData,
+    _dump_json,
+    _SameSite,
+)
 
 __all__ = [
     "Claim",
@@ -89,183 +99,6 @@ __all__ = [
     "encode",
     "encode_input",
 ]
-
-
-class ConversionError(ValueError):
-    """A value could not be converted to or from `TypedData`.
-
-    Raised for host input the worker cannot read (the other side misbehaved) and for
-    function outputs the host would not accept (fix your code); the message says which.
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """One claim of a `ClaimsIdentity` (`RpcClaim`)."""
-
-    type: str
-    value: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimsIdentity:
-    """An identity on the request's principal (`RpcClaimsIdentity`); None means unset."""
-
-    authentication_type: str | None
-    name_claim_type: str | None
-    role_claim_type: str | None
-    claims: tuple[Claim, ...]
-
-
-@dataclass(frozen=True)
-class HttpRequest:
-    """An HTTP trigger input (`RpcHttp` sent by the host).
-
-    The mappings are read-only copies made at construction; header names are lower-cased
-    (the host lower-cases them too). Query values with several occurrences arrive comma-joined.
-    """
-
-    method: str
-    url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    query: Mapping[str, str] = field(default_factory=dict)
-    params: Mapping[str, str] = field(default_factory=dict)
-    """Route parameters."""
-    body: bytes = b""
-    identities: tuple[ClaimsIdentity, ...] = ()
-
-    def __post_init__(self) -> None:
-        put = object.__setattr__
-        put(self, "headers", MappingProxyType({k.lower(): v for k, v in self.headers.items()}))
-        put(self, "query", MappingProxyType(dict(self.query)))
-        put(self, "params", MappingProxyType(dict(self.params)))
-        if not isinstance(self.body, bytes):
-            if isinstance(self.body, str):
-                raise TypeError("HttpRequest.body must be bytes, not str: encode it first")
-            put(self, "body", bytes(self.body))
-        if not isinstance(self.identities, tuple):
-            put(self, "identities", tuple(self.identities))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # MappingProxyType cannot be pickled or deep-copied; rebuild from plain dicts.
-        return (
-            type(self),
-            (
-                self.method,
-                self.url,
-                dict(self.headers),
-                dict(self.query),
-                dict(self.params),
-                self.body,
-                self.identities,
-            ),
-        )
-
-    def text(self, encoding: str | None = None) -> str:
-        """Return the body as text.
-
-        Args:
-            encoding: codec to use; by default the `charset` of the `content-type` header,
-                or UTF-8 when it is missing or unknown. Undecodable bytes become U+FFFD.
-        """
-        return self.body.decode(encoding or _charset(self.headers.get("content-type")), "replace")
-
-    def json(self) -> Any:
-        """Parse the body as JSON.
-
-        Raises:
-            ValueError: the body is not valid JSON.
-        """
-        return _parse_json_body(self.body, "request")
-
-    @property
-    def cookies(self) -> dict[str, str]:
-        """Cookies from the `cookie` header; the first of duplicate names wins."""
-        return _parse_cookie_header(self.headers.get("cookie", ""))
-
-
-_SameSite = Literal["lax", "strict", "none"]
-
-
-@dataclass(slots=True)
-class HttpCookie:
-    """A `Set-Cookie` on an `HttpResponse` (`RpcHttpCookie`); None leaves an attribute out.
-
-    `expires` must be timezone-aware; `max_age` is in seconds and must be finite.
-    """
-
-    name: str
-    value: str
-    domain: str | None = None
-    path: str | None = None
-    expires: datetime.datetime | None = None
-    secure: bool | None = None
-    http_only: bool | None = None
-    max_age: float | None = None
-    same_site: _SameSite | None = None
-
-
-@dataclass
-class HttpResponse:
-    """An HTTP output (`RpcHttp` returned to the host).
-
-    `status_code` must be 200..599 (a 1xx status is not a final response: the client would
-    wait for one that never comes). A str body is sent as text, bytes verbatim. With
-    `enable_content_negotiation` the host runs content negotiation and ignores cookies.
-    """
-
-    status_code: int = 200
-    body: bytes | str = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    cookies: list[HttpCookie] = field(default_factory=list)
-    enable_content_negotiation: bool = False
-
-    @classmethod
-    def from_json(
-        cls, value: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
-    ) -> Self:
-        """Build a response whose body is `value` as compact JSON text.
-
-        `content-type: application/json` is added unless `headers` has a content type.
-
-        Raises:
-            ConversionError: `value` is not JSON-serialisable (NaN and Infinity included).
-        """
-        body = _dump_json(value)
-        out = dict(headers) if headers is not None else {}
-        if not any(k.lower() == "content-type" for k in out):
-            out["content-type"] = "application/json"
-        return cls(status_code=status_code, body=body, headers=out)
-
-    def text(self, encoding: str | None = None) -> str:
-        """Return the body as text (a str body as is; bytes decoded as `HttpRequest.text`)."""
-        if isinstance(self.body, str):
-            return self.body
-        return self.body.decode(encoding or _charset(self._header("content-type")), "replace")
-
-    def json(self) -> Any:
-        """Parse the body as JSON.
-
-        Raises:
-            ValueError: the body is not valid JSON.
-        """
-        return _parse_json_body(self.body, "response")
-
-    def _header(self, name: str) -> str | None:
-        for key, value in self.headers.items():
-            if key.lower() == name:
-                return value
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class ModelBindingData:
-    """SDK-type binding data (`ModelBindingData`): the worker hydrates it into a client object."""
-
-    version: str
-    source: str
-    content_type: str
-    content: bytes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,17 +280,22 @@ def _decode_identity(identity: "RpcClaimsIdentity") -> ClaimsIdentity:
     )
 
 
+# A status code as the host reads it, also for the emulator: .NET's int.TryParse with
+# NumberStyles.Integer (ASCII white space around a sign and ASCII digits, leading zeros
+# free, NULs tolerated at the very end, signed 32-bit), else 200 (TryParseStatusCode in
+# Azure/azure-functions-host src/WebJobs.Script/Binding/Http/HttpBinding.cs).
+_DOTNET_INTEGER: Final = re.compile(r"[\t\n\v\f\r ]*([+-]?)([0-9]+)[\t\n\v\f\r ]*\0*")
 _INT32_DIGITS: Final = 10
 
 
 def _parse_status(text: str) -> int:
-    # As the host's int.TryParse: optional sign, ASCII digits, 32-bit range; otherwise 200.
-    text = text.strip()
-    digits = text[1:] if text.startswith(("+", "-")) else text
-    if digits.isascii() and digits.isdigit() and len(digits) <= _INT32_DIGITS:
-        status = int(text)
-        if -(2**31) <= status < 2**31:
-            return status
+    match = _DOTNET_INTEGER.fullmatch(text)
+    if match is not None:
+        digits = match[2].lstrip("0") or "0"
+        if len(digits) <= _INT32_DIGITS:
+            status = int(match[1] + digits)
+            if -(2**31) <= status < 2**31:
+                return status
     return 200
 
 
@@ -515,7 +353,6 @@ def _decode_cookie(cookie: "pb.RpcHttpCookie") -> HttpCookie:
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
-_JSON_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _WORKER_TYPES: Final = "use str, bytes, int, float, bool, dict, list, None or HttpResponse"
 _HOST_TYPES: Final = (
     "use str, bytes, int, float, bool, dict, list, None, HttpRequest or ModelBindingData"
@@ -581,16 +418,6 @@ def _encode(value: Any, host: bool, nullable: bool) -> "pb.TypedData":
     raise ConversionError(
         f"cannot encode value of type {type(value).__name__!r} as TypedData: {reason}"
     )
-
-
-def _dump_json(value: Any) -> str:
-    try:
-        text: str = _JSON_ENCODER.encode(value)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise ConversionError(
-            f"cannot encode value of type {type(value).__name__!r} as TypedData.json: {exc}"
-        ) from exc
-    return text
 
 
 def _is_int64(item: object) -> bool:
@@ -763,41 +590,3 @@ def _encode_cookie(cookie: HttpCookie) -> "pb.RpcHttpCookie":
         max_age=None if max_age is None else shared.NullableDouble(value=float(max_age)),
         same_site=same_site,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# HTTP helpers
-
-
-def _charset(content_type: str | None) -> str:
-    if content_type:
-        for param in content_type.split(";")[1:]:
-            name, sep, value = param.partition("=")
-            if sep and name.strip().lower() == "charset":
-                value = value.strip().strip("\"'").strip()
-                try:
-                    return codecs.lookup(value).name
-                except LookupError:
-                    break
-    return "utf-8"
-
-
-def _parse_json_body(body: bytes | str, what: str) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"{what} body is not valid JSON: {exc}") from exc
-
-
-def _parse_cookie_header(header: str) -> dict[str, str]:
-    cookies: dict[str, str] = {}
-    for part in header.split(";"):
-        name, sep, value = part.partition("=")
-        name = name.strip()
-        if not sep or not name or name in cookies:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
-        cookies[name] = value
-    return cookies

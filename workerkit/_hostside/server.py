@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import sys
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import betterproto2
@@ -98,7 +99,8 @@ class TestHost:
         host: str = "127.0.0.1",
         max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
         on_connection: Callable[[HostConnection], None] | None = None,
-        check_peer: Callable[[str, tuple[str, int] | None], str | None] | None = None,
+        check_peer: Callable[[str, tuple[str, int] | None], str | Awaitable[str | None] | None]
+        | None = None,
         on_refused: Callable[[str, str], None] | None = None,
     ) -> None:
         """Args:
@@ -107,7 +109,8 @@ class TestHost:
         on_connection: called with each accepted `HostConnection` before its first message
             is read (e.g. to set `HostConnection.observer`).
         check_peer: called with the worker id and the peer's (address, port) of each
-            StartStream naming a worker it launched; a reason (str) refuses the stream.
+            StartStream naming a worker it launched; a reason (str) refuses the stream. It
+            may return an awaitable of that, to wait for what it needs to know.
         on_refused: called with the worker id and the reason of each stream refused.
         """
         if host not in ("127.0.0.1", "::1", "localhost"):
@@ -307,7 +310,8 @@ class TestHost:
             problem = "a second StartStream for a connected worker"
         elif self.check_peer is not None:
             peer = stream.peer.addr()
-            problem = self.check_peer(worker_id, (str(peer[0]), int(peer[1])) if peer else None)
+            checked = self.check_peer(worker_id, (str(peer[0]), int(peer[1])) if peer else None)
+            problem = await checked if inspect.isawaitable(checked) else checked
         if problem is not None:
             self.refused.append((worker_id, problem))
             if self.on_refused is not None:

@@ -16,16 +16,15 @@ import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from ..convert import (
+from .._values import (
     Claim,
     ClaimsIdentity,
     ConversionError,
     HttpRequest,
     HttpResponse,
     _dump_json,
-    decode,
-    encode,
 )
+from ..convert import decode, encode
 from .pb import pb
 from .primitives import (
     Chunks,

@@ -28,10 +28,11 @@ from ._app import (
     read_host_json,
     read_local_settings,
 )
-from ._config import WorkerConfig, WorkerConfigError, read_worker_config
+from ._config import WorkerConfigError, read_worker_config
 from ._console import Console
 from ._cron import CronSchedule, IntervalSchedule, ScheduleError, parse_schedule
 from ._emulator import Emulator, EmulatorError, EmulatorOptions
+from ._launch import WorkerConfig
 
 __all__ = [
     "AppError",

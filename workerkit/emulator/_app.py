@@ -1,12 +1,14 @@
 """The function app on disk: ``host.json``, ``local.settings.json`` and ``function.json`` discovery.
 
-Host indexing follows the host (HOST_PROTOCOL §2.7): every immediate subdirectory of the app
-root that holds a ``function.json`` is a function named after the directory. A function the
-host would reject is reported as an `AppError` naming its ``function.json`` and the reason
-(the host's own wording where it has one) and left out; the others still load.
+Host indexing follows the host (src/WebJobs.Script/Host/HostFunctionMetadataProvider.cs and
+FunctionMetadataManager.cs in Azure/azure-functions-host): every immediate subdirectory of
+the app root that holds a ``function.json`` is a function named after the directory. A
+function the host would reject is reported as an `AppError` naming its ``function.json`` and
+the reason (the host's own wording where it has one) and left out; the others still load.
 
-The same binding checks apply to the functions a worker reports itself (worker indexing,
-HOST_PROTOCOL §5.8), see `functions_from_metadata`.
+The same binding checks apply to the functions a worker reports itself (worker indexing:
+``ValidateMetadata`` in src/WebJobs.Script/Host/WorkerFunctionMetadataProvider.cs), see
+`functions_from_metadata`.
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ class FunctionSpec:
         return str(self.trigger.get("type", ""))
 
     def load_request(self) -> pb.FunctionLoadRequest:
-        """The `FunctionLoadRequest` the host sends for this function (HOST_PROTOCOL §5.7).
+        """The `FunctionLoadRequest` the host sends for this function (``GetFunctionLoadRequest``
+        in src/WebJobs.Script.Grpc/Channel/GrpcWorkerChannel.cs).
 
         ``metadata`` carries name, directory, script file, entry point and the bindings as
         ``BindingInfo{type, direction, data_type}`` (no properties); ``properties`` holds
@@ -342,7 +345,7 @@ def discover_functions(
 def functions_from_metadata(
     metadata: Sequence[pb.RpcFunctionMetadata], app_dir: Path
 ) -> tuple[list[FunctionSpec], list[AppError]]:
-    """Validate the functions a worker reported (``FunctionMetadataResponse``, §5.8).
+    """Validate the functions a worker reported in its ``FunctionMetadataResponse``.
 
     A function with a failure ``status``, an invalid name, an empty script file or bindings
     the host would reject is reported as an `AppError` (its path: the reported directory) and

@@ -2,9 +2,9 @@
 
 Every line starts with a UTC timestamp in brackets. Function logs (``RpcLog``) show the
 function name, the first 8 characters of the invocation id and the level; worker
-stdout/stderr lines are passed through (levels classified as the host does, HOST_PROTOCOL
-§1.4); ``--verbose`` adds one line per protocol message. Colour is used when the stream is a
-terminal and ``NO_COLOR`` is unset.
+stdout/stderr lines are passed through (levels classified as the host does, see
+`Console.worker_output`); ``--verbose`` adds one line per protocol message. Colour is used
+when the stream is a terminal and ``NO_COLOR`` is unset.
 """
 
 from __future__ import annotations
@@ -137,7 +137,12 @@ class Console:
         self.line(text, _LEVEL_COLOURS.get(level))
 
     def worker_output(self, text: str, *, stderr: bool, errors_only: bool = False) -> None:
-        """A line of worker stdout/stderr, classified the way the host classifies it (§1.4)."""
+        """A line of worker stdout/stderr, classified the way the host classifies it: a
+        ``LanguageWorkerConsoleLog`` prefix is dropped; stdout is information; a stderr line
+        is a warning if it mentions "warn", else an error with
+        ``useStdErrorStreamForErrorsOnly`` or when it mentions "error", "fail", "severe" or
+        "unhandled exception" (src/WebJobs.Script/Workers/ProcessManagement/WorkerProcess.cs
+        and WorkerProcessUtilities.cs)."""
         if text.lower().startswith(_CONSOLE_PREFIX):
             text = text[len(_CONSOLE_PREFIX) :]
         colour: str | None = None

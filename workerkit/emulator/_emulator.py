@@ -8,9 +8,9 @@ them); start the worker (`Supervisor`); check HTTP routes and timer schedules; o
 front door; print the function list.
 
 Then: HTTP requests become invocations (`_http.FrontDoor`), timers fire, and
-``POST /admin/functions/<name>`` runs any other trigger. `run` returns when stopping was
-requested (0) or the worker failed for good (1); `stop` drains invocations, terminates the
-worker and closes both servers.
+``POST /admin/functions/<name>`` runs any other trigger (all three through
+`_dispatch.Dispatcher`). `run` returns when stopping was requested (0) or the worker failed
+for good (1); `stop` drains invocations, terminates the worker and closes both servers.
 
 aiohttp is imported only when the front door opens (`start`), so importing this module does
 not need it.
@@ -19,19 +19,12 @@ not need it.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ipaddress
-import json
 import os
-from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-
-import betterproto2
-
-from workerkit._generated import AzureFunctionsRpcMessages as pb
-from workerkit.convert import ConversionError, decode_output
 
 from ._app import (
     AppError,
@@ -41,20 +34,14 @@ from ._app import (
     read_host_json,
     read_local_settings,
 )
-from ._config import WorkerConfig, WorkerConfigError, read_worker_config
+from ._config import WorkerConfigError, read_worker_config
 from ._console import Console
-from ._cron import CronSchedule, IntervalSchedule, ScheduleError, parse_schedule
-from ._process import InvocationOutcome, Supervisor, SupervisorError, disabled_by_settings
+from ._cron import ScheduleError, parse_schedule
+from ._dispatch import Dispatcher, HttpFunction
+from ._launch import WorkerConfig
+from ._process import Supervisor, SupervisorError
 from ._routes import Route, RouteEntry, RouteError, Router
-from ._rpchttp import (
-    HttpOutput,
-    IncomingRequest,
-    ResponseError,
-    build_rpc_http,
-    http_trigger_metadata,
-    response_from_output,
-)
-from ._triggers import TriggerInputError, timer_payload, trigger_data
+from ._rpchttp import HttpOutput, IncomingRequest
 
 if TYPE_CHECKING:
     from ._http import FrontDoor
@@ -76,8 +63,6 @@ DEFAULT_HEADER_TIMEOUT: Final = 30.0
 #: Open connections at most (Kestrel sets no limit by default; see `_http`).
 DEFAULT_MAX_CONNECTIONS: Final = 1000
 DEFAULT_HOST: Final = "127.0.0.1"
-_API_REASON: Final = "This function was programmatically called via the host APIs."
-_SHOWN_VALUE: Final = 200
 
 
 class EmulatorError(Exception):
@@ -126,14 +111,6 @@ class EmulatorOptions:
             raise ValueError(f"max_connections must be at least 1, not {self.max_connections}")
 
 
-@dataclass(frozen=True)
-class _Http:
-    spec: FunctionSpec
-    route: Route
-    methods: frozenset[str] | None
-    trigger: Mapping[str, Any]
-
-
 class Emulator:
     """A function app served by a worker subprocess (module docstring).
 
@@ -148,14 +125,12 @@ class Emulator:
         self.errors: list[AppError] = []
         self.config: WorkerConfig | None = None
         self.host_settings: HostSettings | None = None
-        self.router: Router[_Http] = Router([])
+        self.router: Router[HttpFunction] = Router([])
         self.url = ""
         self.stopping = False
         self._supervisor: Supervisor | None = None
+        self._dispatcher: Dispatcher | None = None
         self._front_door: FrontDoor | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._timers: list[asyncio.Task[None]] = []
-        self._firing: set[asyncio.Task[Any]] = set()  # timers with an invocation under way
         self._stop_requested = asyncio.Event()
         self._stopped = False
 
@@ -226,6 +201,7 @@ class Emulator:
             prepare=lambda specs: self._prepare(specs, environment),
         )
         self._supervisor = supervisor
+        self._dispatcher = Dispatcher(supervisor, self.console)
         port = options.port
         if port is None:
             port = local.local_http_port if local.local_http_port is not None else DEFAULT_PORT
@@ -310,9 +286,8 @@ class Emulator:
             return
         self._stopped = True
         self.stopping = True
-        for timer in self._timers:
-            if timer not in self._firing:  # a running invocation is drained like the others
-                timer.cancel()
+        if self._dispatcher is not None:
+            self._dispatcher.stop_timers()
         supervisor = self._supervisor
         try:
             if supervisor is not None:
@@ -326,9 +301,8 @@ class Emulator:
                         await supervisor.drain(self.config.shutdown_timeout)
                 finally:
                     await supervisor.stop()  # kills the worker, whatever happened
-            pending = [*self._tasks, *self._timers]
-            if pending:
-                await asyncio.wait(pending, timeout=5)
+            if self._dispatcher is not None:
+                await self._dispatcher.wait(5)
         finally:
             if self._front_door is not None:
                 await self._front_door.stop()
@@ -388,13 +362,13 @@ class Emulator:
         if allowed is not None:
             wanted = {name.lower() for name in allowed}
             functions = [f for f in functions if f.name.lower() in wanted]
-        return disabled_by_settings(functions, settings)
+        return _disabled_by_settings(functions, settings)
 
-    def _routes(self) -> list[_Http]:
+    def _routes(self) -> list[HttpFunction]:
         assert self.host_settings is not None
-        entries: list[RouteEntry[_Http]] = []
-        found: list[_Http] = []
-        seen: list[_Http] = []
+        entries: list[RouteEntry[HttpFunction]] = []
+        found: list[HttpFunction] = []
+        seen: list[HttpFunction] = []
         for spec in self.functions:
             trigger = spec.trigger
             if spec.trigger_type.lower() != "httptrigger":
@@ -410,7 +384,7 @@ class Emulator:
             except (RouteError, ValueError) as exc:
                 self._function_error(spec, str(exc))
                 continue
-            item = _Http(spec, route, methods, trigger)
+            item = HttpFunction(spec, route, methods, trigger)
             clash = next(
                 (
                     other
@@ -438,7 +412,7 @@ class Emulator:
         self.errors.append(AppError(spec.directory / "function.json", reason, spec.name))
         self.functions = [f for f in self.functions if f is not spec]
 
-    def _banner(self, http_functions: list[_Http], timers: dict[str, str]) -> None:
+    def _banner(self, http_functions: list[HttpFunction], timers: dict[str, str]) -> None:
         assert self.host_settings is not None
         prefix = self.host_settings.route_prefix
         lines: list[tuple[str, str]] = []
@@ -472,36 +446,11 @@ class Emulator:
         self.console.info(f"Host started: {self.url} (Ctrl+C to stop).")
 
     # -- invocations -------------------------------------------------------------------------
-    async def invoke_http(self, match_target: _Http, request: IncomingRequest) -> HttpOutput:
-        """Run an HTTP-triggered function for `request`; the response to write.
-
-        A failed, timed-out or undeliverable invocation becomes a 500 with a short text body
-        (the details are logged).
-        """
-        supervisor = self._supervisor
-        assert supervisor is not None
-        spec = match_target.spec
-        trigger_name = str(match_target.trigger.get("name", "req"))
-
-        def data(
-            capabilities: Mapping[str, str],
-        ) -> tuple[list[tuple[str, pb.TypedData]], dict[str, pb.TypedData]]:
-            http = build_rpc_http(request, capabilities)
-            metadata = http_trigger_metadata(request, http, trigger_name, capabilities)
-            return [(trigger_name, pb.TypedData(http=http)), *self._other_inputs(spec)], metadata
-
-        outcome = await supervisor.invoke(spec, data, reason=_API_REASON)
-        http_value, error = self._report(outcome)
-        if error is not None:
-            return _error_output(spec, error, outcome)
-        try:
-            output = response_from_output(http_value)
-        except ResponseError as exc:
-            self.console.error(f"Function '{spec.name}' (Id={outcome.invocation_id}): {exc}")
-            return _error_output(spec, str(exc), outcome)
-        for note in output.notes:
-            self.console.warning(f"Function '{spec.name}' (Id={outcome.invocation_id}): {note}")
-        return output
+    async def invoke_http(self, match_target: HttpFunction, request: IncomingRequest) -> HttpOutput:
+        """Run an HTTP-triggered function for `request`; the response to write (a failed,
+        timed-out or undeliverable invocation is a 500 with a short text body)."""
+        assert self._dispatcher is not None, "start() first"
+        return await self._dispatcher.invoke_http(match_target, request)
 
     def admin_invoke(self, name: str, body: bytes) -> tuple[int, str]:
         """``POST /admin/functions/<name>``: start an invocation; (status, text) to answer.
@@ -512,81 +461,8 @@ class Emulator:
         spec = next((f for f in self.functions if f.name.lower() == name.lower()), None)
         if spec is None:
             return 404, f"no function named {name!r}\n"
-        try:
-            document = json.loads(body.decode("utf-8")) if body.strip() else None
-        except (ValueError, UnicodeDecodeError):
-            document = None
-        if not isinstance(document, dict):
-            return 400, 'the body must be a JSON object like {"input": "..."}\n'
-        text = document.get("input", "")
-        if text is None:
-            text = ""
-        if not isinstance(text, str):
-            return 400, "'input' must be a string (JSON-encode structured input)\n"
-        extra = document.get("metadata")
-        if extra is not None and not isinstance(extra, dict):
-            return 400, "'metadata' must be a JSON object\n"
-        trigger = spec.trigger
-        if spec.trigger_type.lower() == "httptrigger":
-            return 400, f"{spec.name} is an HTTP function: call its URL instead\n"
-        supervisor = self._supervisor
-        assert supervisor is not None
-
-        def data(
-            capabilities: Mapping[str, str],
-        ) -> tuple[list[tuple[str, pb.TypedData]], dict[str, pb.TypedData]]:
-            value, metadata = trigger_data(
-                trigger, text, capabilities=capabilities, extra_metadata=extra
-            )
-            return [(str(trigger.get("name")), value), *self._other_inputs(spec)], metadata
-
-        try:
-            data(supervisor.capabilities)
-        except TriggerInputError as exc:
-            return 400, f"{exc}\n"
-        self._spawn(self._run_and_report(spec, data, _API_REASON))
-        return 202, ""
-
-    async def _run_and_report(self, spec: FunctionSpec, data: Any, reason: str) -> None:
-        supervisor = self._supervisor
-        assert supervisor is not None
-        outcome = await supervisor.invoke(spec, data, reason=reason)
-        self._report(outcome)
-
-    def _other_inputs(self, spec: FunctionSpec) -> list[tuple[str, pb.TypedData]]:
-        """Non-trigger input bindings: the emulator has no storage, so they are null."""
-        trigger = spec.trigger
-        return [
-            (str(b.get("name")), pb.TypedData())
-            for b in spec.bindings
-            if b is not trigger and str(b.get("direction", "in")).lower() in ("in", "inout")
-        ]
-
-    def _report(self, outcome: InvocationOutcome) -> tuple[pb.TypedData | None, str | None]:
-        """Log how an invocation ended and its outputs; (HTTP output value, error)."""
-        spec = outcome.function
-        error = outcome.error
-        http_value: pb.TypedData | None = None
-        lines: list[str] = []
-        if error is None and outcome.response is not None:
-            try:
-                http_value, lines = _outputs(spec, outcome.response)
-            except ConversionError as exc:
-                error = f"the host cannot take this output: {exc}"
-        millis = int(outcome.duration * 1000)
-        if error is None:
-            for line in lines:
-                self.console.info(line)
-            self.console.info(
-                f"Executed 'Functions.{spec.name}' (Succeeded, Id={outcome.invocation_id},"
-                f" Duration={millis}ms)"
-            )
-        else:
-            self.console.error(
-                f"Executed 'Functions.{spec.name}' (Failed, Id={outcome.invocation_id},"
-                f" Duration={millis}ms)\n{error}"
-            )
-        return http_value, error
+        assert self._dispatcher is not None, "start() first"
+        return self._dispatcher.admin_invoke(spec, body)
 
     # -- timers ------------------------------------------------------------------------------
     def _start_timers(self) -> dict[str, str]:
@@ -614,69 +490,9 @@ class Emulator:
             shown[spec.name] = str(schedule) + (", runOnStartup" if run_on_startup else "")
             if spec.disabled:
                 continue
-            self._timers.append(asyncio.create_task(self._timer(spec, schedule, run_on_startup)))
+            assert self._dispatcher is not None
+            self._dispatcher.start_timer(spec, schedule, run_on_startup)
         return shown
-
-    async def _timer(
-        self, spec: FunctionSpec, schedule: CronSchedule | IntervalSchedule, run_on_startup: bool
-    ) -> None:
-        last: datetime.datetime | None = None
-        if run_on_startup:
-            now = datetime.datetime.now().astimezone()
-            await self._fire(spec, schedule, now, last)
-            last = now
-        while not self.stopping:
-            now = datetime.datetime.now().astimezone()
-            due = schedule.next_after(now.replace(tzinfo=None))
-            if due is None:
-                self.console.warning(f"Timer '{spec.name}': the schedule {schedule} never fires.")
-                return
-            await asyncio.sleep(max(due.timestamp() - datetime.datetime.now().timestamp(), 0))
-            fired = due.astimezone()
-            await self._fire(spec, schedule, fired, last)
-            last = fired
-
-    async def _fire(
-        self,
-        spec: FunctionSpec,
-        schedule: CronSchedule | IntervalSchedule,
-        when: datetime.datetime,
-        last: datetime.datetime | None,
-    ) -> None:
-        supervisor = self._supervisor
-        assert supervisor is not None
-        task = asyncio.current_task()
-        if task is not None:
-            self._firing.add(task)
-        try:
-            await self._fire_once(supervisor, spec, schedule, when, last)
-        finally:
-            self._firing.discard(task)
-
-    async def _fire_once(
-        self,
-        supervisor: Supervisor,
-        spec: FunctionSpec,
-        schedule: CronSchedule | IntervalSchedule,
-        when: datetime.datetime,
-        last: datetime.datetime | None,
-    ) -> None:
-        upcoming = schedule.next_after(when.replace(tzinfo=None))
-        next_run = upcoming.astimezone() if upcoming is not None else None
-        name = str(spec.trigger.get("name"))
-
-        def data(
-            capabilities: Mapping[str, str],
-        ) -> tuple[list[tuple[str, pb.TypedData]], dict[str, pb.TypedData]]:
-            return [(name, timer_payload(last, next_run)), *self._other_inputs(spec)], {}
-
-        outcome = await supervisor.invoke(spec, data, reason=f"Timer fired at {when.isoformat()}")
-        self._report(outcome)
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 def exposure_warning(host: str, addresses: list[str]) -> str | None:
@@ -710,65 +526,15 @@ def _truthy(value: Any) -> bool:
     return value is True
 
 
-def _error_output(spec: FunctionSpec, error: str, outcome: InvocationOutcome) -> HttpOutput:
-    first = error.strip().splitlines()[0] if error.strip() else "failed"
-    kind = "timed out" if outcome.timed_out else "failed"
-    text = f"Function '{spec.name}' {kind} (Id={outcome.invocation_id}): {first}\n"
-    return HttpOutput(500, [("Content-Type", "text/plain; charset=utf-8")], text.encode())
-
-
-def _outputs(
-    spec: FunctionSpec, response: pb.InvocationResponse
-) -> tuple[pb.TypedData | None, list[str]]:
-    """Split a response into the HTTP output and log lines for the other outputs.
-
-    Raises:
-        ConversionError: an output of a kind the host rejects (HOST_PROTOCOL §5.5).
-    """
-    bindings = {str(b.get("name")): b for b in spec.bindings}
-    outputs = {
-        n: b
-        for n, b in bindings.items()
-        if str(b.get("direction", "in")).lower() in ("out", "inout")
-    }
-    values: list[tuple[str, pb.TypedData]] = []
-    lines: list[str] = []
-    for binding in response.output_data:
-        if binding.rpc_shared_memory is not None:
-            raise ConversionError(
-                f"output {binding.name!r} uses shared memory, which is not emulated"
-            )
-        values.append((binding.name, binding.data if binding.data is not None else pb.TypedData()))
-    if response.return_value is not None:
-        kind = betterproto2.which_one_of(response.return_value, "data")[0]
-        if "$return" in outputs:
-            values.append(("$return", response.return_value))
-        elif kind == "json":
-            parsed = decode_output(response.return_value)
-            if isinstance(parsed, dict):
-                for key, value in parsed.items():
-                    if key in outputs:
-                        values.append((key, pb.TypedData(json=json.dumps(value))))
-        elif kind:
-            lines.append(
-                "  the function returned a value but has no $return binding: the host ignores it"
-            )
-    http_value: pb.TypedData | None = None
-    for name, data in values:
-        decoded = decode_output(data)  # raises for kinds the host rejects
-        target = outputs.get(name)
-        if target is None:
-            lines.append(f"  output {name!r} matches no output binding: the host ignores it")
-            continue
-        if str(target.get("type", "")).lower() == "http":
-            http_value = data
-            continue
-        if decoded is None:
-            continue
-        lines.append(f"  output {name!r} ({target.get('type')}): {_show(decoded)}")
-    return http_value, lines
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _SHOWN_VALUE else text[: _SHOWN_VALUE - 3] + "..."
+def _disabled_by_settings(
+    functions: Sequence[FunctionSpec], settings: Mapping[str, str]
+) -> list[FunctionSpec]:
+    """Apply the ``AzureWebJobs.<name>.Disabled`` app settings (``true`` or ``1``)."""
+    lowered = {k.lower(): v for k, v in settings.items()}
+    out = []
+    for spec in functions:
+        value = lowered.get(f"azurewebjobs.{spec.name.lower()}.disabled", "")
+        if value.strip().lower() in ("true", "1"):
+            spec = replace(spec, disabled=True)
+        out.append(spec)
+    return out

@@ -1,26 +1,26 @@
-"""The worker process: launch, handshake, load, invoke, restart, terminate — as the host does.
+"""The supervisor of the worker process: when to start one, what a failure costs, and
+running invocations on it, as the host does. Starting, handshaking and ending one worker is
+`_channel`'s part.
 
 `Supervisor` owns the gRPC side (a `workerkit.testing.TestHost` on 127.0.0.1, free port) and
-one worker process at a time. The host's rules it follows (HOST_PROTOCOL §1, §3):
+one worker process at a time. The host's rules it follows:
 
-- launch with the config's argv (`WorkerConfig.command`), the worker environment, cwd = app
-  root; ``StartStream`` within ``processStartupTimeout``; ``WorkerInitRequest`` answered
-  within ``initializationTimeout``; with worker indexing, ``FunctionsMetadataRequest`` to the
-  first worker only (60 s); one ``FunctionLoadRequest`` per function, disabled ones last, all
-  answered within max(60 s, functionTimeout);
+- with worker indexing, only the first worker is asked for its functions; a restarted one is
+  loaded with the functions the first one reported;
 - a worker error (non-zero exit other than 200, a handshake timeout or failure, a stream that
   ends while the process lives on) fails the invocations in flight and restarts the worker;
   the third error within 30 minutes gives up (the host stops). Restarts are spaced by
   ``processRestartInterval``. Exit 200 restarts without counting; exit 0 unasked gives up at
-  once, because the host would neither restart nor notice it;
+  once, because the host would neither restart nor notice it
+  (src/WebJobs.Script/Workers/Rpc/FunctionRegistration/RpcFunctionInvocationDispatcher.cs,
+  src/WebJobs.Script/Workers/ProcessManagement/WorkerProcess.cs);
 - an invocation past the function timeout is cancelled (``InvocationCancel`` when the worker
   handles it); if it still has not answered 2 s later the worker is restarted (not counted);
 - stopping drains invocations for ``processShutdownTimeout``, then sends ``WorkerTerminate``
   (5 s grace, when the worker handles it) and kills the process if it is still running.
 
-Every wait is bounded and no send to a worker raises (its stream may be over while its
-process lingers). Whatever happens, stopping kills every worker this supervisor started that
-still runs, with its process group (each worker leads its own).
+Whatever happens, stopping kills every worker this supervisor started that still runs, with
+its process group (each worker leads its own).
 """
 
 from __future__ import annotations
@@ -28,12 +28,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime
-import os
-import signal
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,30 +39,36 @@ import betterproto2
 from workerkit._generated import AzureFunctionsRpcMessages as pb
 from workerkit.testing import HostConnection, TestHost
 
-from ._app import AppError, FunctionSpec, discover_functions, functions_from_metadata
-from ._config import HOST_VERSION, WorkerConfig
+from ._app import AppError, FunctionSpec
+from ._channel import (
+    EXIT_AFTER_STREAM,
+    KILL_WAIT,
+    TERMINATE_GRACE,
+    StartFailed,
+    WorkerChannel,
+    failure_text,
+    handshake,
+    index,
+    launch,
+    load,
+    span,
+)
 from ._console import Console
-from ._peer import launched_by
+from ._launch import WorkerConfig
+from ._peer import Launched
 
 __all__ = [
     "InputBuilder",
     "InvocationOutcome",
     "Supervisor",
     "SupervisorError",
-    "disabled_by_settings",
 ]
 
-METADATA_TIMEOUT: Final = 60.0
-TERMINATE_GRACE: Final = 5.0
-KILL_WAIT: Final = 1.0
-#: How long a worker whose stream is over may take to exit before it is killed.
-EXIT_AFTER_STREAM: Final = 2.0
 #: After a timed-out invocation is cancelled, how long it may take before the worker restarts.
 TIMEOUT_GRACE: Final = 2.0
 ERROR_THRESHOLD: Final = 3
 ERROR_WINDOW: Final = 30 * 60.0
 _RECENT_INVOCATIONS: Final = 4096
-_STDERR_TAIL: Final = 3
 
 
 #: Builds an invocation's inputs (name, data; trigger first) and trigger metadata for a worker's
@@ -83,8 +86,10 @@ class SupervisorError(Exception):
 class InvocationOutcome:
     """How one invocation ended.
 
-    Exactly one of: `response` with a Success result; `error` (the failure text shown to
-    the user); `timed_out` (with `error` describing it).
+    It succeeded when `error` is None: `response` then has a Success result. Otherwise
+    `error` is the failure text shown to the user; `response` is the worker's answer if it
+    gave one (a Failure or Cancelled result), and `timed_out` says the function timeout
+    passed first.
     """
 
     invocation_id: str
@@ -93,59 +98,6 @@ class InvocationOutcome:
     error: str | None = None
     timed_out: bool = False
     duration: float = 0.0
-
-    @property
-    def succeeded(self) -> bool:
-        """The worker answered with status Success."""
-        return self.error is None and self.response is not None
-
-
-class _StartFailed(Exception):
-    pass
-
-
-@dataclass
-class _Channel:
-    """One worker process and its stream."""
-
-    process: asyncio.subprocess.Process
-    worker_id: str
-    connection: HostConnection | None = None
-    capabilities: dict[str, str] = field(default_factory=dict)
-    load_errors: dict[str, str] = field(default_factory=dict)
-    executing: dict[str, str] = field(default_factory=dict)
-    stderr_tail: collections.deque[str] = field(
-        default_factory=lambda: collections.deque(maxlen=_STDERR_TAIL)
-    )
-    pumps: list[asyncio.Task[None]] = field(default_factory=list)
-    #: Why the emulator ended this worker on purpose (restart after a timeout, shutdown).
-    ended_on_purpose: str | None = None
-    #: WorkerTerminate was sent: a second `_end` (Ctrl-C during a restart) only waits and kills.
-    terminate_sent: bool = False
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def handles(self, capability: str) -> bool:
-        return bool(self.capabilities.get(capability))
-
-    async def wait_exit(self, timeout: float) -> int | None:
-        try:
-            return await asyncio.wait_for(asyncio.shield(self.process.wait()), timeout)
-        except TimeoutError:
-            return None
-
-    def kill(self) -> None:
-        """Kill the worker and what it started in its process group (it leads its own:
-        ``start_new_session``), as the host's job object does on Windows
-        (src/WebJobs.Script/Workers/ProcessManagement/JobObjectRegistry.cs); never raises.
-        Only while the worker has not been reaped: its id cannot name another group then."""
-        if self.process.returncode is not None:
-            return
-        killpg = getattr(os, "killpg", None)
-        if killpg is not None:
-            with contextlib.suppress(OSError):
-                killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):  # ProcessLookupError: it is gone already
-            self.process.kill()
 
 
 class Supervisor:
@@ -181,13 +133,13 @@ class Supervisor:
         self.function_errors: list[AppError] = []
         self._prepare = prepare or (lambda specs: specs)
         self._indexed = not config.worker_indexing
+        self._launched = Launched(lambda: self._host.port)
         self._host = TestHost(
             on_connection=self._on_connection,
-            check_peer=self._check_peer,
+            check_peer=self._launched.check,
             on_refused=self._refused,
         )
-        self._channel: _Channel | None = None
-        self._channels: dict[str, _Channel] = {}
+        self._channel: WorkerChannel | None = None
         self._ready = asyncio.Event()
         self._gave_up = asyncio.Event()
         self._first_ready: asyncio.Future[None] | None = None  # set by start()
@@ -218,11 +170,6 @@ class Supervisor:
         if not self._first_ready.done():
             self._first_ready.cancel()
             raise SupervisorError(self.failure or "the worker could not be started")
-
-    @property
-    def grpc_port(self) -> int:
-        """The port of the gRPC server the worker dials."""
-        return self._host.port
 
     @property
     def capabilities(self) -> Mapping[str, str]:
@@ -258,7 +205,7 @@ class Supervisor:
         try:
             channel = self._channel
             if channel is not None:
-                await self._end(channel, "the host is shutting down", grace=grace)
+                await channel.end("the host is shutting down", grace=grace)
             if self._runner is not None:
                 self._runner.cancel()
                 await asyncio.wait({self._runner}, timeout=5)
@@ -278,7 +225,7 @@ class Supervisor:
         """Kill every worker process this supervisor started that still runs (a second
         Ctrl-C, and the last step of `stop`); never raises."""
         self._stopping = True
-        for channel in list(self._channels.values()):
+        for channel in list(self._launched.channels.values()):
             channel.ended_on_purpose = channel.ended_on_purpose or "killed"
             channel.kill()
 
@@ -332,7 +279,7 @@ class Supervisor:
         except TimeoutError:
             outcome.timed_out = True
             outcome.error = (
-                f"Timeout value of {_span(timeout)} was exceeded by function:"
+                f"Timeout value of {span(timeout)} was exceeded by function:"
                 f" Functions.{function.name}"
             )
             if pending is not None:
@@ -340,12 +287,10 @@ class Supervisor:
         except (ConnectionError, OSError) as exc:
             outcome.error = await self._lost_reason(channel, exc)
         else:
+            outcome.response = response
             result = response.result
-            if result is not None and result.status == pb.StatusResultStatus.Success:
-                outcome.response = response
-            else:
-                outcome.response = response
-                outcome.error = _failure_text(result)
+            if result is None or result.status != pb.StatusResultStatus.Success:
+                outcome.error = failure_text(result)
         finally:
             channel.executing.pop(invocation_id, None)
             if not channel.executing:
@@ -353,7 +298,7 @@ class Supervisor:
         outcome.duration = loop.time() - started
         return outcome
 
-    async def _ready_channel(self, timeout: float | None) -> _Channel:
+    async def _ready_channel(self, timeout: float | None) -> WorkerChannel:
         if self._stopping:
             raise SupervisorError("the host is shutting down")
         if not self._ready.is_set():
@@ -376,7 +321,10 @@ class Supervisor:
         return channel
 
     async def _after_timeout(
-        self, channel: _Channel, invocation_id: str, response: asyncio.Future[pb.InvocationResponse]
+        self,
+        channel: WorkerChannel,
+        invocation_id: str,
+        response: asyncio.Future[pb.InvocationResponse],
     ) -> None:
         """What the host does after a function timeout: cancel the invocation, give it
         `TIMEOUT_GRACE` to be answered, and restart the worker only if it is still executing
@@ -393,8 +341,8 @@ class Supervisor:
         """
         connection = channel.connection
         if channel.handles("HandlesInvocationCancelMessage") and connection is not None:
-            await self._send_quietly(
-                channel, "InvocationCancel", connection.cancel(invocation_id), TIMEOUT_GRACE
+            await channel.send_quietly(
+                "InvocationCancel", connection.cancel(invocation_id), TIMEOUT_GRACE
             )
         with contextlib.suppress(TimeoutError, ConnectionError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(response), TIMEOUT_GRACE)
@@ -404,9 +352,9 @@ class Supervisor:
             "A function timeout has occurred. Restarting worker process executing"
             f" invocationId '{invocation_id}'."
         )
-        await self._end(channel, f"invocation {invocation_id} timed out", grace=TERMINATE_GRACE)
+        await channel.end(f"invocation {invocation_id} timed out", grace=TERMINATE_GRACE)
 
-    async def _lost_reason(self, channel: _Channel, exc: BaseException) -> str:
+    async def _lost_reason(self, channel: WorkerChannel, exc: BaseException) -> str:
         code = await channel.wait_exit(2.0)
         if channel.ended_on_purpose:
             return f"the worker was stopped ({channel.ended_on_purpose}) during the invocation"
@@ -437,7 +385,7 @@ class Supervisor:
             self._last_start = loop.time()
             try:
                 channel = await self._start_channel()
-            except _StartFailed as failure:
+            except StartFailed as failure:
                 if self._stopping:
                     return
                 self.console.error(f"Worker start failed: {failure}")
@@ -451,7 +399,7 @@ class Supervisor:
             message, counts = await self._watch(channel)
             self._ready.clear()
             self._channel = None
-            self._channels.pop(channel.worker_id, None)
+            self._launched.forget(channel.worker_id)
             if self._stopping:
                 return
             if message is None:  # exit 0 unasked
@@ -481,7 +429,7 @@ class Supervisor:
         self.failure = message
         self._gave_up.set()
 
-    async def _watch(self, channel: _Channel) -> tuple[str | None, bool]:
+    async def _watch(self, channel: WorkerChannel) -> tuple[str | None, bool]:
         """Wait for the worker to go away; (message, counts as an error)."""
         connection = channel.connection
         assert connection is not None
@@ -513,7 +461,9 @@ class Supervisor:
         if code == 0:
             self._give_up(
                 "The worker exited with status 0 without being asked to. The real host does not"
-                " restart such a worker and its invocations would hang (HOST_PROTOCOL §1.5):"
+                " restart such a worker and its invocations would hang (it only closes the"
+                " process on exit 0: OnProcessExited in"
+                " src/WebJobs.Script/Workers/ProcessManagement/WorkerProcess.cs):"
                 " exit non-zero on errors, or 200 to ask for a restart." + tail
             )
             return None, False
@@ -524,88 +474,27 @@ class Supervisor:
             )
         return f"Language Worker Process exited with status {code}.{tail}", True
 
-    async def _end(self, channel: _Channel, reason: str, *, grace: float) -> None:
-        """Stop `channel` on purpose: WorkerTerminate (if handled) with `grace`, then kill.
-
-        Never raises for the worker's sake and never waits longer than `grace` plus
-        `KILL_WAIT`: the stream may be over already (a worker that ended it and lingers, or a
-        second `_end` while a restart is under way), or the worker may not read it.
-        """
-        channel.ended_on_purpose = channel.ended_on_purpose or reason
-        try:
-            if channel.process.returncode is not None:
-                return
-            connection = channel.connection
-            if connection is not None and channel.handles("HandlesWorkerTerminateMessage"):
-                if connection.closed:  # a worker exits (1) as soon as its stream is over
-                    grace = min(grace, EXIT_AFTER_STREAM)
-                elif not channel.terminate_sent:
-                    channel.terminate_sent = True
-                    await self._send_quietly(
-                        channel, "WorkerTerminate", connection.terminate(grace), grace
-                    )
-                await channel.wait_exit(grace)
-        finally:
-            channel.kill()  # a no-op once it has exited; also when cancelled meanwhile
-        await channel.wait_exit(KILL_WAIT)
-
-    async def _send_quietly(
-        self, channel: _Channel, what: str, send: Coroutine[Any, Any, None], timeout: float
-    ) -> None:
-        """Send a request to the worker within `timeout` seconds (a worker that stops
-        reading blocks a send for ever through flow control); a stream already over, or
-        any other failure to send, is noted, not raised (h2's StreamClosedError is neither
-        a ConnectionError nor an OSError)."""
-        try:
-            await asyncio.wait_for(send, timeout)
-        except asyncio.CancelledError:
-            raise
-        except TimeoutError:
-            self.console.warning(
-                f"Could not send {what} to worker pid {channel.process.pid} within"
-                f" {timeout:g} s (it does not read its stream)."
-            )
-        except Exception as exc:
-            if self.console.verbose:
-                self.console.info(
-                    f"Could not send {what} to worker pid {channel.process.pid}: {exc!r}"
-                )
-
     # -- starting a worker -------------------------------------------------------------------
-    async def _start_channel(self) -> _Channel:
-        args = self._host.host_args()
-        argv = self.config.command(args, app_dir=self.app_dir)
-        env = self.config.environment(self.app_dir, self.environment)
-        if self.config.resolve_executable(argv, env) is None:
-            raise _StartFailed(
-                f"cannot start the worker: executable {argv[0]!r} was not found"
-                " (set defaultExecutablePath, or the languageWorkers:"
-                f"{self.config.language}:defaultExecutablePath setting)"
-            )
-        if self.console.verbose:
-            self.console.info("Starting worker: " + " ".join(argv))
+    async def _start_channel(self) -> WorkerChannel:
+        channel = await launch(
+            self._host,
+            self.config,
+            app_dir=self.app_dir,
+            environment=self.environment,
+            console=self.console,
+            register=self._launched.register,
+        )
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=self.app_dir,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,  # Ctrl-C reaches the emulator, which terminates the worker
-            )
-        except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL in a setting's value
-            raise _StartFailed(f"cannot start the worker {argv[0]!r}: {exc}") from None
-        channel = _Channel(process, args.worker_id)
-        channel.idle.set()
-        self._channels[args.worker_id] = channel
-        channel.pumps = [
-            asyncio.create_task(self._pump(channel, process.stdout, stderr=False)),
-            asyncio.create_task(self._pump(channel, process.stderr, stderr=True)),
-        ]
-        try:
-            await self._handshake(channel)
-        except _StartFailed:
+            connection = await handshake(channel, self._host, self.config, app_dir=self.app_dir)
+            if not self._indexed:  # only the first worker is asked for its functions
+                functions, errors = await index(
+                    connection, self.config, app_dir=self.app_dir, console=self.console
+                )
+                self.functions = self._prepare(functions)
+                self.function_errors = errors
+                self._indexed = True
+            await load(channel, connection, self.functions, self.function_timeout)
+        except StartFailed:
             channel.kill()
             await channel.wait_exit(KILL_WAIT)
             raise
@@ -614,150 +503,14 @@ class Supervisor:
             raise
         return channel
 
-    async def _handshake(self, channel: _Channel) -> None:
-        config = self.config
-        waiter = asyncio.create_task(self._host.connection(channel.worker_id, None))
-        exited = asyncio.create_task(channel.process.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {waiter, exited},
-                timeout=config.startup_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            exited.cancel()
-            if not waiter.done():
-                waiter.cancel()
-        if waiter not in done:
-            if exited in done or channel.process.returncode is not None:
-                await asyncio.sleep(0.1)  # let the pumps print its last words
-                raise _StartFailed(
-                    f"the worker exited with status {channel.process.returncode} before opening"
-                    " its stream" + "".join(f"\n  {line}" for line in channel.stderr_tail)
-                )
-            raise _StartFailed(
-                f"no StartStream within {_span(config.startup_timeout)} (processStartupTimeout)"
-            )
-        connection = waiter.result()
-        channel.connection = connection
-        try:
-            init = await connection.init(
-                function_app_directory=str(self.app_dir),
-                worker_directory=str(config.worker_directory),
-                capabilities={"MultiStream": "10"},
-                host_version=HOST_VERSION,
-                timeout=config.init_timeout,
-            )
-        except TimeoutError:
-            raise _StartFailed(
-                f"no WorkerInitResponse within {_span(config.init_timeout)}"
-                " (initializationTimeout in worker.config.json processOptions)"
-            ) from None
-        except ConnectionError:
-            raise _StartFailed("the worker ended its stream during init") from None
-        if init.result is None or init.result.status != pb.StatusResultStatus.Success:
-            raise _StartFailed(f"init failed: {_failure_text(init.result)}")
-        channel.capabilities = dict(init.capabilities)
-        metadata = init.worker_metadata
-        runtime = (
-            f" ({metadata.runtime_name} {metadata.runtime_version})".replace(" )", ")")
-            if (metadata is not None and metadata.runtime_name)
-            else ""
-        )
-        self.console.info(
-            f"Worker process started and initialized: pid {channel.process.pid}{runtime}."
-        )
-        self._check_capabilities(channel)
-        if not self._indexed:
-            await self._index(connection)
-        await self._load(channel, connection)
-
-    def _check_capabilities(self, channel: _Channel) -> None:
-        uri = channel.capabilities.get("HttpUri")
-        if uri:
-            self.console.warning(
-                f"The worker declares HttpUri {uri!r}: HTTP proxying is not emulated; HTTP"
-                " triggers are sent as RpcHttp invocations."
-            )
-        if channel.capabilities.get("SupportsLoadResponseCollection"):
-            self.console.warning(
-                "The worker declares SupportsLoadResponseCollection: the real host mishandles"
-                " it for two or more functions (HOST_PROTOCOL §4); the emulator sends single loads."
-            )
-
-    async def _index(self, connection: HostConnection) -> None:
-        try:
-            response = await connection.functions_metadata(
-                str(self.app_dir), timeout=METADATA_TIMEOUT
-            )
-        except TimeoutError:
-            raise _StartFailed(
-                f"no FunctionMetadataResponse within {_span(METADATA_TIMEOUT)}"
-            ) from None
-        except ConnectionError:
-            raise _StartFailed("the worker ended its stream during worker indexing") from None
-        if response.result is not None and response.result.status != pb.StatusResultStatus.Success:
-            self.console.warning(
-                f"Worker indexing reported a failure: {_failure_text(response.result)}"
-            )
-        if response.use_default_metadata_indexing:
-            self.console.info("The worker asked for host indexing (use_default_metadata_indexing).")
-            functions, errors = discover_functions(self.app_dir, self.config.extensions)
-        else:
-            functions, errors = functions_from_metadata(
-                response.function_metadata_results, self.app_dir
-            )
-        self.functions = self._prepare(functions)
-        self.function_errors = errors
-        self._indexed = True
-
-    async def _load(self, channel: _Channel, connection: HostConnection) -> None:
-        ordered = [f for f in self.functions if not f.disabled] + [
-            f for f in self.functions if f.disabled
-        ]
-        timeout = None if self.function_timeout is None else max(60.0, self.function_timeout)
-
-        async def load_one(spec: FunctionSpec) -> None:
-            reply = await connection.send_load(spec.load_request(), timeout=None)
-            if reply.result is None or reply.result.status != pb.StatusResultStatus.Success:
-                error = _failure_text(reply.result)
-                channel.load_errors[spec.function_id] = error
-                self.console.error(
-                    f"Worker failed to load function: '{spec.name}' with functionId:"
-                    f" '{spec.function_id}'. {error}"
-                )
-
-        try:
-            await asyncio.wait_for(asyncio.gather(*(load_one(f) for f in ordered)), timeout)
-        except TimeoutError:
-            raise _StartFailed(
-                f"not every FunctionLoadRequest was answered within {_span(timeout)}"
-            ) from None
-        except ConnectionError:
-            raise _StartFailed("the worker ended its stream while loading functions") from None
-
     # -- observing the stream ----------------------------------------------------------------
-    def _check_peer(self, worker_id: str, peer: tuple[str, int] | None) -> str | None:
-        """Refuse a stream that does not come from the worker process started for
-        `worker_id`: its id is readable by any local process (the real host accepts the
-        first stream naming it; see `_peer`)."""
-        channel = self._channels.get(worker_id)
-        if channel is None or peer is None:
-            return None
-        if launched_by(channel.process.pid, peer[1], self._host.port) is False:
-            return (
-                f"it does not come from the worker process (pid {channel.process.pid}), but"
-                f" from port {peer[1]}"
-            )
-        return None
-
     def _refused(self, worker_id: str, reason: str) -> None:
-        if worker_id in self._channels:  # a stream naming one of our workers
+        if worker_id in self._launched.channels:  # a stream naming one of our workers
             self.console.warning(f"refused a stream for worker {worker_id}: {reason}")
 
     def _on_connection(self, connection: HostConnection) -> None:
         connection.record = False
-        channel = self._channels.get(connection.worker_id)
+        channel = self._launched.channels.get(connection.worker_id)
         start = pb.StreamingMessage(
             request_id=connection.start_request_id,
             start_stream=pb.StartStream(worker_id=connection.worker_id),
@@ -766,7 +519,7 @@ class Supervisor:
         connection.observer = lambda message, outgoing: self._observe(channel, message, outgoing)
 
     def _observe(
-        self, channel: _Channel | None, message: pb.StreamingMessage, outgoing: bool
+        self, channel: WorkerChannel | None, message: pb.StreamingMessage, outgoing: bool
     ) -> None:
         try:
             self.console.protocol(message, outgoing)
@@ -782,7 +535,7 @@ class Supervisor:
         except Exception as exc:  # never break the stream reader
             self.console.error(f"emulator: cannot show a message: {exc!r}")
 
-    def _print_log(self, channel: _Channel | None, log: pb.RpcLog) -> None:
+    def _print_log(self, channel: WorkerChannel | None, log: pb.RpcLog) -> None:
         system = log.log_category == pb.RpcLogRpcLogCategory.System
         function = self._recent.get(log.invocation_id) if log.invocation_id else None
         dropped = None
@@ -801,64 +554,7 @@ class Supervisor:
         while len(self._recent) > _RECENT_INVOCATIONS:
             self._recent.popitem(last=False)
 
-    async def _pump(
-        self, channel: _Channel, source: asyncio.StreamReader | None, *, stderr: bool
-    ) -> None:
-        if source is None:
-            return
-        pending = b""
-        errors_only = self.config.use_stderr_for_errors_only
-        while chunk := await source.read(65536):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            if len(pending) > 65536:  # a very long line: show it in pieces
-                lines.append(pending)
-                pending = b""
-            for raw in lines:
-                text = raw.decode(errors="replace").rstrip("\r")
-                if stderr:
-                    channel.stderr_tail.append(text)
-                self.console.worker_output(text, stderr=stderr, errors_only=errors_only)
-        if pending:
-            text = pending.decode(errors="replace")
-            if stderr:
-                channel.stderr_tail.append(text)
-            self.console.worker_output(text, stderr=stderr, errors_only=errors_only)
-
     def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def disabled_by_settings(
-    functions: Sequence[FunctionSpec], settings: Mapping[str, str]
-) -> list[FunctionSpec]:
-    """Apply the ``AzureWebJobs.<name>.Disabled`` app settings (``true`` or ``1``)."""
-    lowered = {k.lower(): v for k, v in settings.items()}
-    out = []
-    for spec in functions:
-        value = lowered.get(f"azurewebjobs.{spec.name.lower()}.disabled", "")
-        if value.strip().lower() in ("true", "1"):
-            spec = replace(spec, disabled=True)
-        out.append(spec)
-    return out
-
-
-def _failure_text(result: pb.StatusResult | None) -> str:
-    if result is None:
-        return "the response has no result"
-    exception = result.exception
-    prefix = "cancelled" if result.status == pb.StatusResultStatus.Cancelled else ""
-    if exception is None:
-        return prefix or "failed without a message"
-    text = exception.message or prefix or "failed without a message"
-    if exception.stack_trace:
-        text += "\n" + exception.stack_trace.rstrip()
-    return text
-
-
-def _span(seconds: float | None) -> str:
-    if seconds is None:
-        return "unbounded"
-    return str(datetime.timedelta(seconds=round(seconds, 3)))

@@ -1,6 +1,9 @@
 """HTTP requests into `RpcHttp` and HTTP outputs back into responses, as the host does.
 
-Pure functions (no I/O), HOST_PROTOCOL §5.3 and §5.4.
+Pure functions (no I/O). The host's code for the request is ``ToRpcHttp`` in
+src/WebJobs.Script.Grpc/MessageExtensions/GrpcMessageConversionExtensions.cs; for the
+response, src/WebJobs.Script/Binding/Http/HttpBinding.cs and RawScriptResult.cs (paths in
+Azure/azure-functions-host).
 
 Request (`build_rpc_http`), depending on the capabilities the worker declared:
 
@@ -23,8 +26,10 @@ Request (`build_rpc_http`), depending on the capabilities the worker declared:
   legacy                          other or none                   string      string (bytes¹)
   ==============================  ==============================  ==========  ==================
 
-  ¹ with ``RawHttpBodyBytes``. Text is decoded with the content type's charset (UTF-8 by
-  default), undecodable bytes replaced.
+  ¹ with ``RawHttpBodyBytes``. Text is read the way the host reads it (`host_text`): UTF-8,
+  or the UTF-16/UTF-32 a byte order mark names, undecodable bytes replaced; the content
+  type's charset plays no part. The legacy octet-stream/multipart ``rawBody`` string is
+  plain UTF-8 (a byte order mark stays in it).
 
 Response (`response_from_output`): an ``http`` value gives status (a string; empty or
 unparsable means 200), headers (``content-type`` sets the content type), cookies (ignored with
@@ -38,6 +43,7 @@ JSON; a JSON object with a ``body`` key describes the response (``body``, ``stat
 
 from __future__ import annotations
 
+import codecs
 import datetime
 import email.utils
 import json
@@ -50,12 +56,14 @@ import betterproto2
 
 from workerkit._generated import AzureFunctionsRpcMessages as pb
 from workerkit._generated import NullableString
+from workerkit.convert import _parse_status
 
 __all__ = [
     "HttpOutput",
     "IncomingRequest",
     "ResponseError",
     "build_rpc_http",
+    "host_text",
     "http_trigger_metadata",
     "response_from_output",
 ]
@@ -67,6 +75,15 @@ _SAME_SITE: Final = {
     pb.RpcHttpCookieSameSite.Strict: "Strict",
     pb.RpcHttpCookieSameSite.ExplicitNone: "None",
 }
+#: Byte order marks a .NET StreamReader recognises, UTF-32 LE before the UTF-16 LE mark it
+#: begins with.
+_BYTE_ORDER_MARKS: Final = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
 
 
 class ResponseError(Exception):
@@ -120,17 +137,21 @@ def _joined(pairs: Sequence[tuple[str, str]], lower: bool) -> dict[str, str]:
     return {key: ",".join(values) for key, values in joined.items()}
 
 
-def _charset(content_type: str | None) -> str:
-    for param in (content_type or "").split(";")[1:]:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset":
-            candidate = value.strip().strip("\"'")
-            try:
-                "".encode(candidate)
-            except LookupError:
-                break
-            return candidate
-    return "utf-8"
+def host_text(data: bytes) -> str:
+    """A request body as the host reads it into a string: UTF-8, unless a byte order mark
+    names UTF-16 or UTF-32 (the mark is dropped); undecodable bytes become U+FFFD.
+
+    The Content-Type charset is ignored: the host reads the body with the HTTP extension's
+    ``ReadAsStringAsync``, a StreamReader on UTF-8 that detects byte order marks
+    (Azure/azure-webjobs-sdk-extensions
+    src/WebJobs.Extensions.Http/Extensions/HttpRequestExtensions.cs), both for the RpcHttp
+    body (``PopulateBody``/``PopulateBodyAndRawBody`` in the host's
+    GrpcMessageConversionExtensions.cs) and for the binding data of a JSON body.
+    """
+    for mark, encoding in _BYTE_ORDER_MARKS:
+        if data.startswith(mark):
+            return data[len(mark) :].decode(encoding, "replace")
+    return data.decode("utf-8", "replace")
 
 
 def _media_type(content_type: str | None) -> str:
@@ -168,11 +189,15 @@ def _bodies(
     media = _media_type(content_type)
     binary = media.startswith(_BINARY_TYPES)
     raw_bytes = bool(capabilities.get("RawHttpBodyBytes"))
-    text = data.decode(_charset(content_type), "replace")
     if capabilities.get("RpcHttpBodyOnly"):
         if raw_bytes or binary:
             return pb.TypedData(bytes=data), None
-        return pb.TypedData(string=text), None
+        return pb.TypedData(string=host_text(data)), None
+    if binary:  # here the host turns the bytes into text itself: Encoding.UTF8.GetString
+        raw_text = data.decode("utf-8", "replace")
+        raw = pb.TypedData(bytes=data) if raw_bytes else pb.TypedData(string=raw_text)
+        return pb.TypedData(bytes=data), raw
+    text = host_text(data)
     raw = pb.TypedData(bytes=data) if raw_bytes else pb.TypedData(string=text)
     if media == "application/json":
         try:
@@ -180,8 +205,6 @@ def _bodies(
         except (ValueError, RecursionError):
             return pb.TypedData(string=text), raw
         return pb.TypedData(json=json.dumps(parsed, separators=(",", ":"))), raw
-    if binary:
-        return pb.TypedData(bytes=data), raw
     return pb.TypedData(string=text), raw
 
 
@@ -191,7 +214,9 @@ def http_trigger_metadata(
     trigger_name: str,
     capabilities: Mapping[str, str],
 ) -> dict[str, pb.TypedData]:
-    """The ``trigger_metadata`` of an HTTP invocation (HOST_PROTOCOL §5.3).
+    """The ``trigger_metadata`` of an HTTP invocation, from the HTTP trigger's binding data
+    (``GetRequestBindingData`` in Azure/azure-webjobs-sdk-extensions
+    src/WebJobs.Extensions.Http/HttpTriggerAttributeBindingProvider.cs).
 
     ``Query`` and ``Headers`` (json objects), each query parameter but ``code``, the
     top-level properties of a JSON object body and the route parameters (strings win over
@@ -209,7 +234,7 @@ def http_trigger_metadata(
             metadata[key] = pb.TypedData(string=value)
     if request.body and _media_type(request.header("content-type")) == "application/json":
         try:
-            document = json.loads(request.body.decode(_charset(request.header("content-type"))))
+            document = json.loads(host_text(request.body))
         except (ValueError, RecursionError):
             document = None
         if isinstance(document, dict):
@@ -246,7 +271,7 @@ def response_from_output(data: pb.TypedData | None) -> HttpOutput:
         case "http":
             return _from_rpc_http(value)
         case "string":
-            return _sniff(value, raw_text=value)
+            return _sniff(value)
         case "json":
             try:
                 parsed = json.loads(value)
@@ -265,7 +290,7 @@ def response_from_output(data: pb.TypedData | None) -> HttpOutput:
 
 def _from_rpc_http(http: pb.RpcHttp) -> HttpOutput:
     notes: list[str] = []
-    status = _status(http.status_code)
+    status = _parse_status(http.status_code)
     if http.body is None:
         notes.append(
             "the response has no body: the host then ignores status, headers and cookies and"
@@ -309,11 +334,11 @@ def _from_rpc_http(http: pb.RpcHttp) -> HttpOutput:
     return _finish(status, headers, body, default, notes)
 
 
-def _sniff(text: str, raw_text: str) -> HttpOutput:
+def _sniff(text: str) -> HttpOutput:
     try:
         parsed = json.loads(text)
     except (ValueError, RecursionError):
-        return _finish(200, [], raw_text.encode(), "text/plain; charset=utf-8", [])
+        return _finish(200, [], text.encode(), "text/plain; charset=utf-8", [])
     return _sniff_value(parsed)
 
 
@@ -326,7 +351,7 @@ def _sniff_value(value: Any) -> HttpOutput:
             if isinstance(raw_status, int) and not isinstance(raw_status, bool):
                 status = raw_status
             elif isinstance(raw_status, str):
-                status = _status(raw_status)
+                status = _parse_status(raw_status)
             headers_value = lowered.get("headers")
             headers = (
                 [(str(k), "" if v is None else str(v)) for k, v in headers_value.items()]
@@ -381,17 +406,6 @@ def _which(data: pb.TypedData | None) -> tuple[str, Any]:
         return "", None
     found: tuple[str, Any] = betterproto2.which_one_of(data, "data")
     return found
-
-
-def _status(text: str) -> int:
-    """As the host's ``int.TryParse``: optional sign, digits, 32-bit; otherwise 200."""
-    stripped = text.strip()
-    digits = stripped[1:] if stripped[:1] in ("+", "-") else stripped
-    if digits.isascii() and digits.isdigit() and len(digits) <= 10:
-        number = int(stripped)
-        if -(2**31) <= number < 2**31:
-            return number
-    return 200
 
 
 def _indented(value: Any) -> bytes:

@@ -1,4 +1,10 @@
-"""Trigger data for non-HTTP triggers, shaped like the host's (HOST_PROTOCOL §5.2, §5.6).
+"""Trigger data for non-HTTP triggers, shaped like the host's. The host converts what a
+binding extension produces with ``ToRpc`` (in Azure/azure-functions-host,
+src/WebJobs.Script.Grpc/MessageExtensions/GrpcMessageConversionExtensions.cs): a string
+stays a string, a byte array becomes bytes, arrays become ``collection_*`` for a worker that
+declared ``TypedDataCollection``, and most other values (integers, dates, objects) become
+json. The shapes below follow what the official workers' converters read
+(azure-functions-python-library, ``azure/functions/*.py``).
 
 `trigger_data` turns the text a user gives the admin endpoint (``{"input": "..."}``) into
 the trigger's `TypedData` and its ``trigger_metadata``, per binding type:

@@ -1,0 +1,323 @@
+"""Invocations while the emulator runs: an HTTP request, a ``POST /admin/functions/<name>``
+or a timer becomes an invocation on the supervisor's worker, and how it ended is logged with
+the outputs the host would act on. Which functions exist, with which routes and schedules,
+is settled at start-up (`_emulator`).
+
+Outputs are read as the host reads them: each ``output_data`` entry goes to the output
+binding of its name, ``return_value`` to a ``$return`` binding or, without one, a JSON
+object's top-level keys to the bindings they name; kinds the host cannot take (collections,
+model binding data) fail the invocation. The host's code: ``CreateScriptInvocationResult``
+in src/WebJobs.Script.Grpc/Channel/GrpcWorkerChannel.cs and ``HandleOutputDictionary`` in
+src/WebJobs.Script/Description/Workers/WorkerFunctionInvoker.cs (Azure/azure-functions-host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import betterproto2
+
+from workerkit._generated import AzureFunctionsRpcMessages as pb
+from workerkit.convert import ConversionError, decode_output
+
+from ._app import FunctionSpec
+from ._console import Console
+from ._cron import CronSchedule, IntervalSchedule
+from ._process import InputBuilder, InvocationOutcome, Supervisor
+from ._routes import Route
+from ._rpchttp import (
+    HttpOutput,
+    IncomingRequest,
+    ResponseError,
+    build_rpc_http,
+    http_trigger_metadata,
+    response_from_output,
+)
+from ._triggers import TriggerInputError, timer_payload, trigger_data
+
+__all__ = ["Dispatcher", "HttpFunction"]
+
+_API_REASON: Final = "This function was programmatically called via the host APIs."
+_SHOWN_VALUE: Final = 200
+
+
+@dataclass(frozen=True)
+class HttpFunction:
+    """An HTTP-triggered function and its route (what the router finds for a request)."""
+
+    spec: FunctionSpec
+    route: Route
+    methods: frozenset[str] | None
+    trigger: Mapping[str, Any]
+
+
+class Dispatcher:
+    """Runs invocations on `supervisor`'s worker and reports how they ended on `console`."""
+
+    def __init__(self, supervisor: Supervisor, console: Console) -> None:
+        self.console = console
+        self.stopping = False
+        self._supervisor = supervisor
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: list[asyncio.Task[None]] = []
+        self._firing: set[asyncio.Task[Any]] = set()  # timers with an invocation under way
+
+    def stop_timers(self) -> None:
+        """Fire no timer any more; a timer whose invocation is under way is left to finish
+        (it is drained like the other invocations)."""
+        self.stopping = True
+        for timer in self._timers:
+            if timer not in self._firing:
+                timer.cancel()
+
+    async def wait(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the admin invocations and timers still running."""
+        pending = [*self._tasks, *self._timers]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    # -- HTTP and the admin API --------------------------------------------------------------
+    async def invoke_http(self, target: HttpFunction, request: IncomingRequest) -> HttpOutput:
+        """Run an HTTP-triggered function for `request`; the response to write.
+
+        A failed, timed-out or undeliverable invocation becomes a 500 with a short text body
+        (the details are logged).
+        """
+        spec = target.spec
+        trigger_name = str(target.trigger.get("name", "req"))
+
+        def data(
+            capabilities: Mapping[str, str],
+        ) -> tuple[list[tuple[str, pb.TypedData]], dict[str, pb.TypedData]]:
+            http = build_rpc_http(request, capabilities)
+            metadata = http_trigger_metadata(request, http, trigger_name, capabilities)
+            return [(trigger_name, pb.TypedData(http=http)), *_other_inputs(spec)], metadata
+
+        outcome = await self._supervisor.invoke(spec, data, reason=_API_REASON)
+        http_value, error = self._report(outcome)
+        if error is not None:
+            return _error_output(spec, error, outcome)
+        try:
+            output = response_from_output(http_value)
+        except ResponseError as exc:
+            self.console.error(f"Function '{spec.name}' (Id={outcome.invocation_id}): {exc}")
+            return _error_output(spec, str(exc), outcome)
+        for note in output.notes:
+            self.console.warning(f"Function '{spec.name}' (Id={outcome.invocation_id}): {note}")
+        return output
+
+    def admin_invoke(self, spec: FunctionSpec, body: bytes) -> tuple[int, str]:
+        """``POST /admin/functions/<name>`` for `spec`: start an invocation; (status, text).
+
+        202 once the invocation is started (its outcome is logged), 400 for a body that is not
+        ``{"input": "..."}`` or input the trigger cannot take.
+        """
+        try:
+            document = json.loads(body.decode("utf-8")) if body.strip() else None
+        except (ValueError, UnicodeDecodeError):
+            document = None
+        if not isinstance(document, dict):
+            return 400, 'the body must be a JSON object like {"input": "..."}\n'
+        text = document.get("input", "")
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            return 400, "'input' must be a string (JSON-encode structured input)\n"
+        extra = document.get("metadata")
+        if extra is not None and not isinstance(extra, dict):
+            return 400, "'metadata' must be a JSON object\n"
+        trigger = spec.trigger
+        if spec.trigger_type.lower() == "httptrigger":
+            return 400, f"{spec.name} is an HTTP function: call its URL instead\n"
+
+        def data(
+            capabilities: Mapping[str, str],
+        ) -> tuple[list[tuple[str, pb.TypedData]], dict[str, pb.TypedData]]:
+            value, metadata = trigger_data(
+                trigger, text, capabilities=capabilities, extra_metadata=extra
+            )
+            return [(str(trigger.get("name")), value), *_other_inputs(spec)], metadata
+
+        try:
+            data(self._supervisor.capabilities)
+        except TriggerInputError as exc:
+            return 400, f"{exc}\n"
+        self._spawn(self._run_and_report(spec, data, _API_REASON))
+        return 202, ""
+
+    async def _run_and_report(self, spec: FunctionSpec, data: InputBuilder, reason: str) -> None:
+        outcome = await self._supervisor.invoke(spec, data, reason=reason)
+        self._report(outcome)
+
+    def _report(self, outcome: InvocationOutcome) -> tuple[pb.TypedData | None, str | None]:
+        """Log how an invocation ended and its outputs; (HTTP output value, error)."""
+        spec = outcome.function
+        error = outcome.error
+        http_value: pb.TypedData | None = None
+        lines: list[str] = []
+        if error is None and outcome.response is not None:
+            try:
+                http_value, lines = _outputs(spec, outcome.response)
+            except ConversionError as exc:
+                error = f"the host cannot take this output: {exc}"
+        millis = int(outcome.duration * 1000)
+        if error is None:
+            for line in lines:
+                self.console.info(line)
+            self.console.info(
+                f"Executed 'Functions.{spec.name}' (Succeeded, Id={outcome.invocation_id},"
+                f" Duration={millis}ms)"
+            )
+        else:
+            self.console.error(
+                f"Executed 'Functions.{spec.name}' (Failed, Id={outcome.invocation_id},"
+                f" Duration={millis}ms)\n{error}"
+            )
+        return http_value, error
+
+    # -- timers ------------------------------------------------------------------------------
+    def start_timer(
+        self, spec: FunctionSpec, schedule: CronSchedule | IntervalSchedule, run_on_startup: bool
+    ) -> None:
+        """Fire `spec` on `schedule` (at once first with `run_on_startup`) until stopped."""
+        self._timers.append(asyncio.create_task(self._timer(spec, schedule, run_on_startup)))
+
+    async def _timer(
+        self, spec: FunctionSpec, schedule: CronSchedule | IntervalSchedule, run_on_startup: bool
+    ) -> None:
+        last: datetime.datetime | None = None
+        if run_on_startup:
+            now = datetime.datetime.now().astimezone()
+            await self._fire(spec, schedule, now, last)
+            last = now
+        while not self.stopping:
+            now = datetime.datetime.now().astimezone()
+            due = schedule.next_after(now.replace(tzinfo=None))
+            if due is None:
+                self.console.warning(f"Timer '{spec.name}': the schedule {schedule} never fires.")
+                return
+            await asyncio.sleep(max(due.timestamp() - datetime.datetime.now().timestamp(), 0))
+            fired = due.astimezone()
+            await self._fire(spec, schedule, fired, last)
+            last = fired
+
+    async def _fire(
+        self,
+        spec: FunctionSpec,
+        schedule: CronSchedule | IntervalSchedule,
+        when: datetime.datetime,
+        last: datetime.datetime | None,
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._firing.add(task)
+        try:
+            await self._fire_once(spec, schedule, when, last)
+        finally:
+            self._firing.discard(task)
+
+    async def _fire_once(
+        self,
+        spec: FunctionSpec,
+        schedule: CronSchedule | IntervalSchedule,
+        when: datetime.datetime,
+        last: datetime.datetime | None,
+    ) -> None:
+        upcoming = schedule.next_after(when.replace(tzinfo=None))
+        next_run = upcoming.astimezone() if upcoming is not None else None
+        name = str(spec.trigger.get("name"))
+
+        def data(
+            capabilities: Mapping[str, str],
+        ) -> tuple[list[tuple[str, pb.TypedData]], dict[str, pb.TypedData]]:
+            return [(name, timer_payload(last, next_run)), *_other_inputs(spec)], {}
+
+        reason = f"Timer fired at {when.isoformat()}"
+        outcome = await self._supervisor.invoke(spec, data, reason=reason)
+        self._report(outcome)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _other_inputs(spec: FunctionSpec) -> list[tuple[str, pb.TypedData]]:
+    """Non-trigger input bindings: the emulator has no storage, so they are null."""
+    trigger = spec.trigger
+    return [
+        (str(b.get("name")), pb.TypedData())
+        for b in spec.bindings
+        if b is not trigger and str(b.get("direction", "in")).lower() in ("in", "inout")
+    ]
+
+
+def _error_output(spec: FunctionSpec, error: str, outcome: InvocationOutcome) -> HttpOutput:
+    first = error.strip().splitlines()[0] if error.strip() else "failed"
+    kind = "timed out" if outcome.timed_out else "failed"
+    text = f"Function '{spec.name}' {kind} (Id={outcome.invocation_id}): {first}\n"
+    return HttpOutput(500, [("Content-Type", "text/plain; charset=utf-8")], text.encode())
+
+
+def _outputs(
+    spec: FunctionSpec, response: pb.InvocationResponse
+) -> tuple[pb.TypedData | None, list[str]]:
+    """Split a response into the HTTP output and log lines for the other outputs.
+
+    Raises:
+        ConversionError: an output of a kind the host rejects (a collection or model binding
+            data: the host's ``ToObject`` in GrpcMessageConversionExtensions.cs has no case
+            for them), or one sent through shared memory.
+    """
+    bindings = {str(b.get("name")): b for b in spec.bindings}
+    outputs = {
+        n: b
+        for n, b in bindings.items()
+        if str(b.get("direction", "in")).lower() in ("out", "inout")
+    }
+    values: list[tuple[str, pb.TypedData]] = []
+    lines: list[str] = []
+    for binding in response.output_data:
+        if binding.rpc_shared_memory is not None:
+            raise ConversionError(
+                f"output {binding.name!r} uses shared memory, which is not emulated"
+            )
+        values.append((binding.name, binding.data if binding.data is not None else pb.TypedData()))
+    if response.return_value is not None:
+        kind = betterproto2.which_one_of(response.return_value, "data")[0]
+        if "$return" in outputs:
+            values.append(("$return", response.return_value))
+        elif kind == "json":
+            parsed = decode_output(response.return_value)
+            if isinstance(parsed, dict):
+                for key, value in parsed.items():
+                    if key in outputs:
+                        values.append((key, pb.TypedData(json=json.dumps(value))))
+        elif kind:
+            lines.append(
+                "  the function returned a value but has no $return binding: the host ignores it"
+            )
+    http_value: pb.TypedData | None = None
+    for name, data in values:
+        decoded = decode_output(data)  # raises for kinds the host rejects
+        target = outputs.get(name)
+        if target is None:
+            lines.append(f"  output {name!r} matches no output binding: the host ignores it")
+            continue
+        if str(target.get("type", "")).lower() == "http":
+            http_value = data
+            continue
+        if decoded is None:
+            continue
+        lines.append(f"  output {name!r} ({target.get('type')}): {_show(decoded)}")
+    return http_value, lines
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN_VALUE else text[: _SHOWN_VALUE - 3] + "..."
