@@ -336,7 +336,8 @@ def test_request_text_uses_content_type_charset() -> None:
 
 
 @pytest.mark.parametrize(
-    "codec", ["base64", "hex", "rot13", "zlib", "idna", "punycode", "undefined"]
+    "codec",
+    ["base64", "hex", "rot13", "zlib", "idna", "punycode", "undefined", "unicode_escape"],
 )
 def test_text_falls_back_to_utf8_for_a_charset_python_cannot_decode_text_with(codec: str) -> None:
     """Python knows these codec names, but bytes.decode refuses them (not text encodings) or

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from conftest import EXAMPLES, arun, eventually, until
-from emulator_support import RunningEmulator, request, write_app
+from emulator_support import RunningEmulator, alive, request, write_app
 from example_apps import CANCELLED, FAILURE, SUCCESS, start
 
 from workerkit import HttpRequest
@@ -343,14 +343,6 @@ def wait_flooding(running: RunningEmulator) -> None:
 
 
 # -- leaked threads, and the stream dropping ------------------------------------------------
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def threads_of(pid: int) -> int:

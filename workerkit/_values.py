@@ -207,21 +207,29 @@ class ModelBindingData:
 # HTTP helpers
 
 
+#: Python codecs that decode bytes to str but are not character sets: a Content-Type naming
+#: one is a mistake, not a reason to turn a body into escapes or Punycode.
+_NOT_CHARSETS = frozenset({"idna", "punycode", "undefined", "unicode-escape", "raw-unicode-escape"})
+
+
 def _charset(content_type: str | None) -> str:
-    # For text(): the charset when Python can decode any bytes with it (errors replaced),
-    # else UTF-8. One undecodable byte weeds out the codec names that cannot: "base64" or
-    # "zlib" (not text encodings), "idna" (refuses "replace"), "punycode", "undefined". The
-    # host ignores the charset of a request body (`host_text` in emulator/_rpchttp.py).
+    # For text(): the charset when it is a character set Python can decode any bytes with
+    # (errors replaced), else UTF-8. Not one: "base64", "zlib" (not text encodings at all),
+    # the codecs above, and whatever cannot decode one stray byte. The host ignores the
+    # charset of a request body (`host_text` in emulator/_rpchttp.py).
     if content_type:
         for param in content_type.split(";")[1:]:
             name, sep, value = param.partition("=")
             if sep and name.strip().lower() == "charset":
                 value = value.strip().strip("\"'").strip()
                 try:
-                    b"\xff".decode(value, "replace")
+                    info = codecs.lookup(value)
+                    b"\xff".decode(info.name, "replace")
                 except (LookupError, UnicodeError):
                     break
-                return codecs.lookup(value).name
+                if info.name in _NOT_CHARSETS or not getattr(info, "_is_text_encoding", True):
+                    break
+                return info.name
     return "utf-8"
 
 

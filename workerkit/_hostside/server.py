@@ -11,7 +11,7 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import betterproto2
 from grpclib.const import Cardinality, Handler
@@ -21,6 +21,9 @@ from .._runtime.transport import EVENT_STREAM_PATH, Codec
 from ..cli import DEFAULT_MAX_MESSAGE_LENGTH, HostArgs
 from ..worker import Worker
 from .connection import HostConnection, Message
+
+#: The longest piece of a line `WorkerProcess` hands to ``on_output``: longer ones are split.
+_MAX_LINE: Final = 65536
 
 
 class InProcessWorker:
@@ -50,19 +53,34 @@ class StreamNotOpened(RuntimeError):
 
 
 class WorkerProcess:
-    """A worker subprocess started with the host's argv; its output is collected."""
+    """A worker subprocess started with the host's argv; its output is collected in
+    `stdout` and `stderr`, or, with `on_output`, handed over line by line instead."""
 
-    def __init__(self, process: asyncio.subprocess.Process, args: HostArgs | None = None) -> None:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        args: HostArgs | None = None,
+        *,
+        on_output: Callable[[bytes, bool], None] | None = None,
+    ) -> None:
         self.process = process
         #: The host arguments it was started with (its worker id among them).
         self.args = args
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.connection: HostConnection | None = None
-        self._pumps = [
-            asyncio.create_task(self._pump(process.stdout, self.stdout)),
-            asyncio.create_task(self._pump(process.stderr, self.stderr)),
-        ]
+        #: The tasks reading its stdout and stderr; done once both pipes are closed.
+        self.pumps: list[asyncio.Task[None]]
+        if on_output is None:
+            self.pumps = [
+                asyncio.create_task(self._pump(process.stdout, self.stdout)),
+                asyncio.create_task(self._pump(process.stderr, self.stderr)),
+            ]
+        else:
+            self.pumps = [
+                asyncio.create_task(self._pump_lines(process.stdout, False, on_output)),
+                asyncio.create_task(self._pump_lines(process.stderr, True, on_output)),
+            ]
 
     @staticmethod
     async def _pump(source: asyncio.StreamReader | None, sink: bytearray) -> None:
@@ -71,11 +89,38 @@ class WorkerProcess:
         while chunk := await source.read(65536):
             sink += chunk
 
+    @staticmethod
+    async def _pump_lines(
+        source: asyncio.StreamReader | None,
+        stderr: bool,
+        on_output: Callable[[bytes, bool], None],
+    ) -> None:
+        """Call `on_output` with each line (without its newline) and whether it is stderr;
+        the last line too when it has no newline."""
+        if source is None:
+            return
+        pending = b""
+        while chunk := await source.read(65536):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if len(pending) > _MAX_LINE:  # a very long line: hand it over in pieces
+                lines.append(pending)
+                pending = b""
+            for line in lines:
+                on_output(line, stderr)
+        if pending:
+            on_output(pending, stderr)
+
     async def wait(self, timeout: float | None = 10.0) -> int:
         """The exit status, once the process exited (its output fully collected)."""
         code = await asyncio.wait_for(self.process.wait(), timeout)
-        await asyncio.wait(self._pumps, timeout=5)
+        await asyncio.wait(self.pumps, timeout=5)
         return code
+
+    @property
+    def finished(self) -> bool:
+        """It has exited and its output is all read."""
+        return self.process.returncode is not None and all(p.done() for p in self.pumps)
 
     def kill(self) -> None:
         if self.process.returncode is None:
@@ -233,33 +278,65 @@ class TestHost:
 
     async def launch(
         self,
-        command: Sequence[str],
+        command: Sequence[str] = (),
         *,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
+        args: HostArgs | None = None,
+        argv: Sequence[str] | None = None,
+        start_new_session: bool = False,
+        on_output: Callable[[bytes, bool], None] | None = None,
     ) -> WorkerProcess:
-        """Start `command` plus the host's argv as a subprocess; do not wait for it."""
-        args = self.host_args()
+        """Start `command` plus the host's argv as a subprocess; do not wait for it.
+
+        Args:
+            command: the worker's command; the host's arguments are appended to it.
+            cwd: its working directory.
+            env: its environment (default: this process's), with ``PYTHONUNBUFFERED=1``
+                unless set, or, with `argv`, exactly as given.
+            args: the host arguments to start it with, from `host_args` (default: new ones).
+            argv: instead of `command`, the complete command line, the host arguments
+                (`args`, then required) already in it where the worker wants them.
+            start_new_session: start it in a session (and process group) of its own.
+            on_output: called with each line of its output (without the newline) and
+                whether it came from stderr, instead of collecting it in
+                `WorkerProcess.stdout` and `WorkerProcess.stderr`.
+
+        Raises:
+            ValueError: both `command` and `argv`, or `argv` without `args`, or `args` not
+                from `host_args`; also what starting the process raises (e.g. OSError).
+        """
+        if argv is not None and (command or args is None):
+            raise ValueError("argv is the whole command line: give args with it, no command")
+        if args is None:
+            args = self.host_args()
+        elif args.worker_id not in self._expected:
+            raise ValueError(f"args for worker {args.worker_id!r} are not from host_args()")
         environment = dict(os.environ if env is None else env)
-        environment.setdefault("PYTHONUNBUFFERED", "1")
+        if argv is None:
+            environment.setdefault("PYTHONUNBUFFERED", "1")
+            argv = [*command, *args.to_argv()]
         process = await asyncio.create_subprocess_exec(
-            *command,
-            *args.to_argv(),
+            *argv,
             cwd=cwd,
             env=environment,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            start_new_session=start_new_session,
         )
-        started = WorkerProcess(process, args)
-        self._processes.append(started)
+        started = WorkerProcess(process, args, on_output=on_output)
+        # Those gone, their output read, need no killing by `stop` (a host may launch many).
+        self._processes = [p for p in self._processes if not p.finished] + [started]
         return started
 
     async def wait_for_stream(
-        self, worker: WorkerProcess, timeout: float | None = 30.0
+        self, worker: WorkerProcess, timeout: float | None = 30.0, *, refusals_fail: bool = True
     ) -> HostConnection:
         """The stream of a `launch`ed worker, once its StartStream came; `StreamNotOpened`
-        as soon as it exits or a stream is refused, or after `timeout` seconds."""
+        as soon as it exits or (with `refusals_fail`) a stream is refused, or after `timeout`
+        seconds. Without `refusals_fail`, a refused stream (e.g. a stray one naming the
+        worker) is left to `on_refused` and the wait goes on."""
         assert worker.args is not None, "a worker started by launch() or spawn()"
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -267,7 +344,7 @@ class TestHost:
         waiter = asyncio.ensure_future(self.connection(worker.args.worker_id, None))
         try:
             while not waiter.done():
-                if len(self.refused) > refused:
+                if refusals_fail and len(self.refused) > refused:
                     refusal = self.refused[refused]
                     raise StreamNotOpened(
                         f"the worker's stream was refused: {refusal[1]}", "refused", None, refusal

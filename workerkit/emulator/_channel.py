@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from workerkit._generated import AzureFunctionsRpcMessages as pb
-from workerkit.testing import HostConnection, TestHost
+from workerkit.testing import HostConnection, StreamNotOpened, TestHost, WorkerProcess
 
 from ._app import AppError, FunctionSpec, discover_functions, functions_from_metadata
 from ._config import HOST_VERSION
@@ -72,6 +72,8 @@ class WorkerChannel:
     process: asyncio.subprocess.Process
     worker_id: str
     console: Console
+    #: The process as `TestHost.launch` started it (`process` is its `process`).
+    worker: WorkerProcess
     connection: HostConnection | None = None
     capabilities: dict[str, str] = field(default_factory=dict)
     load_errors: dict[str, str] = field(default_factory=dict)
@@ -79,12 +81,16 @@ class WorkerChannel:
     stderr_tail: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=_STDERR_TAIL)
     )
-    pumps: list[asyncio.Task[None]] = field(default_factory=list)
     #: Why the emulator ended this worker on purpose (restart after a timeout, shutdown).
     ended_on_purpose: str | None = None
     #: WorkerTerminate was sent: a second `end` (Ctrl-C during a restart) only waits and kills.
     terminate_sent: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def pumps(self) -> list[asyncio.Task[None]]:
+        """The tasks showing its stdout and stderr; done once both pipes are closed."""
+        return self.worker.pumps
 
     def handles(self, capability: str) -> bool:
         return bool(self.capabilities.get(capability))
@@ -154,29 +160,19 @@ class WorkerChannel:
                     f"Could not send {what} to worker pid {self.process.pid}: {exc!r}"
                 )
 
-    async def pump(
-        self, source: asyncio.StreamReader | None, *, stderr: bool, errors_only: bool
-    ) -> None:
-        """Show the worker's stdout or stderr line by line; keep the last stderr lines."""
-        if source is None:
-            return
-        pending = b""
-        while chunk := await source.read(65536):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            if len(pending) > 65536:  # a very long line: show it in pieces
-                lines.append(pending)
-                pending = b""
-            for raw in lines:
-                text = raw.decode(errors="replace").rstrip("\r")
-                if stderr:
-                    self.stderr_tail.append(text)
-                self.console.worker_output(text, stderr=stderr, errors_only=errors_only)
-        if pending:
-            text = pending.decode(errors="replace")
-            if stderr:
-                self.stderr_tail.append(text)
-            self.console.worker_output(text, stderr=stderr, errors_only=errors_only)
+
+def _show_output(
+    console: Console, stderr_tail: collections.deque[str], *, errors_only: bool
+) -> Callable[[bytes, bool], None]:
+    """Show the worker's output lines on the console; keep the last stderr lines."""
+
+    def show(raw: bytes, stderr: bool) -> None:
+        text = raw.decode(errors="replace").rstrip("\r")
+        if stderr:
+            stderr_tail.append(text)
+        console.worker_output(text, stderr=stderr, errors_only=errors_only)
+
+    return show
 
 
 async def launch(
@@ -206,26 +202,24 @@ async def launch(
         )
     if console.verbose:
         console.info("Starting worker: " + " ".join(argv))
+    stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
+    show = _show_output(console, stderr_tail, errors_only=config.use_stderr_for_errors_only)
     try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
+        worker = await host.launch(
+            args=args,
+            argv=argv,
             cwd=app_dir,
             env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # Ctrl-C reaches the emulator, which terminates the worker
+            on_output=show,
         )
     except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL in a setting's value
         raise StartFailed(f"cannot start the worker {argv[0]!r}: {exc}") from None
-    channel = WorkerChannel(process, args.worker_id, console)
+    channel = WorkerChannel(
+        worker.process, args.worker_id, console, worker, stderr_tail=stderr_tail
+    )
     channel.idle.set()
     register(channel)
-    errors_only = config.use_stderr_for_errors_only
-    channel.pumps = [
-        asyncio.create_task(channel.pump(process.stdout, stderr=False, errors_only=errors_only)),
-        asyncio.create_task(channel.pump(process.stderr, stderr=True, errors_only=errors_only)),
-    ]
     return channel
 
 
@@ -238,29 +232,20 @@ async def handshake(
         StartFailed: the worker exited first, or a step failed or timed out.
     """
     console = channel.console
-    waiter = asyncio.create_task(host.connection(channel.worker_id, None))
-    exited = asyncio.create_task(channel.process.wait())
     try:
-        done, _ = await asyncio.wait(
-            {waiter, exited},
-            timeout=config.startup_timeout,
-            return_when=asyncio.FIRST_COMPLETED,
+        # A refused stream (a stray one naming this worker) is not the worker's: wait on.
+        connection = await host.wait_for_stream(
+            channel.worker, config.startup_timeout, refusals_fail=False
         )
-    finally:
-        exited.cancel()
-        if not waiter.done():
-            waiter.cancel()
-    if waiter not in done:
-        if exited in done or channel.process.returncode is not None:
-            await asyncio.sleep(0.1)  # let the pumps print its last words
+    except StreamNotOpened as exc:
+        if exc.reason == "exited":  # its output is all shown by now
             raise StartFailed(
-                f"the worker exited with status {channel.process.returncode} before opening"
+                f"the worker exited with status {exc.returncode} before opening"
                 " its stream" + "".join(f"\n  {line}" for line in channel.stderr_tail)
-            )
+            ) from None
         raise StartFailed(
             f"no StartStream within {span(config.startup_timeout)} (processStartupTimeout)"
-        )
-    connection = waiter.result()
+        ) from None
     channel.connection = connection
     try:
         init = await connection.init(
