@@ -102,3 +102,41 @@ def test_every_request_gets_exactly_one_response(events: list[tuple[str, int]]) 
         ledger.task_ended()
     assert all(count == 1 for count in responses.values()), responses
     assert len(ledger) == 0 and ledger.owing() == []
+
+
+# -- replies owed to frames that could not be read (`replies.answer_unreadable`) -----------------
+
+OWED = {
+    # content member: the reply member it is owed (None: no reply)
+    "invocation_request": "invocation_response",
+    "function_load_request": "function_load_response",
+    "worker_init_request": "worker_init_response",
+    "functions_metadata_request": "function_metadata_response",
+    "function_load_request_collection": "function_load_response_collection",
+    "function_environment_reload_request": "function_environment_reload_response",
+    "worker_warmup_request": "worker_warmup_response",
+    "worker_status_request": "worker_status_response",
+    "close_shared_memory_resources_request": "close_shared_memory_resources_response",
+    "invocation_cancel": None,
+    "worker_terminate": None,
+}
+
+
+def test_every_unreadable_request_is_owed_its_reply_kind() -> None:
+    from workerkit._runtime.replies import answer_unreadable
+    from workerkit._runtime.transport import Unreadable
+    from workerkit._wire import schema
+
+    for member, owed in OWED.items():
+        number = getattr(schema, f"STREAMING_MESSAGE_{member.upper()}")
+        frame = Unreadable("truncated", "r1", invocation_id="i1", content=number, function_id="f")
+        reason, reply = answer_unreadable(frame)
+        assert "could not be read: truncated" in reason, member
+        assert (None if reply is None else next(iter(reply))) == owed, member
+        result = None if reply is None else getattr(next(iter(reply.values())), "result", None)
+        if result is not None:  # a Failure that says why
+            assert result.exception.message == reason, member
+    # No id, no one to answer; an unknown kind is owed nothing.
+    no_id = Unreadable("bad", "r2", content=schema.STREAMING_MESSAGE_INVOCATION_REQUEST)
+    assert answer_unreadable(no_id)[1] is None
+    assert answer_unreadable(Unreadable("bad", "r3", content=999))[1] is None
