@@ -140,3 +140,21 @@ def test_every_unreadable_request_is_owed_its_reply_kind() -> None:
     no_id = Unreadable("bad", "r2", content=schema.STREAMING_MESSAGE_INVOCATION_REQUEST)
     assert answer_unreadable(no_id)[1] is None
     assert answer_unreadable(Unreadable("bad", "r3", content=999))[1] is None
+
+
+# -- which function an invocation runs (`Catalog`) -----------------------------------------------
+
+
+def test_the_catalog_resolves_a_function_or_says_why_there_is_none() -> None:
+    from workerkit import FunctionInfo
+    from workerkit._runtime.protocol import Catalog
+
+    catalog = Catalog()
+    hello = FunctionInfo(function_id="f1", name="hello")
+    assert catalog.resolve("f1") == "no function with id 'f1' is loaded on this worker"
+    catalog.failed("f1", "SyntaxError: bad")
+    assert catalog.resolve("f1") == "function f1 failed to load: SyntaxError: bad"
+    catalog.loaded(hello)  # a reload that works replaces the failure
+    assert catalog.resolve("f1") is hello
+    catalog.failed("f1", "ImportError: gone")  # and one that fails replaces the function
+    assert catalog.resolve("f1") == "function f1 failed to load: ImportError: gone"

@@ -154,15 +154,9 @@ class Invocations:
         loading = self.session._loading.get(function_id)
         if loading is not None:
             await loading.wait()
-        function = self.session._functions.get(function_id)
-        if function is None:
-            error = self.session._load_errors.get(function_id)
-            message = (
-                f"function {function_id} failed to load: {error}"
-                if error is not None
-                else f"no function with id {function_id!r} is loaded on this worker"
-            )
-            return pb.InvocationResponse(invocation_id=invocation_id, result=failure(message))
+        function = self.session.catalog.resolve(function_id)
+        if isinstance(function, str):  # why there is none
+            return pb.InvocationResponse(invocation_id=invocation_id, result=failure(function))
         try:
             invocation = _invocation(request, function, running.cancel)
         except ConversionError as exc:

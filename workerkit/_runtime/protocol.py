@@ -18,8 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["Entry", "Ledger"]
+if TYPE_CHECKING:
+    from .._types import FunctionInfo
+
+__all__ = ["Catalog", "Entry", "Ledger"]
 
 
 @dataclass(eq=False)
@@ -97,3 +101,33 @@ class Ledger:
         """Its response is on the wire (or dropped); True when reading may go on."""
         self._tasks -= 1
         return self._tasks < self.backlog
+
+
+class Catalog:
+    """The functions of one session: those loaded, and why the others failed to load.
+
+    A later load of the same id replaces what an earlier one left (the host reloads
+    functions after an environment reload); an invocation resolves its function here."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, FunctionInfo] = {}
+        self._errors: dict[str, str] = {}
+
+    def loaded(self, info: FunctionInfo) -> None:
+        self._loaded[info.function_id] = info
+        self._errors.pop(info.function_id, None)
+
+    def failed(self, function_id: str, message: str) -> None:
+        """Its load failed with `message`: its invocations fail with it."""
+        self._errors[function_id] = message
+        self._loaded.pop(function_id, None)
+
+    def resolve(self, function_id: str) -> FunctionInfo | str:
+        """The function to invoke, or why there is none (the invocation's Failure)."""
+        function = self._loaded.get(function_id)
+        if function is not None:
+            return function
+        error = self._errors.get(function_id)
+        if error is not None:
+            return f"function {function_id} failed to load: {error}"
+        return f"no function with id {function_id!r} is loaded on this worker"

@@ -49,6 +49,7 @@ from ..errors import (
 from .invoking import Invocations, cancelled_by_us, captured
 from .logs import LogRoute, current_route
 from .logs import handler as log_handler
+from .protocol import Catalog
 from .replies import (
     CAPABILITIES,
     WORKER_INDEXED,
@@ -88,8 +89,7 @@ class Session:
         cls = type(worker)
         self._async_hooks = cls._async_hooks
         self._overridden = cls._overridden_hooks
-        self._functions: dict[str, FunctionInfo] = {}
-        self._load_errors: dict[str, str] = {}
+        self.catalog = Catalog()
         self._loading: dict[str, asyncio.Event] = {}
         self._index: dict[str, FunctionMetadata] | None = None
         self._index_lock = asyncio.Lock()
@@ -469,12 +469,10 @@ class Session:
             if cancelled_by_us(exc):
                 raise
             log.error("function %s failed to load: %s", function_id, exc)
-            self._load_errors[function_id] = error_details(exc).message
-            self._functions.pop(function_id, None)
+            self.catalog.failed(function_id, error_details(exc).message)
             return exc
         else:
-            self._functions[function_id] = info
-            self._load_errors.pop(function_id, None)
+            self.catalog.loaded(info)
             return None
         finally:
             done.set()
@@ -501,7 +499,7 @@ class Session:
         log.error("%s", reason)
         kind = frame.content
         if kind == schema.STREAMING_MESSAGE_FUNCTION_LOAD_REQUEST and frame.function_id:
-            self._load_errors[frame.function_id] = reason  # its invocations fail with it
+            self.catalog.failed(frame.function_id, reason)  # its invocations fail with it
         elif kind == schema.STREAMING_MESSAGE_WORKER_INIT_REQUEST:
             self._initialized.set()  # nothing waits for an init that will not come
         elif kind == schema.STREAMING_MESSAGE_WORKER_TERMINATE:
