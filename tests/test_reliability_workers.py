@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 from conftest import EXAMPLES, arun, eventually, until
-from emulator_support import RunningEmulator, alive, request, write_app
+from emulator_support import HostSubprocess, RunningEmulator, alive, request, write_app
 from example_apps import CANCELLED, FAILURE, SUCCESS, start
 
 from workerkit import HttpRequest
@@ -350,47 +349,16 @@ def threads_of(pid: int) -> int:
     return int(re.search(r"^Threads:\s+(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
 
 
-class HostProcess:
-    """``workerkit host`` as a user runs it, output collected."""
-
-    def __init__(self, app: Path, worker: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "workerkit", "host", str(app), "--worker", str(worker),
-             "--port", "0"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "NO_COLOR": "1"},
-        )  # fmt: skip
-        self.lines: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-        found = self.wait_for(r"Host started: (http://\S+)")
-        self.url = found.group(1)
-        self.worker_pid = int(self.wait_for(r"initialized: pid (\d+)").group(1))
-
-    def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
-        return eventually(
-            lambda: re.search(pattern, "".join(self.lines)),
-            lambda: f"{pattern!r} on the console:\n" + "".join(self.lines),
-            timeout,
-        )
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(60)
+def console_worker_pid(host: HostSubprocess) -> int:
+    """The pid of the worker `workerkit host` started, from its console."""
+    return int(host.wait_for(r"initialized: pid (\d+)").group(1))
 
 
 def wait_gone(pid: int, timeout: float = 60) -> float:
     """Wait until process `pid` has exited; the seconds it took (for printing: `timeout` only
     catches a hang)."""
     started = time.monotonic()
-    while alive(pid):
-        assert time.monotonic() - started < timeout, f"process {pid} still runs after {timeout} s"
-        time.sleep(0.01)
+    eventually(lambda: not alive(pid), f"process {pid} exits", timeout)
     return time.monotonic() - started
 
 
@@ -398,24 +366,26 @@ def test_leaked_threads_and_a_stuck_call_keep_no_worker_alive_after_its_host(
     tmp_path: Path,
 ) -> None:
     app, worker = python_app(tmp_path), python_worker(tmp_path)
-    graceful = HostProcess(app, worker)
+    graceful = HostSubprocess(app, worker)
     try:
+        graceful_pid = console_worker_pid(graceful)
         for _ in range(5):  # 100 sleeping non-daemon threads
             assert request("GET", graceful.url + "/api/leak?n=20").status == 200
-        assert threads_of(graceful.worker_pid) >= 100
-        assert request("GET", graceful.url + "/api/ok").text == str(graceful.worker_pid)
+        assert threads_of(graceful_pid) >= 100
+        assert request("GET", graceful.url + "/api/ok").text == str(graceful_pid)
         # SIGTERM: the host drains, sends WorkerTerminate; the worker exits despite its threads.
         started = time.monotonic()
         graceful.process.send_signal(signal.SIGTERM)
         assert graceful.process.wait(60) == 0
-        wait_gone(graceful.worker_pid)
+        wait_gone(graceful_pid)
         stopped = time.monotonic() - started
         graceful.wait_for("Host stopped.")
     finally:
         graceful.close()
 
-    crashed = HostProcess(app, worker)
+    crashed = HostSubprocess(app, worker)
     try:
+        crashed_pid = console_worker_pid(crashed)
         assert request("GET", crashed.url + "/api/leak?n=50").status == 200
 
         def call_forever() -> None:
@@ -427,7 +397,7 @@ def test_leaked_threads_and_a_stuck_call_keep_no_worker_alive_after_its_host(
         crashed.wait_for("forever: running")  # the worker runs it
         # The host dies without a word: the stream drops mid-invocation.
         crashed.process.kill()
-        gone = wait_gone(crashed.worker_pid)
+        gone = wait_gone(crashed_pid)
     finally:
         crashed.close()
     print(
