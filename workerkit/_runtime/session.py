@@ -1,9 +1,12 @@
-"""The protocol state machine: a message from the host in, exactly one reply out.
+"""The runtime around the protocol: one worker process's stream, tasks, pool and logs.
 
-The reader hands every message to `Session.dispatch` on the event loop. Control messages
-(status, cancel, terminate) are answered there and then, so they never wait behind user
-code; anything that runs a hook becomes its own task. Hooks go through `Session.call`, which
-awaits ``async def`` hooks and runs plain ones in the thread pool with the caller's context.
+The reader hands every message to `Session.dispatch` on the event loop. Invocations go to
+`invoking.Invocations`, each its own task; every other message goes to `control.Control`,
+the I/O-free state machine, whose effects (replies, hooks to run, loads under way, a
+shutdown) the session carries out, feeding each hook's outcome back. Status, cancel and
+terminate are handled there and then, so they never wait behind user code. Hooks go through
+`Session.call`, which awaits ``async def`` hooks and runs plain ones in the thread pool with
+the caller's context.
 """
 
 from __future__ import annotations
@@ -15,51 +18,17 @@ import logging
 import os
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .._types import (
-    EnvironmentReload,
-    FunctionInfo,
-    FunctionMetadata,
-    InitRequest,
-    InitResult,
-    MetadataRequest,
-    Shutdown,
-    Warmup,
-)
-from .._wire import schema
-from .._wire.messages import (
-    HostRequest,
-    RawInvocation,
-    function_load_response,
-    function_metadata_response,
-    start_stream,
-    status_result,
-    worker_init_response,
-)
+from .._types import Shutdown
+from .._wire.messages import HostRequest, RawInvocation, start_stream
 from .._wire.pb import pb
 from ..cli import HostArgs
-from ..errors import (
-    SUCCESS,
-    error_details,
-    failure,
-    success,
-)
+from ..errors import failure
+from .control import Call, Control, Effect, Loading, LogLevels, Send, Settled, Stop
 from .invoking import Invocations, cancelled_by_us, captured
 from .logs import LogRoute, current_route
 from .logs import handler as log_handler
-from .protocol import Catalog
-from .replies import (
-    CAPABILITIES,
-    WORKER_INDEXED,
-    answer_unreadable,
-    check_strings,
-    hook_status,
-    machine,
-    no_maps_closed,
-    rpc_metadata,
-)
 from .transport import Transport, Unreadable
 from .watchdog import LoopWatchdog
 
@@ -69,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("workerkit")
 
-DEFAULT_TERMINATE_GRACE = 5.0
 #: The exit status by which a worker asks the host for a fresh process, not counted as a
 #: crash (the host's WorkerProcess `OnProcessExited`: IntentionalRestartExitCode).
 RESTART_EXIT_CODE = 200
@@ -89,33 +57,17 @@ class Session:
         cls = type(worker)
         self._async_hooks = cls._async_hooks
         self._overridden = cls._overridden_hooks
-        self.catalog = Catalog()
+        self.control = Control(worker, os.getcwd)
+        self.catalog = self.control.catalog
+        #: Functions with a load under way: their invocations wait for the event.
         self._loading: dict[str, asyncio.Event] = {}
-        self._index: dict[str, FunctionMetadata] | None = None
-        self._index_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._capabilities: dict[str, str] = dict(CAPABILITIES)
-        self._init_result = InitResult()
-        self._initialized = asyncio.Event()
         self._stop = asyncio.Event()
         self._shutdown: asyncio.Task[None] | None = None
         self._shutdown_code = 0
         self._pool = ThreadPoolExecutor(self.options.threads, thread_name_prefix="workerkit-hook")
         self._loop = asyncio.get_running_loop()
         self.invocations = Invocations(self)
-        self._handlers: dict[str, Callable[[str, Any], None]] = {
-            "worker_init_request": self._spawner(self._init),
-            "functions_metadata_request": self._spawner(self._metadata),
-            "function_load_request": self._spawner(self._load_one),
-            "function_load_request_collection": self._spawner(self._load_collection),
-            "invocation_cancel": self.invocations.cancel_request,
-            "worker_status_request": self._status,
-            "worker_terminate": self._terminate,
-            "function_environment_reload_request": self._spawner(self._environment_reload),
-            "worker_warmup_request": self._spawner(self._warmup),
-            "close_shared_memory_resources_request": self._spawner(self._close_shared_memory),
-            "file_change_event_request": self._file_change,
-        }
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> int:
@@ -243,14 +195,6 @@ class Session:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _spawner(
-        self, handler: Callable[[str, Any], Coroutine[Any, Any, None]]
-    ) -> Callable[[str, Any], None]:
-        def spawn(request_id: str, body: Any) -> None:
-            self._spawn(handler(request_id, body))
-
-        return spawn
-
     def _reply(self, request_id: str, **content: Any) -> None:
         self._spawn(self.transport.send(pb.StreamingMessage(request_id=request_id, **content)))
 
@@ -282,18 +226,20 @@ class Session:
             self.invocations.request(message)
             return
         if type(message) is HostRequest:  # init and loads, read by _wire.messages
-            self._handlers[message.kind](message.request_id, message.body)
+            self._apply(self.control.receive(message.kind, message.request_id, message.body))
             return
         if isinstance(message, Unreadable):
-            self._unreadable(message)
+            self._apply(self.control.unreadable(message))
             return
         import betterproto2  # loaded with the messages
 
         assert isinstance(message, pb.StreamingMessage)
         kind, body = betterproto2.which_one_of(message, "content")
-        handler = self._handlers.get(kind)
-        if handler is not None:
-            handler(message.request_id, body)
+        if kind == "invocation_cancel":
+            assert isinstance(body, pb.InvocationCancel)
+            self.invocations.cancel_request(message.request_id, body)
+        elif self.control.handles(kind):
+            self._apply(self.control.receive(kind, message.request_id, body))
         elif kind:
             log.warning("ignoring %s: the host does not send it to workers", kind)
         else:
@@ -319,273 +265,45 @@ class Session:
         log.error("dropped a %s that cannot be sent: %s", kind, problem)
         return None
 
-    # -- handshake ---------------------------------------------------------------------------
-    async def _init(self, request_id: str, request: InitRequest) -> None:
-        error: BaseException | None = None
+    # -- control messages -------------------------------------------------------------------
+    def _apply(self, effects: list[Effect]) -> None:
+        """Carry out what `Control` asked for, in order."""
+        for effect in effects:
+            if type(effect) is Send:
+                self._spawn(self.transport.send(effect.message))
+            elif type(effect) is Call:
+                self._spawn(self._run_hook(effect))
+            elif type(effect) is Loading:
+                self._loading.setdefault(effect.function_id, asyncio.Event())
+            elif type(effect) is Settled:
+                settled = self._loading.pop(effect.function_id, None)
+                if settled is not None:
+                    settled.set()
+            elif type(effect) is LogLevels:
+                self._log_route.apply_host_levels(effect.categories)
+            elif type(effect) is Stop:
+                self.request_shutdown(effect.reason, effect.grace)
+            else:  # pragma: no cover - a new effect without a case here
+                raise AssertionError(f"unknown effect {effect!r}")
+
+    async def _run_hook(self, call: Call) -> None:
         try:
-            self._log_route.apply_host_levels(request.log_categories)
-            result = await self.call("on_init", request)
-            if result is not None:
-                if not isinstance(result, InitResult):
-                    raise TypeError(f"on_init must return InitResult or None, not {result!r}")
-                check_strings(result.capabilities, "InitResult.capabilities")
-                check_strings(result.custom_properties, "InitResult.custom_properties")
-                for name in ("runtime_name", "runtime_version", "worker_version"):
-                    value = getattr(result, name)
-                    if value is not None and not isinstance(value, str):
-                        raise TypeError(f"InitResult.{name} must be a str or None: {value!r}")
-                self._init_result = result
-                self._capabilities.update(result.capabilities)
+            if call.environment:
+                os.environ.clear()
+                os.environ.update(call.environment)
+            if call.directory:
+                os.chdir(call.directory)
+            value = await self.call(call.hook, call.arg)
         except BaseException as exc:
             if cancelled_by_us(exc):
-                raise
-            log.error("on_init failed: %s", exc, exc_info=True)
-            error = exc
-        self._initialized.set()
-        try:
-            metadata = self._worker_metadata_fields()
-            response = worker_init_response(
-                request_id,
-                worker_version=metadata["worker_version"],
-                capabilities=self._capabilities,
-                result=hook_status(error, "on_init"),
-                runtime_name=metadata["runtime_name"],
-                runtime_version=metadata["runtime_version"],
-                worker_bitness=metadata["worker_bitness"],
-                custom_properties=metadata["custom_properties"],
-            )
-        except Exception as exc:  # e.g. a class attribute of the wrong type: still answer
-            log.error("cannot describe this worker to the host: %s", exc, exc_info=True)
-            response = worker_init_response(
-                request_id,
-                worker_version="",
-                capabilities={},
-                result=hook_status(exc, "WorkerInitResponse"),
-                runtime_name="",
-                runtime_version="",
-                worker_bitness="",
-                custom_properties={},
-            )
-        await self.transport.send(response)
-
-    def _worker_metadata_fields(self) -> dict[str, Any]:
-        result, worker = self._init_result, self.worker
-        fields = {
-            "runtime_name": result.runtime_name or worker.runtime_name,
-            "runtime_version": result.runtime_version or worker.runtime_version,
-            "worker_version": result.worker_version or worker.worker_version,
-        }
-        for name, value in fields.items():
-            if not isinstance(value, str):
-                raise TypeError(f"{type(worker).__qualname__}.{name} must be a str: {value!r}")
-        return {
-            **fields,
-            "worker_bitness": machine(),
-            "custom_properties": dict(result.custom_properties),
-        }
-
-    def _worker_metadata(self) -> pb.WorkerMetadata:
-        return pb.WorkerMetadata(**self._worker_metadata_fields())
-
-    async def _metadata(self, request_id: str, request: MetadataRequest) -> None:
-        await self._initialized.wait()
-        directory = request.function_app_directory
-        try:
-            found = await self._build_index(directory)
-            results = [] if found is None else [rpc_metadata(e, directory) for e in found.values()]
-            response = function_metadata_response(
-                request_id, results, status_result(SUCCESS), use_default_indexing=found is None
-            )
-        except BaseException as exc:
-            if cancelled_by_us(exc):
-                raise
-            log.error("on_functions_metadata failed: %s", exc, exc_info=True)
-            response = function_metadata_response(
-                request_id, [], hook_status(exc, "on_functions_metadata")
-            )
-        await self.transport.send(response)
-
-    async def _build_index(self, directory: str) -> dict[str, FunctionMetadata] | None:
-        found = await self.call("on_functions_metadata", MetadataRequest(directory))
-        if found is None:
-            return None
-        index: dict[str, FunctionMetadata] = {}
-        for entry in found:
-            if not isinstance(entry, FunctionMetadata):
-                raise TypeError(
-                    f"on_functions_metadata must return FunctionMetadata items, not {entry!r}"
-                )
-            index[entry.function_id] = entry
-        self._index = index
-        return index
-
-    # -- loading -----------------------------------------------------------------------------
-    async def _load_one(self, request_id: str, info: FunctionInfo) -> None:
-        error = await self._load(info)
-        status = hook_status(error, "on_function_load")
-        await self.transport.send(function_load_response(request_id, info.function_id, status))
-
-    async def _load_collection(
-        self, request_id: str, request: pb.FunctionLoadRequestCollection
-    ) -> None:
-        async def load(request: pb.FunctionLoadRequest) -> pb.FunctionLoadResponse:
-            try:
-                info = FunctionInfo.from_rpc(
-                    request.function_id, request.metadata or pb.RpcFunctionMetadata()
-                )
-            except Exception as exc:  # a request we cannot read costs only its function
-                log.error("function %s cannot be loaded: %s", request.function_id, exc)
-                status = failure(f"the FunctionLoadRequest could not be read: {exc}")
-            else:
-                error = await self._load(info)
-                status = (
-                    success()
-                    if error is None
-                    else failure(error, user=True, source="on_function_load")
-                )
-            return pb.FunctionLoadResponse(function_id=request.function_id, result=status)
-
-        responses = await asyncio.gather(*map(load, request.function_load_requests))
-        await self.transport.send(
-            pb.StreamingMessage(
-                request_id=request_id,
-                function_load_response_collection=pb.FunctionLoadResponseCollection(
-                    function_load_responses=list(responses)
-                ),
-            )
-        )
-
-    async def _load(self, info: FunctionInfo) -> BaseException | None:
-        """Load one function; what it failed with, or None."""
-        function_id = info.function_id
-        done = self._loading.setdefault(function_id, asyncio.Event())
-        try:
-            await self._initialized.wait()
-            if not function_id:
-                raise ValueError("the FunctionLoadRequest has no function_id")
-            info = await self._with_index(info)
-            await self.call("on_function_load", info)
-        except BaseException as exc:
-            if cancelled_by_us(exc):
-                raise
-            log.error("function %s failed to load: %s", function_id, exc)
-            self.catalog.failed(function_id, error_details(exc).message)
-            return exc
+                raise  # the stream is gone: nobody to answer
+            effects = self.control.hook_done(call.token, False, exc)
         else:
-            self.catalog.loaded(info)
-            return None
-        finally:
-            done.set()
-            self._loading.pop(function_id, None)
-
-    async def _with_index(self, info: FunctionInfo) -> FunctionInfo:
-        """Attach the worker's own index entry; a restarted worker, which the host never
-        asks for metadata, indexes itself on its first load of a worker-indexed function."""
-        if "on_functions_metadata" not in self._overridden:
-            return info
-        if self._index is None and info.properties.get(WORKER_INDEXED):
-            async with self._index_lock:
-                if self._index is None:
-                    # The host starts workers in the function app's root directory.
-                    await self._build_index(os.getcwd())
-        entry = (self._index or {}).get(info.function_id)
-        return replace(info, indexed=entry) if entry is not None else info
-
-    # -- invocations -------------------------------------------------------------------------
-    def _unreadable(self, frame: Unreadable) -> None:
-        """A frame that could not be decoded: a request in it still gets its one reply, a
-        Failure saying why (the host then fails what it asked for, not waits for it)."""
-        reason, reply = answer_unreadable(frame)
-        log.error("%s", reason)
-        kind = frame.content
-        if kind == schema.STREAMING_MESSAGE_FUNCTION_LOAD_REQUEST and frame.function_id:
-            self.catalog.failed(frame.function_id, reason)  # its invocations fail with it
-        elif kind == schema.STREAMING_MESSAGE_WORKER_INIT_REQUEST:
-            self._initialized.set()  # nothing waits for an init that will not come
-        elif kind == schema.STREAMING_MESSAGE_WORKER_TERMINATE:
-            # the host wants us gone, whatever else the frame said
-            self.request_shutdown("the host sent WorkerTerminate", DEFAULT_TERMINATE_GRACE)
-        if reply is not None:
-            self._reply(frame.request_id, **reply)
+            effects = self.control.hook_done(call.token, True, value)
+        self._apply(effects)
 
     async def _quietly(self, hook: str, arg: Any) -> None:
         try:
             await self.call(hook, arg)
         except Exception as exc:
             log.error("%s failed: %s", hook, exc, exc_info=True)
-
-    # -- control -----------------------------------------------------------------------------
-    def _status(self, request_id: str, request: pb.WorkerStatusRequest) -> None:
-        self._reply(request_id, worker_status_response=pb.WorkerStatusResponse())
-
-    def _terminate(self, request_id: str, request: pb.WorkerTerminate) -> None:
-        grace = request.grace_period
-        self.request_shutdown(
-            "the host sent WorkerTerminate",
-            grace.total_seconds() if grace is not None else DEFAULT_TERMINATE_GRACE,
-        )
-
-    async def _environment_reload(
-        self, request_id: str, request: pb.FunctionEnvironmentReloadRequest
-    ) -> None:
-        await self._initialized.wait()
-        try:
-            environment = dict(request.environment_variables)
-            if environment:
-                os.environ.clear()
-                os.environ.update(environment)
-            if request.function_app_directory:
-                os.chdir(request.function_app_directory)
-            await self.call(
-                "on_environment_reload",
-                EnvironmentReload(environment, request.function_app_directory),
-            )
-            status = success()
-        except BaseException as exc:
-            if cancelled_by_us(exc):
-                raise
-            log.error("environment reload failed: %s", exc, exc_info=True)
-            status = failure(exc, user=True, source="on_environment_reload")
-        metadata = None
-        try:
-            metadata = self._worker_metadata()
-        except Exception as exc:  # still answer, without the metadata
-            log.error("cannot describe this worker to the host: %s", exc, exc_info=True)
-            status = failure(exc, source="FunctionEnvironmentReloadResponse")
-        await self.transport.send(
-            pb.StreamingMessage(
-                request_id=request_id,
-                function_environment_reload_response=pb.FunctionEnvironmentReloadResponse(
-                    worker_metadata=metadata,
-                    capabilities=dict(self._capabilities),
-                    result=status,
-                ),
-            )
-        )
-
-    async def _warmup(self, request_id: str, request: pb.WorkerWarmupRequest) -> None:
-        try:
-            await self.call("on_warmup", Warmup(request.worker_directory))
-            status = success()
-        except BaseException as exc:
-            if cancelled_by_us(exc):
-                raise
-            status = failure(exc, user=True, source="on_warmup")
-        await self.transport.send(
-            pb.StreamingMessage(
-                request_id=request_id, worker_warmup_response=pb.WorkerWarmupResponse(status)
-            )
-        )
-
-    async def _close_shared_memory(
-        self, request_id: str, request: pb.CloseSharedMemoryResourcesRequest
-    ) -> None:
-        await self.transport.send(
-            pb.StreamingMessage(
-                request_id=request_id,
-                close_shared_memory_resources_response=no_maps_closed(request.map_names),
-            )
-        )
-
-    def _file_change(self, request_id: str, request: pb.FileChangeEventRequest) -> None:
-        log.info("file change reported by the host: %s %s", request.type, request.full_path)
