@@ -1,5 +1,6 @@
 """Tests for workerkit.cli: the host's command line, both spellings, parsed into HostArgs."""
 
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -7,11 +8,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLES, ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import workerkit
 from workerkit import HostArgs, HostArgsError, parse_host_args
+from workerkit.cli import parse_host_args_or_exit
 
 PROPERTY = settings(max_examples=200, deadline=None)
 MAX_LEN = 2_147_483_647
@@ -362,10 +365,15 @@ def worker_script(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("extra", "missing", "present"),
     [
-        ([], ["--host", "--port", "--workerId"], []),
         (["--host", "127.0.0.1"], ["--port", "--workerId"], ["or --host"]),
+        (
+            ["--functions-uri", "http://127.0.0.1:5000/", "--requestId", R],
+            ["--workerId"],
+            ["--port", "--host"],
+        ),
+        (["--port", "5000", "--workerId", W, "--foo"], ["--host"], ["--port", "--workerId"]),
     ],
-    ids=["no-arguments", "host-only"],
+    ids=["host-only", "no-worker-id", "no-host"],
 )
 def test_worker_process_with_incomplete_argv_exits_2_with_one_line(
     worker_script: Path, extra: list[str], missing: list[str], present: list[str]
@@ -383,9 +391,112 @@ def test_worker_process_with_incomplete_argv_exits_2_with_one_line(
     assert len(lines) == 1, proc.stderr
     assert proc.stderr.endswith("\n")
     line = lines[0]
+    assert line.startswith("LanguageWorkerConsoleLog"), line  # the host logs it as the worker's
     assert "error" in line and "missing" in line, line
+    assert f"{worker_script.name} --help" in line, line  # where the explanation is
     assert "Traceback" not in line
     for option in missing:
         assert option in line, (option, line)
     for text in present:
         assert text not in line, (text, line)
+
+
+# -- a worker run by hand ---------------------------------------------------------------------
+
+TEMPLATES = EXAMPLES / "templates"
+
+
+def run_by_hand(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+def suggested_command(stderr: str) -> tuple[str, str]:
+    """The app and worker directories of the ``workerkit host`` command in `stderr`, as the
+    shell would pass them."""
+    lines = [line for line in stderr.splitlines() if line.lstrip().startswith("workerkit host ")]
+    assert len(lines) == 1, stderr
+    words = shlex.split(lines[0])
+    assert words[:2] == ["workerkit", "host"] and words[3] == "--worker" and len(words) == 5, words
+    return words[2], words[4]
+
+
+def assert_explains(stderr: str) -> None:
+    assert "Traceback" not in stderr
+    assert "Azure Functions language worker" in stderr
+    assert "the Functions" in stderr and "host" in stderr
+    assert all(option in stderr for option in KNOWN_OPTIONS), stderr
+
+
+@pytest.mark.parametrize("where", ["repository", "elsewhere"])
+def test_example_worker_run_by_hand_says_how_to_run_it(tmp_path: Path, where: str) -> None:
+    cwd = ROOT if where == "repository" else tmp_path
+    proc = run_by_hand(TEMPLATES / "worker.py", cwd=cwd)
+    assert proc.returncode == 2, proc
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("worker.py: error: no host arguments\n"), proc.stderr
+    assert_explains(proc.stderr)
+    app, worker = suggested_command(proc.stderr)
+    assert (cwd / worker).resolve() == TEMPLATES.resolve()
+    assert (cwd / app).resolve() == (TEMPLATES / "app").resolve()
+    if where == "repository":  # relative to the working directory when that is shorter
+        assert (app, worker) == ("examples/templates/app", "examples/templates")
+    assert "APP_DIR" not in proc.stderr  # the example has its app
+    assert "needs a worker.config.json" not in proc.stderr  # and its worker.config.json
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["-h"], ["-u", "--help", "--foo"], ["--host", "127.0.0.1", "-h"]],
+    ids=["--help", "-h", "among-unknown-arguments", "with-a-partial-host-command-line"],
+)
+def test_example_worker_help_exits_0_with_the_explanation(args: list[str]) -> None:
+    proc = run_by_hand(TEMPLATES / "worker.py", *args, cwd=ROOT)
+    assert proc.returncode == 0, proc
+    assert proc.stdout == ""
+    assert "error" not in proc.stderr
+    assert_explains(proc.stderr)
+    assert suggested_command(proc.stderr) == ("examples/templates/app", "examples/templates")
+
+
+def test_worker_with_unknown_arguments_only_is_run_by_hand(worker_script: Path) -> None:
+    proc = run_by_hand(worker_script, "-u", "--verbose", cwd=worker_script.parent)
+    assert proc.returncode == 2, proc
+    assert proc.stderr.startswith(f"{worker_script.name}: error: no host arguments\n")
+    assert_explains(proc.stderr)
+
+
+def test_run_by_hand_quotes_the_directories_and_names_what_is_missing(tmp_path: Path) -> None:
+    folder = tmp_path / "my worker's dir"
+    folder.mkdir()
+    script = folder / "my worker.py"
+    script.write_text(WORKER_SCRIPT)
+
+    proc = run_by_hand(script, "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc
+    assert suggested_command(proc.stderr) == ("APP_DIR", "my worker's dir")
+    assert "APP_DIR: the function app directory" in proc.stderr
+    assert "needs a worker.config.json naming my worker.py" in proc.stderr
+
+    (folder / "app").mkdir()
+    (folder / "worker.config.json").write_text("{}")
+    proc = run_by_hand(script, cwd=tmp_path)
+    assert proc.returncode == 2, proc
+    assert suggested_command(proc.stderr) == ("my worker's dir/app", "my worker's dir")
+    assert "APP_DIR" not in proc.stderr
+    assert "worker.config.json" not in proc.stderr
+
+    proc = run_by_hand(script, "-h", cwd=folder)  # in the worker's own directory
+    assert suggested_command(proc.stderr) == ("app", ".")
+
+
+def test_help_flag_in_a_complete_host_command_line_is_ignored() -> None:
+    # A host (or worker.config.json) may pass arguments we do not know, -h included: with
+    # the host's arguments complete, the worker serves.
+    argv = ["-h", *host_argv(), "--help"]
+    assert parse_host_args_or_exit(argv, script="worker.py") == parse_host_args(host_argv())

@@ -165,3 +165,28 @@ def test_wait_for_stream_may_wait_on_past_a_refused_stream(
                 assert (info.value.reason, info.value.returncode) == ("exited", 5)
 
     arun(scenario())
+
+
+def test_a_worker_that_writes_a_lot_before_it_exits_is_reported_with_the_end_only() -> None:
+    # Its stderr is read as it comes (a full pipe would block it for ever): megabytes of
+    # it, a line longer than the part kept of each line, and then the exit.
+    async def scenario() -> None:
+        async with TestHost() as host:
+            code = (
+                "import sys\n"
+                "for n in range(100000): print('line', n, file=sys.stderr)\n"
+                "print('x' * 5000, file=sys.stderr)\n"
+                "print('the last line', file=sys.stderr)\n"
+                "sys.exit(7)\n"
+            )
+            with pytest.raises(StreamNotOpened) as info:
+                await host.spawn([sys.executable, "-c", code], timeout=None)
+            assert (info.value.reason, info.value.returncode) == ("exited", 7)
+            tail = info.value.stderr_tail.splitlines()
+            assert len(tail) == 20
+            assert tail[0] == "line 99982" and tail[-1] == "the last line"
+            assert tail[-2] == "x" * 1000  # the start of a long line
+            assert str(info.value).endswith("\n" + "\n".join(tail))
+            assert len(str(info.value)) < 25 * 1000
+
+    arun(scenario())

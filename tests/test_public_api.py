@@ -143,3 +143,24 @@ def test_import_testing_in_process() -> None:
     assert inspect.ismodule(workerkit.testing)
     # Importing a submodule adds a module attribute, never a public non-module name.
     assert set(workerkit.__all__) == public_names()
+
+
+def test_testing_exports_the_typed_results_of_loads_and_calls() -> None:
+    import workerkit.testing as testing
+
+    assert list(testing.__all__) == sorted(testing.__all__)
+    added = {
+        "CallFailed",
+        "CallResult",
+        "CallStatus",
+        "FunctionLoadFailed",
+        "LoadResult",
+        "LogEntry",
+    }
+    assert added <= set(testing.__all__)
+    for name in testing.__all__:
+        assert getattr(testing, name) is not None, name
+    for cls in (testing.CallResult, testing.LoadResult, testing.LogEntry):
+        assert typing.get_type_hints(cls), cls  # annotations resolvable
+    for method in ("load_function", "call", "call_result"):
+        assert typing.get_type_hints(getattr(testing.HostConnection, method)), method

@@ -4,10 +4,13 @@ import math
 from typing import Any
 
 import pytest
+from conftest import arun
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import workerkit
 from workerkit import Worker, WorkerOptions
-from workerkit.worker import HOOKS
+from workerkit.worker import HOOKS, hook_misspelled
 
 ALL_HOOKS = {
     "on_init",
@@ -45,53 +48,159 @@ def test_misspelled_hook_rejected_with_suggestion() -> None:
                 return None
 
     message = str(info.value)
-    assert "TypoWorker" in message
-    assert "on_invokation" in message
-    assert "did you mean 'on_invocation'" in message
+    assert "TypoWorker.on_invokation is not a workerkit hook" in message
+    assert "did you mean on_invocation?" in message
+    assert "leading underscore" in message  # how to keep a helper of that name
 
 
-@pytest.mark.parametrize(
-    ("typo", "suggestion"),
-    [
-        ("on_invoke", "on_invocation"),
-        ("on_functionload", "on_function_load"),
-        ("on_function_metadata", "on_functions_metadata"),
-        ("on_shut_down", "on_shutdown"),
-        ("on_warm_up", "on_warmup"),
-        ("on_cancelled", "on_cancel"),
-        ("on_environment_reloaded", "on_environment_reload"),
-    ],
-)
-def test_other_typos_get_the_right_suggestion(typo: str, suggestion: str) -> None:
+#: Near misses of a hook's name, each refused with the hook it resembles.
+NEAR_MISSES = [
+    # another form of the hook's word
+    ("on_invoke", "on_invocation"),
+    ("on_invoked", "on_invocation"),
+    ("on_invocations", "on_invocation"),
+    ("on_function_loaded", "on_function_load"),
+    ("on_functions_load", "on_function_load"),
+    ("on_cancelled", "on_cancel"),
+    ("on_cancelling", "on_cancel"),
+    ("on_cancellation", "on_cancel"),
+    ("on_environment_reloaded", "on_environment_reload"),
+    ("on_initialize", "on_init"),
+    ("on_inits", "on_init"),
+    # case and underscores
+    ("onInvocation", "on_invocation"),
+    ("OnInvocation", "on_invocation"),
+    ("on_Invocation", "on_invocation"),
+    ("oninvocation", "on_invocation"),
+    ("onFunctionLoad", "on_function_load"),
+    ("on_functionload", "on_function_load"),
+    ("on_shut_down", "on_shutdown"),
+    ("on_warm_up", "on_warmup"),
+    ("ON_INIT", "on_init"),
+    ("on_invocation_", "on_invocation"),
+    # typos: one, or two in names of eight letters or more
+    ("on_invokation", "on_invocation"),
+    ("on_invocaton", "on_invocation"),
+    ("on_function_metadata", "on_functions_metadata"),
+    ("on_shutdwon", "on_shutdown"),
+    ("on_canel", "on_cancel"),
+    ("on_inti", "on_init"),
+    ("on_int", "on_init"),
+]
+
+#: Helper names an author may use: not near misses of any hook.
+HELPERS = [
+    "on_message_parsed",
+    "on_row",
+    "on_invocation_done",
+    "on_function_done",
+    "on_init_done",
+    "on_cancel_child",
+    "on_load",
+    "on_load_error",
+    "on_input",
+    "on_exit",
+    "on_edit",
+    "on_warm",
+    "on_function",
+    "on_metadata",
+    "on_reload",
+    "on_timer",
+    "on_http",
+    "on_stop",
+    "onRow",
+    "invoke",
+    "invocation",
+    "once",
+    "online",
+    "only_init",
+    "handle_invocation",
+    # a leading underscore keeps any name, also a near miss
+    "_on_invoke",
+    "_oninvocation",
+    "_on_shut_down",
+]
+
+
+@pytest.mark.parametrize(("typo", "suggestion"), NEAR_MISSES)
+def test_near_misses_are_refused_with_the_hook_they_resemble(typo: str, suggestion: str) -> None:
     def hook(self: Any, arg: Any) -> None:
         return None
 
-    with pytest.raises(TypeError, match=f"did you mean '{suggestion}'"):
+    assert hook_misspelled(typo) == suggestion
+    with pytest.raises(TypeError, match=rf"^Typo\.{typo} is .*did you mean {suggestion}\?"):
         type("Typo", (Worker,), {typo: hook})
 
 
-def test_on_method_with_no_close_match_rejected_without_suggestion() -> None:
-    with pytest.raises(TypeError) as info:
+@pytest.mark.parametrize("name", HELPERS)
+def test_other_on_names_are_helpers_and_accepted(name: str) -> None:
+    async def helper(self: Any, row: Any, extra: Any = None) -> str:
+        return f"{name} {row}"
 
-        class OddWorker(Worker):
-            def on_xyzzy_frobnicate(self, thing: Any) -> None:
-                return None
+    def load(self: Any, function: Any) -> None:
+        return None
 
-    message = str(info.value)
-    assert "OddWorker" in message
-    assert "on_xyzzy_frobnicate" in message
-    assert "not a workerkit hook" in message
-    assert "did you mean" not in message
-    # The message lists the real hooks so the author can pick one.
-    assert all(hook in message for hook in ALL_HOOKS)
+    def invoke(self: Any, invocation: Any) -> None:
+        return None
+
+    assert hook_misspelled(name) is None
+    cls = type(
+        "Helpers", (Worker,), {name: helper, "on_function_load": load, "on_invocation": invoke}
+    )
+    worker = cls()
+    assert arun(getattr(worker, name)(3)) == f"{name} 3"
+    # A helper is not a hook: the session neither awaits nor calls it as one.
+    assert name not in cls._async_hooks and name not in cls._overridden_hooks
+    assert cls._async_hooks == frozenset()
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), hook=st.sampled_from(sorted(ALL_HOOKS)))
+def test_a_hook_name_in_any_case_and_with_any_underscores_is_refused(
+    data: st.DataObject, hook: str
+) -> None:
+    letters = [data.draw(st.sampled_from([c.lower(), c.upper()])) for c in hook.replace("_", "")]
+    name = letters[0] + "".join(
+        data.draw(st.sampled_from(["", "_", "__"])) + c for c in letters[1:]
+    )
+    name += data.draw(st.sampled_from(["", "_"]))
+    assume(name != hook)
+    assert hook_misspelled(name) == hook
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.from_regex(r"\A[A-Za-z][A-Za-z0-9_]{0,30}\Z").filter(
+        lambda name: not name.lower().replace("_", "").startswith("on")
+    )
+)
+def test_names_not_starting_with_on_are_never_refused(name: str) -> None:
+    # "on" here ignores case and underscores: "o_n_init" is the hook's name all the same.
+    assert hook_misspelled(name) is None
+    type("Free", (Worker,), {name: lambda self, a, b, c: None})
 
 
 def test_async_misspelled_hook_also_rejected() -> None:
-    with pytest.raises(TypeError, match=r"on_invocations.*did you mean 'on_invocation'"):
+    with pytest.raises(TypeError, match=r"on_invocations.*did you mean on_invocation\?"):
 
         class AsyncTypo(Worker):
             async def on_invocations(self, invocation: Any) -> None:
                 return None
+
+
+def test_missing_hook_error_names_the_on_methods_that_are_not_hooks() -> None:
+    class Misnamed(Worker):
+        def on_function_load(self, function: Any) -> None:
+            return None
+
+        def on_load(self, function: Any) -> None:  # an author's helper, or a wrong name?
+            return None
+
+    with pytest.raises(TypeError) as info:
+        Misnamed()
+    message = str(info.value)
+    assert "Misnamed must implement on_invocation" in message
+    assert "its on_load is not a hook name" in message
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,15 @@ def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """One binding of a function, as the host described it in the load request."""
+    """One binding of a function, as the host describes it when it loads the function.
+
+    The host sends these four fields and nothing more: the binding's `name`, its `type`
+    (``httpTrigger``, ``queueTrigger``, ``timerTrigger``, ``queue``, ``http``, ...), its
+    `direction` and its `data_type` (``dataType`` in ``function.json``). The rest of a
+    binding (``queueName``, ``route``, ``methods``, ``schedule``, ``path``, ``connection``,
+    keys of your own) never reaches the worker: read the function's ``function.json`` (in
+    `FunctionInfo.directory`) for it, or, with worker indexing, `FunctionInfo.indexed`.
+    """
 
     name: str
     type: str
@@ -63,16 +71,43 @@ class Binding:
 
     @property
     def is_trigger(self) -> bool:
+        """Whether this is the function's trigger (its type ends in ``Trigger``)."""
         return self.type.lower().endswith("trigger")
 
     @property
     def is_output(self) -> bool:
+        """Whether the function may set this binding (direction ``out`` or ``inout``)."""
         return self.direction in ("out", "inout")
 
 
 @dataclass(frozen=True)
 class FunctionInfo:
-    """A function the host asks the worker to load (`Worker.on_function_load`)."""
+    """A function the host asks the worker to load (`Worker.on_function_load`).
+
+    With host indexing (the default) the host finds the functions itself: each folder of the
+    app directory with a ``function.json`` is one. Then `name` is the folder's name,
+    `directory` its path (``function.json`` is there), `script_file` the absolute
+    path of the function's script (``scriptFile``, or the file the host picked) and
+    `entry_point` its ``entryPoint`` ("" when absent). With worker indexing they are what
+    `Worker.on_functions_metadata` returned, and `indexed` is that entry.
+
+    `bindings` carry type, direction and data type only (`Binding`): the host sends no more,
+    so read ``function.json`` (``Path(function.directory, "function.json")``) for
+    ``queueName``, ``route``, ``schedule`` and your own keys. The app directory itself is
+    `InitRequest.function_app_directory`, also the worker's working directory (the host
+    starts the worker there).
+
+    Attributes:
+        function_id: the host's id of the function; invocations refer to it.
+        name: the function's name.
+        directory: the function's directory.
+        script_file: the function's script.
+        entry_point: the function's entry point, or "".
+        bindings: the function's bindings by name.
+        properties: host-side metadata as strings (``FunctionId``, what worker indexing
+            returned, flags such as ``IsDisabled``); ignore keys you do not know.
+        indexed: this function's entry from the worker's own index (worker indexing only).
+    """
 
     function_id: str
     name: str
@@ -92,10 +127,12 @@ class FunctionInfo:
 
     @property
     def output_bindings(self) -> Mapping[str, Binding]:
+        """The bindings the function may set, by name."""
         return {name: b for name, b in self.bindings.items() if b.is_output}
 
     @classmethod
     def from_rpc(cls, function_id: str, metadata: "pb.RpcFunctionMetadata") -> "FunctionInfo":
+        """The function of a `FunctionLoadRequest`'s metadata."""
         bindings = {
             name: Binding(
                 name=name,
@@ -139,8 +176,37 @@ class RetryContext:
 class Invocation:
     """One call of a function (`Worker.on_invocation`).
 
-    `inputs` maps binding names to Python values (see `workerkit.convert` for the mapping);
-    `raw_inputs` keeps the host's `TypedData` unchanged, e.g. the exact JSON text.
+    `inputs` maps the names of the trigger and of the other input bindings to Python values
+    (`workerkit.convert` has the table); `raw_inputs` keeps the host's `TypedData`
+    unchanged, e.g. the exact JSON text. What the trigger brings, as the host sends it:
+
+    - ``httpTrigger``: an `HttpRequest`.
+    - ``timerTrigger``: a dict parsed from the host's JSON, e.g. ``{"Schedule":
+      {"AdjustForDST": True}, "ScheduleStatus": {"Last": "...", "Next": "...",
+      "LastUpdated": "..."}, "IsPastDue": False}``.
+    - ``queueTrigger``: the message text as a `str` (`bytes` with ``dataType: binary``); a
+      JSON message stays text: ``json.loads`` it.
+    - other triggers: usually a `str`; `bytes` with ``dataType: binary``; a parsed JSON value
+      when the extension sends an object (Event Grid); a list with ``cardinality: many``.
+
+    `trigger_metadata` is the trigger's binding data by name, values converted like inputs
+    (JSON parsed), keys with null values left out. For a queue: ``QueueTrigger`` (the
+    message text), ``Id``, ``PopReceipt``, ``DequeueCount`` (an int), ``InsertionTime``,
+    ``ExpirationTime``, ``NextVisibleTime`` (ISO 8601 strings). For HTTP: ``Query`` and
+    ``Headers`` (dicts of strings), each query parameter but ``code`` and each route
+    parameter (strings), and the top-level properties of a JSON object body; not the request
+    itself, which is in `inputs`. A timer sends none. Extensions may add keys: read the ones
+    you need with ``.get``.
+
+    Attributes:
+        invocation_id: the host's id of this call (also in `workerkit.current_invocation_id`
+            while it runs).
+        function: the function called, as it was loaded.
+        inputs: input values by binding name.
+        raw_inputs: the same inputs as the host's `TypedData`.
+        trigger_metadata: the trigger's binding data by name.
+        trace_context: the host's W3C trace context of this call.
+        retry_context: which retry this is, when the function has a retry policy.
     """
 
     invocation_id: str
@@ -176,15 +242,25 @@ class InvocationResult:
 
 @dataclass(frozen=True, slots=True)
 class InitRequest:
-    """The host's `WorkerInitRequest` (`Worker.on_init`)."""
+    """The host's `WorkerInitRequest` (`Worker.on_init`).
+
+    Attributes:
+        host_version: the Functions host's version.
+        worker_directory: the directory of the worker (with ``worker.config.json``).
+        function_app_directory: the function app's directory: the one with
+            ``host.json`` and, with host indexing, a folder per function. The host starts
+            the worker with it as working directory. After specialization
+            `EnvironmentReload.function_app_directory` replaces it.
+        capabilities: what the host offers, by name (values are strings).
+        log_categories: category -> minimum level the host wants, as `RpcLog.Level`
+            numbers (0 Trace, 1 Debug, 2 Information, 3 Warning, 4 Error, 5 Critical,
+            6 None); workerkit applies it to forwarded logs. The Functions host sends none.
+    """
 
     host_version: str
     worker_directory: str
     function_app_directory: str
     capabilities: Mapping[str, str]
-    #: Category -> minimum level the host wants, as `RpcLog.Level` numbers (0 Trace,
-    #: 1 Debug, 2 Information, 3 Warning, 4 Error, 5 Critical, 6 None); workerkit applies
-    #: it to forwarded logs.
     log_categories: Mapping[str, int]
 
 
@@ -204,7 +280,11 @@ class InitResult:
 
 @dataclass(frozen=True, slots=True)
 class MetadataRequest:
-    """The host asks the worker to list the app's functions (worker indexing)."""
+    """The host asks the worker to list the app's functions (worker indexing).
+
+    `function_app_directory` is the function app's directory, as in
+    `InitRequest.function_app_directory`.
+    """
 
     function_app_directory: str
 
@@ -267,7 +347,9 @@ class FunctionMetadata:
 
 @dataclass(frozen=True, slots=True)
 class EnvironmentReload:
-    """Specialization: the environment and app directory now in effect (already applied)."""
+    """Specialization: the environment and app directory now in effect (already applied:
+    ``os.environ`` holds `environment`, and `function_app_directory` is the working
+    directory)."""
 
     environment: Mapping[str, str]
     function_app_directory: str

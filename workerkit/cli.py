@@ -11,10 +11,18 @@ spelling when both are given (the host's own comment asks workers to prefer them
 spelling is the fallback. ``--functions-uri`` supplies both host and port. Arguments we do not
 know (from ``worker.config.json`` or a future host) are ignored. A missing required value is a
 one-line error on stderr and exit status 2.
+
+A worker run by hand (none of these options given) prints instead what starts a worker and
+the ``workerkit host`` command that runs this one, and exits 2; ``-h``/``--help`` prints the
+same and exits 0. Either only when the arguments are not a complete host command line, so a
+``-h`` among a host's arguments is ignored like any argument we do not know.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,13 +129,74 @@ def parse_host_args(argv: Sequence[str]) -> HostArgs:
     )
 
 
-def parse_host_args_or_exit(argv: Sequence[str], prog: str = "worker") -> HostArgs:
-    """`parse_host_args`, turning an error into one line on stderr and exit status 2."""
+def parse_host_args_or_exit(
+    argv: Sequence[str], prog: str = "worker", script: str | None = None
+) -> HostArgs:
+    """`parse_host_args`, or exit: 0 after printing `started_by_host` for ``-h``/``--help``;
+    2 after printing it when no host option was given (a worker run by hand), or after one
+    line naming the error. `script` is the worker's path (default ``sys.argv[0]``)."""
     try:
         return parse_host_args(argv)
     except HostArgsError as exc:
-        print(f"LanguageWorkerConsoleLog{prog}: error: {exc}", file=sys.stderr)
+        script = sys.argv[0] if script is None else script
+        asked = any(arg in ("-h", "--help") for arg in argv)
+        if asked or not any(arg.partition("=")[0] in _OPTIONS for arg in argv):
+            intro = "" if asked else f"{os.path.basename(script)}: error: no host arguments\n\n"
+            print(intro + started_by_host(script), file=sys.stderr, end="")
+            raise SystemExit(0 if asked else 2) from None
+        print(
+            f"LanguageWorkerConsoleLog{prog}: error: {exc}"
+            f" ({os.path.basename(script)} --help: how a worker is started)",
+            file=sys.stderr,
+        )
         raise SystemExit(2) from None
+
+
+def started_by_host(script: str) -> str:
+    """What a person who runs the worker `script` by hand needs: who starts a worker, the
+    ``workerkit host`` command that runs this one, and the arguments a host passes."""
+    name = os.path.basename(script) or "worker"
+    worker_dir = os.path.dirname(os.path.abspath(script))
+    has_app = os.path.isdir(os.path.join(worker_dir, "app"))
+    app = _shown(os.path.join(worker_dir, "app")) if has_app else "APP_DIR"
+    lines = [
+        f"{name} is an Azure Functions language worker. It is not run by hand: the Functions",
+        "host (or `workerkit host`, a local one) starts it with the host's arguments, and it",
+        "connects back to the host over gRPC. To serve a function app with it here:",
+        "",
+        f"    workerkit host {app} --worker {_shown(worker_dir)}",
+    ]
+    notes = []
+    if not has_app:
+        notes.append("APP_DIR: the function app directory (with host.json).")
+    if not os.path.isfile(os.path.join(worker_dir, "worker.config.json")):
+        notes.append(f"`workerkit host` needs a worker.config.json naming {name} next to it.")
+    if importlib.util.find_spec("aiohttp") is None:
+        notes.append("`workerkit host` needs aiohttp: pip install 'workerkit[host]'.")
+    lines += ["", *notes] if notes else []
+    lines += [
+        "",
+        "A host passes these arguments (both spellings; a --functions-* value wins):",
+        "",
+        "    --host 127.0.0.1 --port PORT --workerId ID --requestId ID",
+        "    --grpcMaxMessageLength BYTES --functions-uri http://127.0.0.1:PORT/",
+        "    --functions-worker-id ID --functions-request-id ID",
+        "    --functions-grpc-max-message-length BYTES",
+        "",
+        "Required: the host's address (--functions-uri, or --host and --port) and the",
+        "worker id. The worker opens FunctionRpc.EventStream there and sends StartStream",
+        "with that worker id.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _shown(path: str) -> str:
+    """`path` for a command line: relative to the working directory when that is shorter."""
+    try:
+        relative = os.path.relpath(path)
+    except (ValueError, OSError):  # another drive (Windows); no working directory
+        relative = path
+    return shlex.quote(min(relative, path, key=len))
 
 
 def _split_uri(uri: str) -> tuple[str, int]:

@@ -29,7 +29,7 @@ from .cli import HostArgs, parse_host_args_or_exit
 
 __all__ = ["Worker", "WorkerOptions", "run"]
 
-#: Every hook name; an ``on_*`` method outside this set is taken for a typo.
+#: Every hook name; a method whose name is a near miss of one is refused (`hook_misspelled`).
 HOOKS: frozenset[str] = frozenset(
     {
         "on_init",
@@ -43,6 +43,65 @@ HOOKS: frozenset[str] = frozenset(
     }
 )
 _ABSTRACT = ("on_function_load", "on_invocation")
+# A hook name, lower-cased, without underscores and its "on": how near misses are compared.
+_KEYS: dict[str, str] = {hook.replace("_", "")[2:]: hook for hook in HOOKS}
+# Endings that make another form of the same word (invocations, cancelled, reloaded).
+_ENDINGS = ("s", "d", "ed", "led", "ing", "ling")
+# Forms of a hook's word that no typo or ending explains.
+_WORD_FORMS: dict[str, str] = {
+    **dict.fromkeys(("invoke", "invokes", "invoked", "invoking"), "on_invocation"),
+    **dict.fromkeys(("initialize", "initialise", "initialization"), "on_init"),
+    **dict.fromkeys(("cancellation", "cancelation"), "on_cancel"),
+}
+
+
+def hook_misspelled(name: str) -> str | None:
+    """The hook that method `name` looks like a misspelling of, or None.
+
+    Lower-cased, without underscores and without the leading ``on``, a near miss is: the
+    hook's own name (``onInvocation``, ``on_shut_down``, ``oninvocation``); or, for names
+    that start with ``on_`` or ``onX``, the hook's name with a word ending
+    (``on_invocations``, ``on_cancelled``, ``on_function_loaded``); another form of its word
+    (``on_invoke``, ``on_initialize``); or one typo away, two for names of eight letters or
+    more (``on_invokation``, ``on_function_metadata``). Anything else (``on_row``,
+    ``on_message_parsed``, ``on_invocation_done``) is left alone as the author's own, as is
+    any name that starts with ``_``.
+    """
+    if name in HOOKS or name.startswith("_"):
+        return None
+    squashed = name.lower().replace("_", "")
+    key = squashed[2:]
+    if squashed[:2] == "on" and key in _KEYS:  # also "oninvocation"
+        return _KEYS[key]
+    if len(name) < 3 or name[:2].lower() != "on" or not (name[2] == "_" or name[2].isupper()):
+        return None  # "once", "only_init": not shaped like a hook name
+    if key in _WORD_FORMS:
+        return _WORD_FORMS[key]
+    for hook_key, hook in _KEYS.items():
+        if key == hook_key or (key.startswith(hook_key) and key[len(hook_key) :] in _ENDINGS):
+            return hook
+    for hook_key, hook in _KEYS.items():
+        if _typos(key, hook_key, 2 if len(hook_key) >= 8 else 1):
+            return hook
+    return None
+
+
+def _typos(a: str, b: str, most: int) -> bool:
+    """Whether `a` is at most `most` typos from `b` (each an insertion, deletion,
+    substitution or swap of neighbours: the optimal string alignment distance)."""
+    if abs(len(a) - len(b)) > most:
+        return False
+    before: list[int] = []
+    row = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            current[j] = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], before[j - 2] + 1)
+        before, row = row, current
+    return row[len(b)] <= most
 
 
 def _missing_hooks(cls: type["Worker"]) -> list[str]:
@@ -50,9 +109,18 @@ def _missing_hooks(cls: type["Worker"]) -> list[str]:
 
 
 def _must_implement(cls: type["Worker"], missing: list[str]) -> TypeError:
+    own = sorted(
+        name
+        for name in dir(cls)
+        if name.startswith("on_") and name not in HOOKS and callable(getattr(cls, name))
+    )
+    also = ""
+    if own:
+        verdict = "is not a hook name" if len(own) == 1 else "are not hook names"
+        also = f"; its {', '.join(own)} {verdict}"
     return TypeError(
         f"{cls.__qualname__} must implement {' and '.join(missing)} "
-        "(see the workerkit.Worker docstring)"
+        f"(see the workerkit.Worker docstring){also}"
     )
 
 
@@ -141,6 +209,11 @@ class Worker:
     raise, and workerkit sends exactly one reply for every request. An exception from a
     hook becomes a Failure reply with its message and stack trace; the worker keeps serving.
 
+    A method whose name is a near miss of a hook's (``on_invoke``, ``onInvocation``,
+    ``on_cancelled``; see `hook_misspelled` in ``workerkit.worker``) is a `TypeError` when
+    the class is defined, as is a hook that does not take exactly one argument; helpers
+    with other names (``on_row``, ``on_message_parsed``) are yours.
+
     Class attributes `runtime_name`, `runtime_version` and `worker_version` are reported to
     the host in `WorkerMetadata`.
     """
@@ -157,17 +230,17 @@ class Worker:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name, value in vars(cls).items():
-            if not name.startswith("on_") or not callable(value):
+            if not callable(value):
                 continue
             if name not in HOOKS:
-                import difflib  # only for the error message
-
-                close = difflib.get_close_matches(name, HOOKS, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise TypeError(
-                    f"{cls.__qualname__}.{name} is not a workerkit hook{hint} "
-                    f"(hooks: {', '.join(sorted(HOOKS))})"
-                )
+                hook = hook_misspelled(name)
+                if hook is not None:
+                    raise TypeError(
+                        f"{cls.__qualname__}.{name} is not a workerkit hook, and workerkit would"
+                        f" never call it: did you mean {hook}? (A helper of your own: name it"
+                        " further from the hook, e.g. with a leading underscore.)"
+                    )
+                continue
             params = [
                 p
                 for p in inspect.signature(value).parameters.values()
@@ -295,7 +368,9 @@ def run(worker: type[Worker] | Worker, argv: Sequence[str] | None = None) -> Non
 
     Exits 0 after `WorkerTerminate`, SIGTERM or SIGINT (after draining), 200 after
     `Worker.request_restart` (after draining), 1 when the stream to the host ended or broke,
-    2 for a bad command line.
+    2 for a bad command line. Run by hand without the host's arguments, or with ``--help``
+    (exit 0), the worker says on stderr that a host starts it, and prints the
+    ``workerkit host`` command that runs it and the arguments a host passes.
     """
     args = parse_host_args_or_exit(sys.argv[1:] if argv is None else argv)
     instance = worker() if isinstance(worker, type) else worker

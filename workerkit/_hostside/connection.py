@@ -1,7 +1,11 @@
 """The host's end of one worker's stream: requests out, replies matched as the real host
 matches them (status by ``request_id``, loads by ``function_id``, invocations by
 ``invocation_id``, the rest in order per kind). Public as `workerkit.testing.HostConnection`;
-`workerkit host` and `workerkit conformance` use it too."""
+`workerkit host` and `workerkit conformance` use it too.
+
+Two levels: `load_function` and `call` return typed results (`results`) for testing a
+worker's functions; `load`, `send_load`, `invoke`, `start_invocation` and the other requests
+return the protocol's messages as received, for testing the protocol itself."""
 
 from __future__ import annotations
 
@@ -18,8 +22,11 @@ from grpclib.server import Stream
 
 from .._generated import AzureFunctionsRpcMessages as pb
 from ..convert import encode_input
+from .results import CallResult, FunctionLoadFailed, LoadResult
 
 Message = pb.StreamingMessage
+#: Function ids `load_function` derives from names: GUIDs, like the host's, stable per name.
+_FUNCTION_IDS = uuid.UUID("5f0c6d2e-6b8e-4d55-9a43-7c1f0b6f2a10")
 _DIRECTIONS = {"in": 0, "out": 1, "inout": 2}
 _DATA_TYPES = {"undefined": 0, "string": 1, "binary": 2, "stream": 3}
 
@@ -237,6 +244,8 @@ class HostConnection:
         properties: Mapping[str, str] | None = None,
         timeout: float | None = 60.0,
     ) -> pb.FunctionLoadResponse:
+        """Send a `FunctionLoadRequest` and return the `FunctionLoadResponse` as received,
+        a Failure too (nothing is raised for it); `load_function` is the typed form."""
         request = self.load_request(
             function_id,
             name,
@@ -247,6 +256,53 @@ class HostConnection:
             properties=properties,
         )
         return await self.send_load(request, timeout=timeout)
+
+    async def load_function(
+        self,
+        name: str,
+        *,
+        bindings: Mapping[str, pb.BindingInfo] | None = None,
+        script_file: str = "",
+        entry_point: str = "",
+        directory: str = "",
+        properties: Mapping[str, str] | None = None,
+        function_id: str | None = None,
+        check: bool = True,
+        timeout: float | None = 60.0,
+    ) -> LoadResult:
+        """Load a function as the host does and return how the worker answered.
+
+        Args:
+            name: the function's name.
+            bindings: its bindings by name (`binding`, `http_bindings`).
+            script_file: its script file; the host sends an absolute path (a relative one
+                is resolved by the worker, against its own working directory).
+            entry_point: its entry point, if the worker uses one.
+            directory: the function's directory (the host sends the absolute path).
+            properties: more metadata properties (``FunctionId`` is always set).
+            function_id: the id to load it under; default: a GUID derived from `name`.
+            check: raise `FunctionLoadFailed` when the worker answers Failure; with False,
+                return the result with `LoadResult.error` set instead.
+            timeout: seconds to wait for the response (TimeoutError).
+
+        Raises:
+            FunctionLoadFailed: the worker failed to load the function (with `check`).
+            ConnectionError: the stream is over.
+        """
+        function_id = function_id or str(uuid.uuid5(_FUNCTION_IDS, name))
+        request = self.load_request(
+            function_id,
+            name,
+            bindings=bindings,
+            script_file=script_file,
+            entry_point=entry_point,
+            directory=directory,
+            properties=properties,
+        )
+        result = LoadResult.from_response(name, await self.send_load(request, timeout=timeout))
+        if check and not result.ok:
+            raise FunctionLoadFailed(result)
+        return result
 
     async def send_load(
         self, request: pb.FunctionLoadRequest, *, timeout: float | None = 60.0
@@ -334,11 +390,57 @@ class HostConnection:
         invocation_id: str | None = None,
         timeout: float | None = 30.0,
     ) -> pb.InvocationResponse:
-        """Invoke and wait for the `InvocationResponse`."""
+        """Invoke and wait for the `InvocationResponse`, returned as received; `call` is the
+        typed form."""
         pending = await self.start_invocation(
             function_id, inputs, trigger_metadata=trigger_metadata, invocation_id=invocation_id
         )
         return await pending.result(timeout)
+
+    async def call(
+        self,
+        function: LoadResult | str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        trigger_metadata: Mapping[str, Any] | None = None,
+        invocation_id: str | None = None,
+        timeout: float | None = 30.0,
+    ) -> CallResult:
+        """Invoke a function and return how the invocation ended, its values decoded.
+
+        Args:
+            function: what `load_function` returned, or a function id.
+            inputs: input values by binding name: Python values, converted as the host
+                would (`convert.encode_input`), or ready-made `TypedData`.
+            trigger_metadata: trigger metadata by name, converted the same way.
+            invocation_id: the invocation's id; default: a new GUID.
+            timeout: seconds to wait for the response (TimeoutError).
+
+        Raises:
+            ConversionError: an input cannot be sent, or the worker sent back a value the
+                host would reject (`call_result`).
+            ConnectionError: the stream is over.
+        """
+        function_id = function.function_id if isinstance(function, LoadResult) else function
+        response = await self.invoke(
+            function_id,
+            inputs,
+            trigger_metadata=trigger_metadata,
+            invocation_id=invocation_id,
+            timeout=timeout,
+        )
+        return self.call_result(response)
+
+    def call_result(self, response: pb.InvocationResponse) -> CallResult:
+        """The typed result of a received `InvocationResponse` (e.g. of a
+        `start_invocation`), with the log records the worker sent for that invocation (kept
+        while `record` is true).
+
+        Raises:
+            ConversionError: a value the host would reject (a collection, model binding
+                data, shared memory) or cannot read; the message names it.
+        """
+        return CallResult.from_response(response, self.logs_for(response.invocation_id))
 
     async def cancel(self, invocation_id: str) -> None:
         await self.send(Message(invocation_cancel=pb.InvocationCancel(invocation_id=invocation_id)))

@@ -5,6 +5,7 @@ starts (in this process or as subprocesses with the host's argv). Public as
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import os
@@ -24,6 +25,16 @@ from .connection import HostConnection, Message
 
 #: The longest piece of a line `WorkerProcess` hands to ``on_output``: longer ones are split.
 _MAX_LINE: Final = 65536
+#: How many of its last stderr lines a worker that did not open its stream is reported with.
+STDERR_TAIL_LINES: Final = 20
+#: Characters kept of each of those lines (the start, where a traceback's exception type is).
+_TAIL_LINE_CHARS: Final = 1000
+
+
+def _tail_note(tail: str) -> str:
+    if not tail:
+        return "; it wrote nothing to stderr"
+    return "; the end of its stderr:\n" + tail
 
 
 class InProcessWorker:
@@ -43,13 +54,22 @@ class StreamNotOpened(RuntimeError):
     or none came in time (`reason`: "exited", "refused" or "timeout")."""
 
     def __init__(
-        self, message: str, reason: str, returncode: int | None, refusal: tuple[str, str] | None
+        self,
+        message: str,
+        reason: str,
+        returncode: int | None,
+        refusal: tuple[str, str] | None,
+        *,
+        stderr_tail: str = "",
     ) -> None:
         super().__init__(message)
         self.reason = reason
+        #: Its exit status when it exited (`reason` "exited").
         self.returncode = returncode
         #: (the worker id it sent, what was wrong) for a refused stream.
         self.refusal = refusal
+        #: The last lines it wrote to stderr (up to `STDERR_TAIL_LINES`), for a subprocess.
+        self.stderr_tail = stderr_tail
 
 
 class WorkerProcess:
@@ -69,6 +89,8 @@ class WorkerProcess:
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.connection: HostConnection | None = None
+        #: The last lines of stderr handed to `on_output` (collected output has them all).
+        self._tail: collections.deque[bytes] | None = None
         #: The tasks reading its stdout and stderr; done once both pipes are closed.
         self.pumps: list[asyncio.Task[None]]
         if on_output is None:
@@ -77,9 +99,15 @@ class WorkerProcess:
                 asyncio.create_task(self._pump(process.stderr, self.stderr)),
             ]
         else:
+            tail = self._tail = collections.deque(maxlen=STDERR_TAIL_LINES)
+
+            def stderr_line(line: bytes, stderr: bool) -> None:
+                tail.append(line[:_TAIL_LINE_CHARS])
+                on_output(line, stderr)
+
             self.pumps = [
                 asyncio.create_task(self._pump_lines(process.stdout, False, on_output)),
-                asyncio.create_task(self._pump_lines(process.stderr, True, on_output)),
+                asyncio.create_task(self._pump_lines(process.stderr, True, stderr_line)),
             ]
 
     @staticmethod
@@ -110,6 +138,26 @@ class WorkerProcess:
                 on_output(line, stderr)
         if pending:
             on_output(pending, stderr)
+
+    def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
+        """The last `lines` lines it wrote to stderr so far (at most `STDERR_TAIL_LINES` when
+        its output goes to `on_output`), decoded with replacement characters."""
+        if lines <= 0:
+            return ""
+        if self._tail is not None:
+            last = list(self._tail)[-lines:]
+        else:  # from the end of what was collected, however much that is
+            buffer, last = self.stderr, []
+            end = len(buffer)
+            while end and buffer[end - 1] in b"\r\n":
+                end -= 1
+            while end > 0 and len(last) < lines:
+                start = buffer.rfind(b"\n", 0, end) + 1
+                last.insert(0, bytes(buffer[start : min(end, start + _TAIL_LINE_CHARS)]))
+                end = start - 1
+        return "\n".join(
+            line[:_TAIL_LINE_CHARS].decode(errors="replace").rstrip("\r") for line in last
+        )
 
     async def wait(self, timeout: float | None = 10.0) -> int:
         """The exit status, once the process exited (its output fully collected)."""
@@ -233,26 +281,34 @@ class TestHost:
     async def start_worker(
         self, worker: Worker, *, timeout: float | None = 10.0
     ) -> InProcessWorker:
-        """Serve `worker` in this event loop and wait for its StartStream; what stops it
-        from serving (e.g. a `TypeError` about the class) is raised here at once."""
+        """Serve `worker` in this event loop and wait for its StartStream.
+
+        Raises:
+            Exception: what stops it from serving (e.g. a `TypeError` about the class), at
+                once.
+            StreamNotOpened: `Worker.serve` returned (with `StreamNotOpened.returncode`)
+                before its stream opened.
+            TimeoutError: no StartStream within `timeout` seconds (the worker is stopped).
+        """
         args = self.host_args()
         task = asyncio.create_task(worker.serve(args))
-        waiter = asyncio.create_task(self.connection(args.worker_id, timeout))
+        waiter = asyncio.create_task(self.connection(args.worker_id, None))
         try:
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             task.cancel()
             waiter.cancel()
             raise
         if not waiter.done():
             waiter.cancel()
+            if not task.done():
+                task.cancel()
+                raise TimeoutError(f"the worker opened no stream within {timeout:g} s")
             code = task.result()  # raises what the worker raised
-            raise RuntimeError(f"the worker stopped with {code} before StartStream")
-        try:
-            connection = waiter.result()
-        except BaseException:
-            task.cancel()
-            raise
+            raise StreamNotOpened(
+                f"the worker stopped with {code} before StartStream", "exited", code, None
+            )
+        connection = waiter.result()
         started = InProcessWorker(task, connection)
         self._workers.append(started)
         return started
@@ -269,7 +325,8 @@ class TestHost:
         """Start `command` plus the host's argv as a subprocess, as the real host does.
 
         With `connect`, wait for its StartStream (the connection is then on the result);
-        `StreamNotOpened` (a RuntimeError) says why there was none.
+        `StreamNotOpened` (a RuntimeError) says why there was none: as soon as the worker
+        exits, with its exit status and the end of its stderr.
         """
         started = await self.launch(command, cwd=cwd, env=env)
         if connect:
@@ -352,16 +409,23 @@ class TestHost:
                 if worker.process.returncode is not None:
                     with contextlib.suppress(TimeoutError):
                         await worker.wait(5)  # its output, all of it
+                    tail = worker.stderr_tail()
                     raise StreamNotOpened(
-                        f"worker exited with {worker.process.returncode} before StartStream;"
-                        " stderr:\n" + worker.stderr.decode(errors="replace"),
+                        f"worker exited with {worker.process.returncode} before StartStream"
+                        + _tail_note(tail),
                         "exited",
                         worker.process.returncode,
                         None,
+                        stderr_tail=tail,
                     )
                 if deadline is not None and loop.time() > deadline:
+                    tail = worker.stderr_tail()
                     raise StreamNotOpened(
-                        f"no StartStream within {timeout:g} s", "timeout", None, None
+                        f"no StartStream within {timeout:g} s" + _tail_note(tail),
+                        "timeout",
+                        None,
+                        None,
+                        stderr_tail=tail,
                     )
                 # Polled: a refusal or an exit may come first, and the poll is cheap.
                 await asyncio.wait({waiter}, timeout=0.02)

@@ -24,7 +24,11 @@ __all__ = ["LogEntry", "LogRoute", "current_invocation_id", "handler"]
 SDK_LOGGER = "workerkit"
 log = logging.getLogger(SDK_LOGGER)
 
-#: The invocation being served in this context ("" outside invocations).
+#: Public as ``workerkit.current_invocation_id`` (documented in the package docstring: a
+#: ContextVar takes no docstring). The id of the invocation being served: set in the context
+#: that runs ``on_invocation`` (the hook's task, or its pool thread with a copy of that
+#: context), so tasks and `asyncio.to_thread` calls started there inherit it; "" in every
+#: other context (other hooks, ``on_cancel`` too, and plain `threading.Thread` targets).
 current_invocation_id: ContextVar[str] = ContextVar("workerkit_invocation_id", default="")
 
 # `RpcLog.Level` and `RpcLog.RpcLogCategory` values (as on the wire).

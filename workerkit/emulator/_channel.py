@@ -38,6 +38,7 @@ from ._app import AppError, FunctionSpec, discover_functions, functions_from_met
 from ._config import HOST_VERSION
 from ._console import Console
 from ._launch import WorkerConfig
+from ._startup import Line, StartupOutput, exited_before_stream
 
 __all__ = [
     "EXIT_AFTER_STREAM",
@@ -62,7 +63,19 @@ _STDERR_TAIL: Final = 3
 
 
 class StartFailed(Exception):
-    """The worker could not be brought up (the message says why); a worker error."""
+    """The worker could not be brought up (the message says why); a worker error.
+
+    `output` is what the worker printed when it exited before opening its stream (to compare
+    the next start's output with), else None.
+    """
+
+    def __init__(
+        self, message: str, output: list[Line] | None = None, explanation: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.output = output
+        #: The whole story when the message is short (the same error again): for giving up.
+        self.explanation = explanation or message
 
 
 @dataclass
@@ -86,6 +99,11 @@ class WorkerChannel:
     #: WorkerTerminate was sent: a second `end` (Ctrl-C during a restart) only waits and kills.
     terminate_sent: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Shows its output; its start-up output is compared with the previous failed start's.
+    output: StartupOutput | None = None
+    #: The executable as configured (``command[0]``) and where it was found.
+    executable: str = ""
+    resolved: str | None = None
 
     @property
     def pumps(self) -> list[asyncio.Task[None]]:
@@ -161,20 +179,6 @@ class WorkerChannel:
                 )
 
 
-def _show_output(
-    console: Console, stderr_tail: collections.deque[str], *, errors_only: bool
-) -> Callable[[bytes, bool], None]:
-    """Show the worker's output lines on the console; keep the last stderr lines."""
-
-    def show(raw: bytes, stderr: bool) -> None:
-        text = raw.decode(errors="replace").rstrip("\r")
-        if stderr:
-            stderr_tail.append(text)
-        console.worker_output(text, stderr=stderr, errors_only=errors_only)
-
-    return show
-
-
 async def launch(
     host: TestHost,
     config: WorkerConfig,
@@ -183,10 +187,13 @@ async def launch(
     environment: Mapping[str, str],
     console: Console,
     register: Callable[[WorkerChannel], None],
+    previous: Sequence[Line] | None = None,
 ) -> WorkerChannel:
     """Start a worker process with the host's command line and pump its output.
 
     `register` sees the channel before the worker can dial (its stream is matched to it).
+    `previous` is the output of the previous start when that one exited before opening its
+    stream: the same output again is not shown twice (`StartupOutput`).
 
     Raises:
         StartFailed: the executable is missing or cannot be started.
@@ -194,16 +201,17 @@ async def launch(
     args = host.host_args()
     argv = config.command(args, app_dir=app_dir)
     env = config.environment(app_dir, environment)
-    if config.resolve_executable(argv, env) is None:
+    resolved = config.resolve_executable(argv, env)
+    if resolved is None:
         raise StartFailed(
-            f"cannot start the worker: executable {argv[0]!r} was not found"
-            " (set defaultExecutablePath, or the languageWorkers:"
-            f"{config.language}:defaultExecutablePath setting)"
+            f"cannot start the worker: executable {argv[0]!r} was not found. Set"
+            f" defaultExecutablePath in {config.path}, or"
+            f" languageWorkers__{config.language}__defaultExecutablePath (an app setting in"
+            ' local.settings.json "Values", or an environment variable).'
         )
     if console.verbose:
         console.info("Starting worker: " + " ".join(argv))
-    stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
-    show = _show_output(console, stderr_tail, errors_only=config.use_stderr_for_errors_only)
+    show = StartupOutput(console, errors_only=config.use_stderr_for_errors_only, previous=previous)
     try:
         worker = await host.launch(
             args=args,
@@ -216,7 +224,14 @@ async def launch(
     except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL in a setting's value
         raise StartFailed(f"cannot start the worker {argv[0]!r}: {exc}") from None
     channel = WorkerChannel(
-        worker.process, args.worker_id, console, worker, stderr_tail=stderr_tail
+        worker.process,
+        args.worker_id,
+        console,
+        worker,
+        stderr_tail=show.stderr_tail,
+        output=show,
+        executable=argv[0],
+        resolved=resolved,
     )
     channel.idle.set()
     register(channel)
@@ -238,14 +253,25 @@ async def handshake(
             channel.worker, config.startup_timeout, refusals_fail=False
         )
     except StreamNotOpened as exc:
-        if exc.reason == "exited":  # its output is all shown by now
-            raise StartFailed(
-                f"the worker exited with status {exc.returncode} before opening"
-                " its stream" + "".join(f"\n  {line}" for line in channel.stderr_tail)
-            ) from None
+        output = channel.output
+        if exc.reason == "exited" and output is not None:  # its output is all read by now
+            repeated = output.exited()
+            message, explanation = exited_before_stream(
+                code=exc.returncode,
+                executable=channel.executable,
+                resolved=channel.resolved,
+                language=config.language,
+                output=output.lines,
+                repeated=repeated,
+            )
+            raise StartFailed(message, output.record, explanation) from None
+        if output is not None:
+            output.release()
         raise StartFailed(
             f"no StartStream within {span(config.startup_timeout)} (processStartupTimeout)"
         ) from None
+    if channel.output is not None:
+        channel.output.opened()
     channel.connection = connection
     try:
         init = await connection.init(

@@ -10,6 +10,7 @@ when the stream is a terminal and ``NO_COLOR`` is unset.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import sys
@@ -120,6 +121,17 @@ class Console:
         """A host error (red)."""
         self.line(text, "red")
 
+    @staticmethod
+    def value(value: object) -> str:
+        """`value` (an output, as `workerkit.convert.decode_output` reads it) as the console
+        shows it: compact JSON with non-ASCII characters kept (control characters escaped,
+        by JSON and by `line`); bytes as ``<N bytes>``, since a binary value is not text and
+        base64 would make a long line nobody reads; anything else JSON cannot hold as its repr
+        in a JSON string."""
+        if isinstance(value, bytes | bytearray | memoryview):
+            return f"<{len(bytes(value))} bytes>"
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_jsonable)
+
     # -- structured lines ---------------------------------------------------------------------
     def rpc_log(self, log: pb.RpcLog, function: str | None, dropped: str | None = None) -> None:
         """One ``RpcLog``: function (or ``worker`` for System logs), invocation id, level."""
@@ -177,6 +189,12 @@ class Console:
             self.write()
 
 
+def _jsonable(value: object) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(bytes(value))} bytes>"
+    return repr(value)
+
+
 def _summary(kind: str, body: object, message: pb.StreamingMessage) -> str:
     parts: list[str] = []
     if message.request_id:
@@ -189,7 +207,7 @@ def _summary(kind: str, body: object, message: pb.StreamingMessage) -> str:
     if isinstance(result, pb.StatusResult):
         parts.append(f"status={result.status.name}")
         if result.exception is not None and result.exception.message:
-            parts.append(f"error={result.exception.message!r}")
+            parts.append(f"error={Console.value(result.exception.message)}")
     if kind == "worker_init_response" and isinstance(body, pb.WorkerInitResponse):
         parts.append("capabilities=" + ",".join(sorted(body.capabilities)))
     if kind == "function_metadata_response" and isinstance(body, pb.FunctionMetadataResponse):

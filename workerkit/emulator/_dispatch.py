@@ -9,6 +9,20 @@ object's top-level keys to the bindings they name; kinds the host cannot take (c
 model binding data) fail the invocation. The host's code: ``CreateScriptInvocationResult``
 in src/WebJobs.Script.Grpc/Channel/GrpcWorkerChannel.cs and ``HandleOutputDictionary`` in
 src/WebJobs.Script/Description/Workers/WorkerFunctionInvoker.cs (Azure/azure-functions-host).
+Outputs other than HTTP are printed as compact JSON (`Console.value`).
+
+An HTTP output that is a JSON object with a ``body`` key is answered as the host answers it,
+as a response description; the console says so once per function, since that is rarely
+what the author meant.
+
+A timer keeps the schedule status the host's schedule monitor records
+(Azure/azure-webjobs-sdk-extensions, src/WebJobs.Extensions/Extensions/Timers:
+``ScheduleMonitor.CheckPastDueAsync`` when the timer starts: no last run, the next
+occurrence, updated now; ``TimerListener.InvokeJobFunction`` after each run: that run, the
+occurrence after it, updated then). A timer fired by hand through the admin endpoint gets
+that recorded status, as ``TimerTriggerBinding.BindAsync`` gives it, so ``Next`` is the
+schedule's real next occurrence; a timer that is not running (disabled) gets its next
+occurrence from now.
 """
 
 from __future__ import annotations
@@ -34,6 +48,7 @@ from ._rpchttp import (
     HttpOutput,
     IncomingRequest,
     ResponseError,
+    ResponseObject,
     build_rpc_http,
     http_trigger_metadata,
     response_from_output,
@@ -44,6 +59,24 @@ __all__ = ["Dispatcher", "HttpFunction"]
 
 _API_REASON: Final = "This function was programmatically called via the host APIs."
 _SHOWN_VALUE: Final = 200
+
+
+@dataclass
+class _TimerStatus:
+    """A timer's recorded ``ScheduleStatus`` (None for ``Last``/``LastUpdated``: not yet)."""
+
+    schedule: CronSchedule | IntervalSchedule
+    last: datetime.datetime | None = None
+    next: datetime.datetime | None = None
+    last_updated: datetime.datetime | None = None
+
+    def record(self, when: datetime.datetime, *, ran: bool) -> None:
+        """The status after a run at `when` (`ran`), or when the timer starts."""
+        upcoming = self.schedule.next_after(when.replace(tzinfo=None))
+        self.next = upcoming.astimezone() if upcoming is not None else None
+        self.last_updated = when
+        if ran:
+            self.last = when
 
 
 @dataclass(frozen=True)
@@ -66,6 +99,8 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: list[asyncio.Task[None]] = []
         self._firing: set[asyncio.Task[Any]] = set()  # timers with an invocation under way
+        self._timer_status: dict[str, _TimerStatus] = {}  # by function name
+        self._warned_response_objects: set[str] = set()  # function names
 
     def stop_timers(self) -> None:
         """Fire no timer any more; a timer whose invocation is under way is left to finish
@@ -109,6 +144,10 @@ class Dispatcher:
             return _error_output(spec, str(exc), outcome)
         for note in output.notes:
             self.console.warning(f"Function '{spec.name}' (Id={outcome.invocation_id}): {note}")
+        described = output.response_object
+        if described is not None and spec.name not in self._warned_response_objects:
+            self._warned_response_objects.add(spec.name)
+            self.console.warning(_response_object_warning(spec.name, output.status, described))
         return output
 
     def admin_invoke(self, spec: FunctionSpec, body: bytes) -> tuple[int, str]:
@@ -135,12 +174,21 @@ class Dispatcher:
         if spec.trigger_type.lower() == "httptrigger":
             return 400, f"{spec.name} is an HTTP function: call its URL instead\n"
 
+        timer = self._timer_status.get(spec.name)
+
         def data(
             capabilities: Mapping[str, str],
         ) -> tuple[list[tuple[str, pb.TypedData]], dict[str, pb.TypedData]]:
             value, metadata = trigger_data(
                 trigger, text, capabilities=capabilities, extra_metadata=extra
             )
+            if timer is not None:  # the recorded status, as the host binds it (module docstring)
+                if timer.next is None and timer.last_updated is None:  # not running
+                    now = datetime.datetime.now().astimezone()
+                    upcoming = timer.schedule.next_after(now.replace(tzinfo=None))
+                    value = timer_payload(None, upcoming.astimezone() if upcoming else None)
+                else:
+                    value = timer_payload(timer.last, timer.next, last_updated=timer.last_updated)
             return [(str(trigger.get("name")), value), *_other_inputs(spec)], metadata
 
         try:
@@ -182,19 +230,36 @@ class Dispatcher:
 
     # -- timers ------------------------------------------------------------------------------
     def start_timer(
-        self, spec: FunctionSpec, schedule: CronSchedule | IntervalSchedule, run_on_startup: bool
+        self,
+        spec: FunctionSpec,
+        schedule: CronSchedule | IntervalSchedule,
+        run_on_startup: bool,
+        *,
+        enabled: bool = True,
     ) -> None:
-        """Fire `spec` on `schedule` (at once first with `run_on_startup`) until stopped."""
-        self._timers.append(asyncio.create_task(self._timer(spec, schedule, run_on_startup)))
+        """Fire `spec` on `schedule` (at once first with `run_on_startup`) until stopped; a
+        timer not `enabled` only has its schedule known (for firing it by hand)."""
+        status = _TimerStatus(schedule)
+        self._timer_status[spec.name] = status
+        if enabled:
+            status.record(datetime.datetime.now().astimezone(), ran=False)
+            self._timers.append(
+                asyncio.create_task(self._timer(spec, schedule, run_on_startup, status))
+            )
 
     async def _timer(
-        self, spec: FunctionSpec, schedule: CronSchedule | IntervalSchedule, run_on_startup: bool
+        self,
+        spec: FunctionSpec,
+        schedule: CronSchedule | IntervalSchedule,
+        run_on_startup: bool,
+        status: _TimerStatus,
     ) -> None:
         last: datetime.datetime | None = None
         if run_on_startup:
             now = datetime.datetime.now().astimezone()
             await self._fire(spec, schedule, now, last)
             last = now
+            status.record(now, ran=True)
         while not self.stopping:
             now = datetime.datetime.now().astimezone()
             due = schedule.next_after(now.replace(tzinfo=None))
@@ -205,6 +270,7 @@ class Dispatcher:
             fired = due.astimezone()
             await self._fire(spec, schedule, fired, last)
             last = fired
+            status.record(fired, ran=True)
 
     async def _fire(
         self,
@@ -319,5 +385,20 @@ def _outputs(
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = Console.value(value)
     return text if len(text) <= _SHOWN_VALUE else text[: _SHOWN_VALUE - 3] + "..."
+
+
+def _response_object_warning(function: str, status: int, described: ResponseObject) -> str:
+    def keys(names: tuple[str, ...]) -> str:
+        quoted = [json.dumps(name, ensure_ascii=False) for name in names]
+        return ", ".join(quoted[:-1]) + " and " + quoted[-1] if len(quoted) > 1 else quoted[0]
+
+    ignored = f"; it ignored {keys(described.ignored)}" if described.ignored else ""
+    return (
+        f"Function '{function}': its HTTP output is a JSON object with a \"body\" key, which"
+        f" the host reads as a description of the response: it answered {status} from"
+        f" {keys(described.read)}{ignored}. To answer with a response, return a"
+        " workerkit.HttpResponse; to send the object itself as JSON, return"
+        " workerkit.HttpResponse.from_json(value). (Shown once per function.)"
+    )

@@ -488,10 +488,8 @@ class Emulator:
                 continue
             run_on_startup = _truthy(trigger.get("runOnStartup"))
             shown[spec.name] = str(schedule) + (", runOnStartup" if run_on_startup else "")
-            if spec.disabled:
-                continue
             assert self._dispatcher is not None
-            self._dispatcher.start_timer(spec, schedule, run_on_startup)
+            self._dispatcher.start_timer(spec, schedule, run_on_startup, enabled=not spec.disabled)
         return shown
 
 

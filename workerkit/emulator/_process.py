@@ -9,9 +9,15 @@ one worker process at a time. The host's rules it follows:
   loaded with the functions the first one reported;
 - a worker error (non-zero exit other than 200, a handshake timeout or failure, a stream that
   ends while the process lives on) fails the invocations in flight and restarts the worker;
-  the third error within 30 minutes gives up (the host stops). Restarts are spaced by
-  ``processRestartInterval``. Exit 200 restarts without counting; exit 0 unasked gives up at
-  once, because the host would neither restart nor notice it
+  the third error within 30 minutes gives up (the host stops), so there are two restarts
+  after errors: the host restarts while its count of errors, emptied when one comes more than
+  30 minutes after the last, is below ``ErrorEventsThreshold`` (3 times the process count, one
+  process here: ``StartWorkerChannel`` and ``AddOrUpdateErrorBucket``). Restarts are spaced by
+  ``processRestartInterval`` (the host waits that long after starting a worker before it
+  starts another). Each restart line says how many restarts are left; a worker that exits
+  before opening its stream with the same output as the previous start is not shown twice
+  (`_startup`). Exit 200 restarts without counting; exit 0 unasked gives up at once,
+  because the host would neither restart nor notice it
   (src/WebJobs.Script/Workers/Rpc/FunctionRegistration/RpcFunctionInvocationDispatcher.cs,
   src/WebJobs.Script/Workers/ProcessManagement/WorkerProcess.cs);
 - an invocation past the function timeout is cancelled (``InvocationCancel`` when the worker
@@ -56,6 +62,7 @@ from ._channel import (
 from ._console import Console
 from ._launch import WorkerConfig
 from ._peer import Launched
+from ._startup import Line
 
 __all__ = [
     "InputBuilder",
@@ -66,8 +73,12 @@ __all__ = [
 
 #: After a timed-out invocation is cancelled, how long it may take before the worker restarts.
 TIMEOUT_GRACE: Final = 2.0
+#: The host's ErrorEventsThreshold for one worker process, and the window in which errors count
+#: (WorkerConstants.WorkerRestartErrorIntervalThresholdInMinutes).
 ERROR_THRESHOLD: Final = 3
 ERROR_WINDOW: Final = 30 * 60.0
+#: Restarts after errors before giving up.
+MAX_RESTARTS: Final = ERROR_THRESHOLD - 1
 _RECENT_INVOCATIONS: Final = 4096
 
 
@@ -147,6 +158,8 @@ class Supervisor:
         self._stopping = False
         self._errors: list[float] = []
         self._last_start: float | None = None
+        #: The output of the last start when it exited before opening its stream.
+        self._failed_output: list[Line] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._recent: collections.OrderedDict[str, str] = collections.OrderedDict()
@@ -374,13 +387,19 @@ class Supervisor:
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
+        counted = False  # the last worker ended with an error
         while not self._stopping:
             if self._last_start is not None:
                 wait = self._last_start + self.config.restart_interval - loop.time()
+                when = f" in {wait:.1f} s (processRestartInterval)" if wait > 0 else ""
+                left = MAX_RESTARTS - len(self._errors)
+                self.console.info(
+                    f"Restarting the worker{when}; {left} of {MAX_RESTARTS} restarts left after"
+                    " this one."
+                    if counted
+                    else f"Restarting the worker{when}."
+                )
                 if wait > 0:
-                    self.console.info(
-                        f"Restarting the worker in {wait:.1f} s (processRestartInterval)."
-                    )
                     await asyncio.sleep(wait)
             self._last_start = loop.time()
             try:
@@ -388,10 +407,13 @@ class Supervisor:
             except StartFailed as failure:
                 if self._stopping:
                     return
+                self._failed_output = failure.output
                 self.console.error(f"Worker start failed: {failure}")
-                if not self._count_error(str(failure)):
+                if not self._count_error(failure.explanation):
                     return
+                counted = True
                 continue
+            self._failed_output = None
             self._channel = channel
             self._ready.set()
             if self._first_ready is not None and not self._first_ready.done():
@@ -404,6 +426,7 @@ class Supervisor:
                 return
             if message is None:  # exit 0 unasked
                 return
+            counted = counts
             if counts:
                 self.console.error(message)
                 if not self._count_error(message):
@@ -419,8 +442,9 @@ class Supervisor:
         self._errors.append(now)
         if len(self._errors) >= ERROR_THRESHOLD:
             self._give_up(
-                f"the worker failed {len(self._errors)} times; like the host, the emulator"
-                f" stops here. Last error: {message}"
+                f"the worker failed {len(self._errors)} times within {ERROR_WINDOW / 60:g}"
+                f" minutes: giving up after {MAX_RESTARTS} restarts, as the host does."
+                f" Last error: {message}"
             )
             return False
         return True
@@ -483,6 +507,7 @@ class Supervisor:
             environment=self.environment,
             console=self.console,
             register=self._launched.register,
+            previous=self._failed_output,
         )
         try:
             connection = await handshake(channel, self._host, self.config, app_dir=self.app_dir)

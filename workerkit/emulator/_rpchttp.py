@@ -37,8 +37,10 @@ unparsable means 200), headers (``content-type`` sets the content type), cookies
 indented, numbers as text). Without ``body`` the host ignores the rest and answers 200 with the
 response object as JSON. Other kinds are "sniffed": a string that parses as JSON is treated as
 JSON; a JSON object with a ``body`` key describes the response (``body``, ``statusCode`` or
-``status``, ``headers``); other JSON is re-serialized indented; other text is written as is.
-`ResponseError` means the host would fail the request (answered 500).
+``status``, ``headers``; its other keys are ignored; `HttpOutput.response_object` says which
+keys were read, so the emulator can tell the author); other JSON is re-serialized indented;
+other text is written as is. `ResponseError` means the host would fail the request (answered
+500).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ __all__ = [
     "HttpOutput",
     "IncomingRequest",
     "ResponseError",
+    "ResponseObject",
     "build_rpc_http",
     "host_text",
     "http_trigger_metadata",
@@ -114,17 +117,33 @@ class IncomingRequest:
         return ",".join(values) if values else None
 
 
+@dataclass(frozen=True)
+class ResponseObject:
+    """A JSON object output the host read as a response description (it has a ``body`` key).
+
+    Attributes:
+        read: the keys it took, as spelled (``body``; ``statusCode`` or else ``status``;
+            ``headers`` when an object; ``cookies``, ``enableContentNegotiation``).
+        ignored: the other keys, as spelled.
+    """
+
+    read: tuple[str, ...]
+    ignored: tuple[str, ...]
+
+
 @dataclass
 class HttpOutput:
     """A response to write: status, header pairs (repeatable, e.g. Set-Cookie) and body.
 
-    `notes` are things the host does silently that the author should know (logged).
+    `notes` are things the host does silently that the author should know (logged);
+    `response_object` is set when the output was a JSON object read as a response description.
     """
 
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     notes: list[str] = field(default_factory=list)
+    response_object: ResponseObject | None = None
 
 
 def _joined(pairs: Sequence[tuple[str, str]], lower: bool) -> dict[str, str]:
@@ -346,28 +365,47 @@ def _sniff_value(value: Any) -> HttpOutput:
     if isinstance(value, dict):
         lowered = {str(k).lower(): v for k, v in value.items()}
         if "body" in lowered:
-            status = 200
-            raw_status = lowered.get("statuscode", lowered.get("status"))
-            if isinstance(raw_status, int) and not isinstance(raw_status, bool):
-                status = raw_status
-            elif isinstance(raw_status, str):
-                status = _parse_status(raw_status)
-            headers_value = lowered.get("headers")
-            headers = (
-                [(str(k), "" if v is None else str(v)) for k, v in headers_value.items()]
-                if isinstance(headers_value, dict)
-                else []
-            )
-            body = lowered["body"]
-            notes = (
-                ["cookies in a response object are not emulated"] if "cookies" in lowered else []
-            )
-            if isinstance(body, str):
-                return _finish(status, headers, body.encode(), "text/plain; charset=utf-8", notes)
-            return _finish(
-                status, headers, _indented(body), "application/json; charset=utf-8", notes
-            )
+            output = _described(lowered)
+            output.response_object = _keys_read(value)
+            return output
     return _finish(200, [], _indented(value), "application/json; charset=utf-8", [])
+
+
+def _keys_read(value: dict[Any, Any]) -> ResponseObject:
+    """Which keys of a response object the host reads (``ParseResponseObject`` in
+    src/WebJobs.Script/Binding/Http/HttpBinding.cs: any case; ``status`` only without
+    ``statusCode``; ``headers`` only as an object)."""
+    names = {str(k).lower() for k in value}
+    wanted = {"body", "cookies", "enablecontentnegotiation"}
+    wanted.add("statuscode" if "statuscode" in names else "status")
+    read: list[str] = []
+    ignored: list[str] = []
+    for key, item in value.items():
+        name = str(key).lower()
+        taken = name in wanted or (name == "headers" and isinstance(item, dict))
+        (read if taken else ignored).append(str(key))
+    return ResponseObject(tuple(read), tuple(ignored))
+
+
+def _described(lowered: dict[str, Any]) -> HttpOutput:
+    """The response a response object (lower-cased keys) describes."""
+    status = 200
+    raw_status = lowered.get("statuscode", lowered.get("status"))
+    if isinstance(raw_status, int) and not isinstance(raw_status, bool):
+        status = raw_status
+    elif isinstance(raw_status, str):
+        status = _parse_status(raw_status)
+    headers_value = lowered.get("headers")
+    headers = (
+        [(str(k), "" if v is None else str(v)) for k, v in headers_value.items()]
+        if isinstance(headers_value, dict)
+        else []
+    )
+    body = lowered["body"]
+    notes = ["cookies in a response object are not emulated"] if "cookies" in lowered else []
+    if isinstance(body, str):
+        return _finish(status, headers, body.encode(), "text/plain; charset=utf-8", notes)
+    return _finish(status, headers, _indented(body), "application/json; charset=utf-8", notes)
 
 
 def _finish(

@@ -63,18 +63,24 @@ class TriggerInputError(ValueError):
 
 
 def timer_payload(
-    last: datetime.datetime | None, next_run: datetime.datetime | None, *, past_due: bool = False
+    last: datetime.datetime | None,
+    next_run: datetime.datetime | None,
+    *,
+    past_due: bool = False,
+    last_updated: datetime.datetime | None = None,
 ) -> pb.TypedData:
     """The timer trigger's input: ``json`` of the host's ``TimerInfo`` object.
 
     ``{"Schedule":{"AdjustForDST":true},"ScheduleStatus":{"Last":…,"Next":…,"LastUpdated":…},
-    "IsPastDue":false}``; ``Last`` is ``0001-01-01T00:00:00`` before the first run.
+    "IsPastDue":false}``; ``Last`` is ``0001-01-01T00:00:00`` before the first run, ``Next``
+    ``9999-12-31T23:59:59`` for a schedule that never fires again (NCrontab's end date),
+    ``LastUpdated`` now unless given.
     """
     now = datetime.datetime.now().astimezone()
     status = {
         "Last": _iso(last) if last is not None else "0001-01-01T00:00:00",
         "Next": _iso(next_run) if next_run is not None else "9999-12-31T23:59:59",
-        "LastUpdated": _iso(now),
+        "LastUpdated": _iso(last_updated if last_updated is not None else now),
     }
     body = {"Schedule": {"AdjustForDST": True}, "ScheduleStatus": status, "IsPastDue": past_due}
     return pb.TypedData(json=json.dumps(body, separators=(",", ":")))
