@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _pb2
+from benchmarks import _pb2, hostprocs
 from benchmarks.host import (
     BenchHost,
     Connection,
@@ -45,7 +45,10 @@ MIB = 1024 * 1024
 SMALL_BODY = b'{"name":"Ada","n":1,"tags":["x","y"],"text":"hello, world"}'
 SMALL_METADATA = {"name": "Ada", "n": 1, "tags": ["x", "y"], "text": "hello, world"}
 LOG_LINES = 10
-DEFAULT_TARGETS = ("workerkit", "bare-grpclib", "bare-grpcio", "official")
+#: Not a worker played against the driver's host: the Python example through `workerkit
+#: host` with 1 and 2 worker processes (hostprocs.py).
+HOST_SCENARIO = "workerkit-host"
+DEFAULT_TARGETS = ("workerkit", "bare-grpclib", "bare-grpcio", "official", HOST_SCENARIO)
 ALL_TARGETS = (*DEFAULT_TARGETS, "workerkit-minimal", "workerkit-sync")
 
 
@@ -74,6 +77,11 @@ class Plan:
     idle_settle: float = 1.0
     #: 16 MiB echoes per worker traced for copies (0: skip; needs strace)
     copies_echoes: int = 2
+    #: workerkit host with 1 and 2 worker processes: CPU-bound requests per run (one run
+    #: per round, `runs` rounds), in flight, and warm-up requests
+    host_requests: int = 240
+    host_in_flight: int = 8
+    host_warmup: int = 16
 
     @classmethod
     def quick(cls) -> Plan:
@@ -87,6 +95,8 @@ class Plan:
             payload_runs=1,
             idle_settle=0.2,
             copies_echoes=0,
+            host_requests=24,
+            host_warmup=4,
         )
 
 
@@ -720,8 +730,10 @@ async def bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="workerkit-bench-pb2-") as tmp:
         pb2_dir = _pb2.compile_into(Path(tmp))
         pb = _pb2.load(pb2_dir)
+        names = [t.strip() for t in args.targets.split(",") if t.strip()]
+        host_scenario = HOST_SCENARIO in names
         targets, notes = make_targets(
-            [t.strip() for t in args.targets.split(",") if t.strip()],
+            [n for n in names if n != HOST_SCENARIO],
             Path(official).resolve() if official else None,
             pb2_dir,
         )
@@ -740,29 +752,21 @@ async def bench(args: argparse.Namespace) -> int:
         for note in notes:
             report.emit("skipped", note=note)
             say(note)
-        if not targets:
+        if not targets and not host_scenario:
             say("nothing to measure")
             return 1
-        host = BenchHost(pb, args.host_impl)
-        await host.start()
-        lives: list[Live] = []
-        try:
-            await cold_start(host, targets, plan, report)
-            for target in targets:
-                lives.append(await bring_up(host, target, plan, report))
-            await throughput(lives, plan, report)
-            await payloads(lives, plan, report)
-            await copies(host, targets, plan, report)
-        finally:
-            for live in lives:
-                await live.process.stop(live.connection)
-            await host.stop()
+        if targets:
+            await measure_workers(targets, plan, report, args.host_impl, pb)
+        host_figures = await host_processes(plan, report) if host_scenario else None
     summary = summarise(report, targets, plan)
     rows = ratios(report, summary)
     elapsed = time.perf_counter() - began
     report.emit("done", seconds=round(elapsed, 1), loadavg_1min=loadavg())
     say("")
-    say(table(summary, plan, rows))
+    if targets:
+        say(table(summary, plan, rows))
+    if host_figures is not None:
+        say(hostprocs.table(host_figures, report.of("ratio", label=hostprocs.RATIO_LABEL)[-1]))
     for note in notes:
         say(note)
     busy = sorted({r["target"] for r in report.of("run") if r.get("host_cpu", 0) >= 0.8})
@@ -774,8 +778,50 @@ async def bench(args: argparse.Namespace) -> int:
             "those figures are lower bounds (the driver, not the worker, set the pace)"
         )
     say(f"{elapsed:.0f} s; load average now {loadavg():.2f} on {os.cpu_count()} CPUs")
-    failed = any(r.get("errors") for r in report.of("run"))
+    failed = any(r.get("errors") for r in report.of("run") + report.of("host_run"))
     return 1 if failed else 0
+
+
+async def measure_workers(
+    targets: Sequence[Target], plan: Plan, report: Report, host_impl: str, pb: Any
+) -> None:
+    """The scenarios played against the driver's own host, for every worker target."""
+    host = BenchHost(pb, host_impl)
+    await host.start()
+    lives: list[Live] = []
+    try:
+        await cold_start(host, targets, plan, report)
+        for target in targets:
+            lives.append(await bring_up(host, target, plan, report))
+        await throughput(lives, plan, report)
+        await payloads(lives, plan, report)
+        await copies(host, targets, plan, report)
+    finally:
+        for live in lives:
+            await live.process.stop(live.connection)
+        await host.stop()
+
+
+async def host_processes(plan: Plan, report: Report) -> dict[int, float | None] | None:
+    """The Python example through `workerkit host` with 1 and 2 worker processes, and the
+    ratio "2 processes vs 1" (hostprocs.py); None when it cannot run here."""
+    problem = hostprocs.available()
+    if problem is not None:
+        note = f"{HOST_SCENARIO}: skipped, {problem}"
+        report.emit("skipped", note=note)
+        say(note)
+        report.emit("ratio", **hostprocs.ratio_record({}))
+        return None
+    figures = await hostprocs.measure(
+        report.emit,
+        say,
+        requests=plan.host_requests,
+        in_flight=plan.host_in_flight,
+        rounds=plan.runs,
+        warmup=plan.host_warmup,
+    )
+    report.emit("ratio", **hostprocs.ratio_record(figures))
+    return figures
 
 
 def main(argv: Sequence[str] | None = None) -> int:

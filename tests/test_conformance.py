@@ -130,6 +130,8 @@ async def serve(call, outbox, templates):
         outbox.put_nowait(reply)
         if BROKEN == "double-status" and kind == "worker_status_request":
             outbox.put_nowait(reply)
+    if BROKEN == "idle-on-stream-end":  # as the official Python worker does
+        await asyncio.sleep(3600)
     return 0 if BROKEN == "exit-0-on-stream-end" else 1
 
 
@@ -225,7 +227,6 @@ def test_a_bare_grpcio_worker_passes_too(bare_worker: tuple[list[str], dict[str,
         ("wrong-worker-id", {"start-stream": "StartStream carried worker id 'not-my-id'"}),
         ("ignore-status", {"status": "no WorkerStatusResponse with the request's request_id"}),
         ("init-without-result", {"init": "WorkerInitResponse has no result"}),
-        ("exit-0-on-stream-end", {"stream-end": "exited with status 0 when the host ended"}),
         ("double-status", {"message-rules": "unsolicited or second worker_status_response"}),
         ("crash-on-unknown-function", {"unknown-function": "ended the stream (exit status 3)"}),
     ],
@@ -247,10 +248,47 @@ def test_a_broken_worker_fails_for_the_right_reason(
         assert all("never opened its stream" in r.detail for r in rest)
     else:  # the other scenarios still ran (on a fresh process after a crash) and passed
         passed = {r.name for r in report.results if r.outcome is Outcome.PASS}
+        if mode == "init-without-result":  # nothing to reload on a process that never started
+            (reload,) = [r for r in report.results if r.name == "environment-reload"]
+            assert reload.outcome is Outcome.SKIP
+            assert "init for a placeholder app failed" in reload.detail
+            passed.add(reload.name)
         assert passed | failures.keys() == {r.name for r in report.results}
     if mode == "crash-on-unknown-function":
         later = {r.name: r.detail for r in report.results}["cancel-unknown"]
         assert later.endswith("(on a fresh worker, #2)")
+
+
+def test_a_worker_left_running_when_its_stream_ends_is_an_orphan(
+    bare_worker: tuple[list[str], dict[str, str]],
+) -> None:
+    """The host notices a stream that ended only when the worker exits (WorkerProcess in
+    Azure/azure-functions-host); one that idles on is never replaced, nor ever ended."""
+    command, env = bare_worker
+    # The grace period is the verdict (this worker never exits, however long it is given).
+    options = ConformanceOptions(start_timeout=60, init_timeout=30, timeout=30, grace=3)
+    report = check(command, env={**env, "BROKEN": "idle-on-stream-end"}, options=options)
+    (result,) = [r for r in report.results if r.name == "stream-end"]
+    assert result.outcome is Outcome.FAIL
+    assert result.detail.startswith(
+        "still running 3 s after the host ended the stream: an orphan process"
+    ), result.detail
+    assert "the official Python worker idles like this for ever" in result.detail
+
+
+def test_exit_status_0_when_the_stream_ends_is_a_warning(
+    bare_worker: tuple[list[str], dict[str, str]],
+) -> None:
+    """Exit status 0 is neither an error nor a restart to the host: WorkerProcess
+    .OnProcessExited only closes the process (Azure/azure-functions-host), so the worker is
+    not replaced."""
+    command, env = bare_worker
+    report = check(command, env={**env, "BROKEN": "exit-0-on-stream-end"}, options=GENEROUS)
+    (warning,) = [r for r in report.results if r.outcome is Outcome.WARN]
+    assert warning.name == "stream-end"
+    assert warning.detail.startswith("exited with status 0 after ")
+    assert "exit status 0 is neither an error nor a restart request" in warning.detail
+    assert report.ok() and not report.ok(strict=True)
 
 
 def test_a_missing_request_id_on_start_stream_is_only_a_warning(
@@ -597,7 +635,7 @@ def test_cli_exit_status_and_json_for_a_broken_worker(
             *command,
         ],
         cwd=ROOT,
-        env={**env, "BROKEN": "exit-0-on-stream-end"},
+        env={**env, "BROKEN": "double-status"},
         capture_output=True,
         text=True,
         timeout=100,
@@ -607,7 +645,7 @@ def test_cli_exit_status_and_json_for_a_broken_worker(
     assert data["ok"] is False
     assert data["counts"]["fail"] == 1
     (failure,) = [s for s in data["scenarios"] if s["result"] == "fail"]
-    assert failure["name"] == "stream-end"
+    assert failure["name"] == "message-rules"
     assert data["capabilities"]["WorkerStatus"] == "true"
 
 

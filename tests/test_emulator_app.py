@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from pathlib import Path
@@ -59,12 +60,14 @@ def test_the_load_request_is_shaped_like_the_hosts(tmp_path: Path) -> None:
         {"type": "queueTrigger", "direction": "in", "name": "msg", "dataType": "binary"},
         {"type": "blob", "direction": "out", "name": "copy", "path": "x/{id}"},
     ]
-    function(
+    function(  # "disabled" in function.json: the v2+ host never reads it
         tmp_path,
         "copy",
         {"bindings": bindings, "disabled": True, "configurationSource": "attributes"},
     )
     (spec,) = discover_functions(tmp_path)[0]
+    assert not spec.disabled
+    spec = dataclasses.replace(spec, disabled=True)  # AzureWebJobs.copy.Disabled, as applied
     request = spec.load_request()
     assert request.function_id == spec.function_id
     metadata = request.metadata
@@ -106,7 +109,12 @@ def test_the_primary_script_is_found_like_the_host_finds_it(tmp_path: Path) -> N
         ("f", {}, ("run.txt",), "At least one binding must be declared."),
         ("f", {"bindings": []}, ("run.txt",), "At least one binding must be declared."),
         ("f", {"bindings": {}}, ("run.txt",), "'bindings' must be an array"),
-        ("f", {"bindings": [1]}, ("run.txt",), "a binding must be a JSON object"),
+        (
+            "f",
+            {"bindings": [1]},
+            ("run.txt",),
+            "Unable to cast object of type 'Newtonsoft.Json.Linq.JValue' to type",
+        ),
         ("1f", {"bindings": HTTP}, ("run.txt",), "'1f' is not a valid function name."),
         ("host", {"bindings": HTTP}, ("run.txt",), "'host' is not a valid function name."),
         (
@@ -144,9 +152,14 @@ def test_the_primary_script_is_found_like_the_host_finds_it(tmp_path: Path) -> N
             "f",
             {"bindings": [{**HTTP[0], "direction": "sideways"}]},
             ("run.txt",),
-            "direction must be",
+            "'sideways' is not a valid binding direction.",
         ),
-        ("f", {"bindings": [{**HTTP[0], "dataType": "float"}]}, ("run.txt",), "dataType must be"),
+        (
+            "f",
+            {"bindings": [{**HTTP[0], "dataType": "float"}]},
+            ("run.txt",),
+            'Error converting value "float" to type',
+        ),
         (
             "f",
             {"bindings": HTTP, "scriptFile": "nope.txt"},
@@ -180,7 +193,6 @@ def test_the_primary_script_is_found_like_the_host_finds_it(tmp_path: Path) -> N
             "Illegal value 'magic'",
         ),
         ("f", {"bindings": HTTP, "entryPoint": 1}, ("run.txt",), "'entryPoint' must be a string"),
-        ("f", {"bindings": HTTP, "disabled": 2}, ("run.txt",), "'disabled' must be true or false"),
     ],
 )
 def test_rejected_functions_name_the_file_and_the_reason(
@@ -305,7 +317,7 @@ def test_host_json_http_throttles(
     [
         ("{", "not valid JSON"),
         ("[]", "the top level must be a JSON object"),
-        ({}, "missing the required 'version' property"),
+        ({"Version": "2.0"}, "missing the required 'version' property"),  # {}: defaults
         ({"version": "1.0"}, "invalid value for host.json 'version'"),
         ({"version": "2.0", "functionTimeout": 5}, "TimeSpan string"),
         ({"version": "2.0", "functionTimeout": "soon"}, "is not a TimeSpan"),
@@ -362,11 +374,8 @@ def test_local_settings(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("document", "reason"),
     [
-        ("{", "not valid JSON"),
+        # a file Core Tools cannot read is a warning: tests/test_emulator_files.py
         ({"IsEncrypted": True, "Values": {}}, "encrypted"),
-        ({"Values": []}, "'Values' must be an object"),
-        ({"Values": {"A": {"x": 1}}}, "Values.A must be a string"),
-        ({"Host": {"LocalHttpPort": "x"}}, "must be a port number"),
     ],
 )
 def test_local_settings_rejections(tmp_path: Path, document: Any, reason: str) -> None:
@@ -417,3 +426,94 @@ def test_a_setting_the_os_refuses_ends_start_up_with_the_reason(tmp_path: Path) 
     )  # fmt: skip
     assert done.returncode != 0
     assert "null byte" in done.stdout + done.stderr
+
+
+def test_functions_come_in_the_hosts_order(tmp_path: Path) -> None:
+    """FunctionMetadataManager sorts by name with StringComparer.OrdinalIgnoreCase, which
+    compares upper-cased text: "alpha" ("ALPHA") before "a_b" ("A_B"), since "L" < "_"
+    (lower-cased, "_" would come first)."""
+    for name in ("a_b", "aB", "Zed", "alpha"):
+        function(tmp_path, name, {"bindings": HTTP})
+    assert [f.name for f in discover_functions(tmp_path)[0]] == ["aB", "alpha", "a_b", "Zed"]
+
+
+def test_function_json_keys_the_host_reads_exactly_and_in_any_case(tmp_path: Path) -> None:
+    """HostFunctionMetadataProvider.ParseFunctionMetadata: configMetadata["bindings"],
+    ["scriptFile"], ["entryPoint"] are exact; "configurationSource" is found in any case;
+    binding keys in any case (ScriptBindingContext)."""
+    function(
+        tmp_path,
+        "cased",
+        {
+            "bindings": [{"Type": "HTTPTRIGGER", "Direction": "IN", "Name": "req", "Route": "r"}],
+            "ScriptFile": "nope.txt",  # not read: the one file in the folder is the script
+            "EntryPoint": "ignored",
+            "ConfigurationSource": "Attributes",
+        },
+    )
+    function(tmp_path, "capital", {"Bindings": HTTP})
+    functions, errors = discover_functions(tmp_path)
+    (spec,) = functions
+    assert (spec.script_file.name, spec.entry_point, spec.is_direct) == ("run.txt", "", True)
+    assert (spec.trigger["route"], spec.trigger_type) == ("r", "HTTPTRIGGER")
+    assert spec.load_request().metadata.bindings["req"] == pb.BindingInfo(  # type: ignore[union-attr]
+        type="HTTPTRIGGER", direction=pb.BindingInfoDirection.in_
+    )
+    (error,) = errors
+    assert error.function == "capital" and error.reason == "At least one binding must be declared."
+
+
+@pytest.mark.parametrize(
+    ("binding", "reason"),
+    [
+        ({"authLevel": "superuser"}, "of enum type AuthorizationLevel."),
+        ({"AUTHLEVEL": ["anonymous"]}, "binding property 'authLevel' of type String."),
+        ({"methods": "get"}, "binding property 'methods' of type JArray."),
+        ({"methods": [{"x": 1}]}, "Cannot cast Newtonsoft.Json.Linq.JObject"),
+        ({"route": {"x": 1}}, "binding property 'route' of type String."),
+        ({"cardinality": "lots"}, 'Error converting value "lots" to type'),
+    ],
+)
+def test_http_trigger_properties_the_host_refuses(
+    tmp_path: Path, binding: dict[str, Any], reason: str
+) -> None:
+    """HttpScriptBinding.GetAttributes and BindingMetadata's enum converters."""
+    function(tmp_path, "f", {"bindings": [{**HTTP[0], **binding}, HTTP[1]]})
+    error = only_error(tmp_path)
+    assert reason in error.reason
+
+
+@pytest.mark.parametrize(
+    "binding",
+    [
+        {"authLevel": "Anonymous"},
+        {"authLevel": "FUNCTION"},
+        {"authLevel": "4"},
+        {"authLevel": ""},
+        {"direction": "In", "dataType": "String", "cardinality": "ONE"},
+        {"direction": 0},
+        {"methods": ["get", 5, None]},
+    ],
+)
+def test_http_trigger_properties_the_host_accepts(tmp_path: Path, binding: dict[str, Any]) -> None:
+    function(tmp_path, "f", {"bindings": [{**HTTP[0], **binding}, HTTP[1]]})
+    functions, errors = discover_functions(tmp_path)
+    assert errors == [] and [f.name for f in functions] == ["f"]
+
+
+def test_an_inout_trigger_is_a_trigger_and_an_out_one_is_not(tmp_path: Path) -> None:
+    """FunctionMetadata.InputBindings: every binding whose direction is not "out"."""
+    function(tmp_path, "inout", {"bindings": [{**HTTP[0], "direction": "inout"}, HTTP[1]]})
+    function(tmp_path, "out", {"bindings": [{**HTTP[0], "direction": "out"}, HTTP[1]]})
+    functions, errors = discover_functions(tmp_path)
+    assert [f.name for f in functions] == ["inout"]
+    assert [e.reason for e in errors] == [
+        "No trigger binding specified. A function must have a trigger input binding."
+    ]
+
+
+def test_an_empty_binding_type_is_no_registered_type(tmp_path: Path) -> None:
+    """Only a missing type is "must specify a Type" (ValidateBinding); "" reaches
+    FunctionDescriptorProvider.VerifyResolvedBindings, which finds no extension for it."""
+    function(tmp_path, "f", {"bindings": [HTTP[0], {**HTTP[1], "type": ""}]})
+    assert "The binding type(s) '' are not registered." in only_error(tmp_path).reason

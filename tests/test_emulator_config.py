@@ -3,8 +3,11 @@ and the argv and environment the host builds from it."""
 
 from __future__ import annotations
 
+import codecs
 import json
+import math
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,20 @@ from hypothesis import strategies as st
 from workerkit import HostArgs
 from workerkit.emulator import WorkerConfig, WorkerConfigError, read_worker_config
 from workerkit.emulator._config import parse_timespan
-from workerkit.emulator._launch import split_dotnet_arguments
+from workerkit.emulator._jsonfile import (
+    JsonSyntaxError,
+    _depth,
+    _Parser,
+    decode_text,
+    dotnet_string,
+    parse_json,
+    read_json_object,
+)
+from workerkit.emulator._launch import (
+    CoreToolsError,
+    core_tools_environment,
+    split_dotnet_arguments,
+)
 
 PROPERTY = settings(max_examples=200, deadline=None)
 ARGS = HostArgs("127.0.0.1", 5555, "wid", "rid")
@@ -81,17 +97,21 @@ def test_the_recommended_config(tmp_path: Path) -> None:
     assert config.command(ARGS) == ["python3", "-u", str(worker_dir / "worker.py"), *CONNECTION]
 
 
-def test_property_names_are_case_insensitive_and_json_scalars_become_strings(
+def test_names_inside_description_are_case_insensitive_and_json_scalars_become_strings(
     tmp_path: Path,
 ) -> None:
+    # RpcWorkerConfigFactory.AddProvider: Property("description") is case-sensitive, the
+    # description's own members are bound by ToObject<RpcWorkerDescription>() in any case.
     config = read(
         tmp_path,
-        {"Description": {"LANGUAGE": "x", "defaultexecutablepath": "run", "workerIndexing": True}},
+        {"description": {"LANGUAGE": "x", "defaultexecutablepath": "run", "workerIndexing": True}},
         worker_file=None,
     )
     assert (config.language, config.executable, config.worker_indexing) == ("x", "run", True)
     assert config.worker_path is None
     assert config.command(ARGS) == ["run", *CONNECTION]
+    versioned = read(tmp_path, description(defaultRuntimeVersion=3.0, language=2.5))
+    assert (versioned.default_runtime_version, versioned.language) == ("3", "2.5")  # .NET text
 
 
 def test_argv_is_built_as_one_string_like_the_host(tmp_path: Path) -> None:
@@ -222,6 +242,11 @@ def test_process_count_from_the_environment(tmp_path: Path) -> None:
         ("{not json", {}, "not valid JSON"),
         ("[]", {}, "the top level must be a JSON object"),
         ({}, {}, "the 'description' object is missing"),
+        (
+            {"Description": description()["description"]},
+            {},
+            "reads 'description' in that case only, not 'Description'",
+        ),
         ({"description": []}, {}, "'description' must be an object"),
         (description(language=""), {}, "description.language cannot be empty"),
         (description(language=None), {}, "description.language cannot be empty"),
@@ -430,3 +455,250 @@ def test_plain_tokens_split_back(tokens: list[str]) -> None:
 )
 def test_quoted_tokens_split_back(tokens: list[str]) -> None:
     assert split_dotnet_arguments(" ".join(f'"{t}"' for t in tokens)) == tokens
+
+
+# -- the configuration file reader (_jsonfile) ------------------------------------------------
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(alphabet=st.characters(blacklist_categories=["Cs"])),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@PROPERTY
+@given(JSON_VALUES, st.sampled_from([None, 0, 2]))
+def test_strict_json_reads_the_same_through_both_paths(value: Any, indent: int | None) -> None:
+    # the fast path (json) and the hand-written reader agree wherever strict JSON is valid
+    text = json.dumps(value, indent=indent)
+    assert parse_json(text) == value
+    assert _Parser(text).document() == value
+
+
+def _lenient(value: Any) -> str:
+    """`value` written as Newtonsoft reads it: comments, single quotes, trailing commas."""
+    if isinstance(value, dict):
+        items = "".join(f" /* k */ {_single_quoted(k)}: {_lenient(v)}," for k, v in value.items())
+        return "{" + items + " // end\n}"
+    if isinstance(value, list):
+        return "[" + "".join(f"{_lenient(v)}," for v in value) + "]"
+    if isinstance(value, str):
+        return _single_quoted(value)
+    return json.dumps(value)
+
+
+def _single_quoted(text: str) -> str:
+    return "'" + json.dumps(text)[1:-1].replace('\\"', '"').replace("'", "\\'") + "'"
+
+
+@PROPERTY
+@given(JSON_VALUES)
+def test_comments_single_quotes_and_trailing_commas_read_as_the_same_value(value: Any) -> None:
+    assert parse_json("// a file\n" + _lenient(value)) == value
+
+
+@PROPERTY
+@given(st.text(alphabet="{}[]\"',:/*\\ \n0x1.-eNaInfityrusl$ab", max_size=40))
+def test_any_text_is_a_value_or_a_syntax_error_with_a_position(text: str) -> None:
+    try:
+        parse_json(text)
+    except JsonSyntaxError as exc:
+        assert exc.line >= 1 and exc.column >= 1
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("{a: 1, $b_2: 'x', 'c': \"y\"}", {"a": 1, "$b_2": "x", "c": "y"}),
+        ("{1a: 1}", {"1a": 1}),  # Newtonsoft: letters or digits, any order
+        ('{"a": "two\nlines"}', {"a": "two\nlines"}),
+        ("[1,,2,]", [1, None, 2]),  # an empty slot is undefined
+        ('{"a": undefined, "b": 0x1F, "c": 010, "d": .5, "e": 1.}', {
+            "a": None, "b": 31, "c": 8, "d": 0.5, "e": 1.0}),
+        ('{"a": 1, "a": 2}', {"a": 2}),
+        ("\u00a0{}\u2028", {}),  # .NET char.IsWhiteSpace
+        ('{"s": "\\ud83d\\ude00\\u00e9"}', {"s": "😀é"}),
+    ],
+)  # fmt: skip
+def test_newtonsoft_dialect(text: str, value: Any) -> None:
+    assert parse_json(text) == value
+
+
+def test_nan_and_infinity() -> None:
+    value = parse_json("{'a': NaN, 'b': Infinity, 'c': -Infinity}")
+    assert value["a"] != value["a"] and value["b"] == math.inf and value["c"] == -math.inf
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "line", "column"),
+    [
+        ("{", "ends inside an object", 1, 2),
+        ('{\r\n"a" 1}', "expected ':'", 2, 5),
+        ("{,}", "where a property name should be", 1, 2),
+        ('{"a": 09}', "'09' is not a number", 1, 7),
+        ('{"a": +1}', "where a value should be", 1, 7),
+        ('{"a": new Date(1)}', "JavaScript constructor", 1, 7),
+        ('{"a": 1} x', "after the end of the JSON value", 1, 10),
+        ("  // only a comment", "there is no JSON value", 1, 20),
+        ("{} /* open", "never closed", 1, 4),
+        ("{a-b: 1}", "cannot be part of an unquoted property name", 1, 3),
+        ('{"a": "\\q"}', "\\q is not an escape sequence", 1, 8),
+        ('{"a": "\\u12"}', "four hexadecimal digits", 1, 8),
+        ("{'a': 'open", "never closed", 1, 7),
+        ("[" * 65 + "]" * 65, "deeper than 64 levels", 1, 65),
+        ("[" * 100_000, "deeper than 64 levels", 1, 65),  # no RecursionError
+    ],
+)
+def test_what_is_refused_and_where(text: str, message: str, line: int, column: int) -> None:
+    with pytest.raises(JsonSyntaxError) as info:
+        parse_json(text)
+    assert message in info.value.message
+    assert (info.value.line, info.value.column) == (line, column)
+
+
+def test_64_levels_are_read() -> None:
+    assert _depth(parse_json("[" * 64 + "]" * 64)) == 64
+
+
+@pytest.mark.parametrize(
+    ("bom", "codec"),
+    [
+        (codecs.BOM_UTF8, "utf-8"),
+        (codecs.BOM_UTF16_LE, "utf-16-le"),
+        (codecs.BOM_UTF16_BE, "utf-16-be"),
+        (codecs.BOM_UTF32_LE, "utf-32-le"),
+        (codecs.BOM_UTF32_BE, "utf-32-be"),
+    ],
+)
+def test_byte_order_marks_pick_the_encoding(bom: bytes, codec: str) -> None:
+    text = '{"a": "café ☕ 😀"}'
+    assert decode_text(bom + text.encode(codec)) == text
+
+
+def test_without_a_bom_the_bytes_are_utf8_and_bad_ones_replaced() -> None:
+    assert decode_text("é".encode() + b"\xff") == "é\ufffd"  # File.ReadAllText never fails
+    assert decode_text("{}".encode("utf-16-le")) == "{\x00}\x00"  # no BOM: not UTF-16
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(True, "True"), (False, "False"), (2.0, "2"), (2.5, "2.5"), (7, "7"), (None, None),
+     ("x", "x"), (math.inf, "Infinity"), (1e-7, "1E-07")],
+)  # fmt: skip
+def test_scalars_become_their_dotnet_text(value: Any, text: str | None) -> None:
+    assert dotnet_string(value) == text
+
+
+def test_read_json_object_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+
+    def error(where: Path, reason: str) -> ValueError:
+        return ValueError(f"{where}: {reason}")
+
+    with pytest.raises(ValueError, match=r"x\.json: gone"):
+        read_json_object(path, error=error, missing="gone")
+    path.write_text("[]")
+    with pytest.raises(ValueError, match="the top level must be a JSON object"):
+        read_json_object(path, error=error)
+    path.write_text("{\n  'a': 1,\n  'b': }")
+    with pytest.raises(ValueError, match=r"not valid JSON: .* \(line 3, column 8\)"):
+        read_json_object(path, error=error)
+
+
+def test_worker_config_top_level_names_are_case_sensitive(tmp_path: Path) -> None:
+    # JObject.Property("processOptions"): another case is not read (the defaults apply)
+    config = read(tmp_path, {**description(), "ProcessOptions": {"initializationTimeout": "bad"}})
+    assert config.init_timeout == 10.0
+
+
+def test_worker_extensions_are_kept_lower_cased(tmp_path: Path) -> None:
+    assert read(tmp_path, description(extensions=[".PY", ".Txt"])).extensions == (".py", ".txt")
+
+
+# -- the environment func start gives the host (core_tools_environment) ----------------------
+def test_core_tools_environment_precedence(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    env = core_tools_environment(
+        tmp_path,
+        80,
+        {"AZURE_FUNCTIONS_ENVIRONMENT": "Production", "": "x", "N": None, "A": "1"},
+        environ={"AZURE_FUNCTIONS_ENVIRONMENT": "Staging", "FUNCTIONS_CORETOOLS_ENVIRONMENT": "0"},
+        warn=warnings.append,
+    )
+    assert env["AZURE_FUNCTIONS_ENVIRONMENT"] == "Staging"  # the real environment wins
+    assert env["FUNCTIONS_CORETOOLS_ENVIRONMENT"] == "0"  # set only when not set
+    assert env["WEBSITE_HOSTNAME"] == "localhost"  # Uri.Authority drops :80
+    assert (env["A"], "N" in env) == ("1", False)
+    assert warnings == [
+        "AZURE_FUNCTIONS_ENVIRONMENT already exists with value 'Production', overriding to"
+        " 'Development'.",
+        # then in the order of Values (a replaced entry keeps its place, as in a Dictionary)
+        "Skipping 'AZURE_FUNCTIONS_ENVIRONMENT' from local settings as it's already defined"
+        " in current environment variables.",
+        "Skipping local setting with empty key.",
+        "Skipping 'N' because value is null",
+    ]
+
+
+def test_core_tools_environment_respects_host_json_logging(tmp_path: Path) -> None:
+    (tmp_path / "host.json").write_text(
+        "{'version': '2.0', logging: {LOGLEVEL: {function: 'Warning'}}}"
+    )
+    env = core_tools_environment(tmp_path, environ={})
+    assert "AzureFunctionsJobHost__logging__logLevel__Function" not in env
+    assert env["PYTHON_ENABLE_DEBUG_LOGGING"] == "1"
+    assert env["AzureWebJobsScriptRoot"] == str(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["WEBSITE_HOSTNAME", "AzureWebJobsScriptRoot"])
+def test_values_naming_what_core_tools_adds_stop_it(tmp_path: Path, name: str) -> None:
+    # GetConfigurationSettings: Dictionary.Add of a key the Values already hold throws
+    with pytest.raises(CoreToolsError, match=f"'{name}' in Values"):
+        core_tools_environment(tmp_path, settings={name: "x"}, environ={})
+
+
+def fake_pythons(directory: Path, versions: dict[str, str]) -> str:
+    directory.mkdir()
+    for name, version in versions.items():
+        script = directory / name
+        script.write_text(f"#!/bin/sh\necho 'Python {version}'\n")
+        script.chmod(0o755)
+    return str(directory)
+
+
+def test_a_python_app_gets_the_python_core_tools_finds(tmp_path: Path) -> None:
+    # PythonHelpers.GetEnvironmentPythonVersion: python3, python, python3.9 … in that order,
+    # the first supported (3.9-3.14) wins; its version is always FUNCTIONS_WORKER_RUNTIME_VERSION
+    path = fake_pythons(tmp_path / "bin", {"python3": "3.8.10", "python": "3.12.1"})
+    env = core_tools_environment(
+        tmp_path,
+        settings={"FUNCTIONS_WORKER_RUNTIME": "python"},
+        environ={"PATH": path, "FUNCTIONS_WORKER_RUNTIME_VERSION": "3.7"},
+    )
+    assert env["languageWorkers:python:defaultExecutablePath"] == "python"
+    assert env["FUNCTIONS_WORKER_RUNTIME_VERSION"] == "3.12"
+    chosen = core_tools_environment(
+        tmp_path,
+        environ={
+            "FUNCTIONS_WORKER_RUNTIME": "python",
+            "languageWorkers__python__defaultExecutablePath": sys.executable,
+        },
+    )
+    assert "languageWorkers:python:defaultExecutablePath" not in chosen
+    assert chosen["FUNCTIONS_WORKER_RUNTIME_VERSION"] == "{}.{}".format(*sys.version_info)
+    other = core_tools_environment(tmp_path, environ={"FUNCTIONS_WORKER_RUNTIME": "node"})
+    assert "FUNCTIONS_WORKER_RUNTIME_VERSION" not in other
+
+
+def test_a_python_app_without_a_supported_python_stops_func_start(tmp_path: Path) -> None:
+    path = fake_pythons(tmp_path / "bin", {"python3": "3.8.10", "python": "2.7.18"})
+    environ = {"PATH": path, "FUNCTIONS_WORKER_RUNTIME": "python"}
+    with pytest.raises(CoreToolsError, match=r"3\.9 to 3\.14: python3 is 3\.8, python is 2\.7"):
+        core_tools_environment(tmp_path, environ=environ)
+    with pytest.raises(CoreToolsError, match=r"none of .* is on PATH"):
+        core_tools_environment(tmp_path, environ={**environ, "PATH": str(tmp_path / "none")})

@@ -1,4 +1,5 @@
-"""Six-field NCRONTAB schedules (with seconds) and TimeSpan schedules, as timers read them."""
+"""NCRONTAB schedules (six fields, or five without seconds) and TimeSpan schedules, as timers
+read them; ``%setting%`` tokens; the timer binding's keys in any case."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workerkit.emulator import CronSchedule, IntervalSchedule, ScheduleError, parse_schedule
+from workerkit.emulator._cron import resolve_setting_tokens, timer_trigger
 
 PROPERTY = settings(max_examples=150, deadline=None)
 T = datetime.datetime
@@ -42,8 +44,9 @@ def test_a_schedule_that_never_fires() -> None:
 @pytest.mark.parametrize(
     ("expression", "reason"),
     [
-        ("* * * * *", "needs 6"),
-        ("* * * * * * *", "needs 6"),
+        ("* * * * * * *", "It must contain 6 components"),
+        ("* * * *", "It must contain 6 components"),
+        ("*\t* * * *", "It must contain 6 components"),  # NCrontab splits on spaces only
         ("60 * * * * *", "outside 0-59"),
         ("* * 24 * * *", "outside 0-23"),
         ("* * * 0 * *", "outside 1-31"),
@@ -154,3 +157,101 @@ def test_any_text_parses_or_is_a_schedule_error(text: str) -> None:
 def test_a_timespan_too_long_for_timedelta_is_a_schedule_error() -> None:
     with pytest.raises(ScheduleError, match="too long"):
         parse_schedule("1000000000")  # a TimeSpan of 10^9 days
+
+
+# -- five fields, %settings%, the timer binding ----------------------------------------------------
+@pytest.mark.parametrize(
+    ("expression", "after", "expected"),
+    [
+        ("*/5 * * * *", T(2024, 5, 1, 10, 1, 30), T(2024, 5, 1, 10, 5, 0)),
+        ("0 9 * * 1-5", T(2024, 5, 3, 10, 0, 0), T(2024, 5, 6, 9, 0, 0)),  # Fri -> Mon 09:00:00
+        ("  30   2 * * *  ", T(2024, 5, 1), T(2024, 5, 1, 2, 30, 0)),  # extra spaces are fine
+    ],
+)
+def test_five_fields_are_minute_to_weekday_at_second_zero(
+    expression: str, after: T, expected: T
+) -> None:
+    """EXT Timers/Scheduling/CronSchedule.HasSeconds: exactly five fields parse without
+    seconds (NCrontab then fires at second 0)."""
+    schedule = parse_schedule(expression)
+    assert isinstance(schedule, CronSchedule) and schedule.seconds == {0}
+    assert schedule.next_after(after) == expected
+    assert str(schedule) == expression
+
+
+@PROPERTY
+@given(st.tuples(*(field(low, high) for low, high in BOUNDS[1:])), moments)
+def test_five_fields_mean_the_six_with_second_zero(
+    fields: tuple[tuple[str, set[int]], ...], when: T
+) -> None:
+    five = " ".join(text for text, _ in fields)
+    assert CronSchedule.parse(five).next_after(when) == CronSchedule.parse("0 " + five).next_after(
+        when
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "settings", "expected"),
+    [
+        ("%S%", {"S": "0 */5 * * * *"}, "0 */5 * * * *"),
+        ("0 %m% * * * *", {"M": "15"}, "0 15 * * * *"),  # names ignore case
+        ("%a%:%b%", {"a": "00", "b": "30"}, "00:30"),
+        ("%Section:Key% *", {"Section__Key": "x"}, "x *"),  # "__" stands for ":"
+        ("no tokens", {}, "no tokens"),
+        ("%EMPTY%x", {"EMPTY": ""}, "x"),
+    ],
+)
+def test_setting_tokens_anywhere_in_a_schedule(
+    text: str, settings: dict[str, str], expected: str
+) -> None:
+    """The SDK's NameResolverExtensions.ResolveWholeStringCore replaces every %name%."""
+    assert resolve_setting_tokens(text, settings) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0 %missing% * * * *", "'%missing%' does not resolve to a value."),
+        ("%% * * * * *", "'%%' does not resolve to a value."),
+        ("0 0 %half", "The '%' at position 4 does not have a closing '%'"),
+    ],
+)
+def test_unresolved_setting_tokens(text: str, message: str) -> None:
+    with pytest.raises(ScheduleError) as info:
+        resolve_setting_tokens(text, {"other": "1"})
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("binding", "expected"),
+    [
+        ({"schedule": "0 * * * * *"}, ("0 * * * * *", False)),
+        ({"Schedule": "*/5 * * * *", "RunOnStartup": True}, ("*/5 * * * *", True)),
+        ({"SCHEDULE": "00:00:10", "runonstartup": "True"}, ("00:00:10", True)),
+        ({"schedule": "%S%", "runOnStartup": 1}, ("0 0 * * * *", True)),  # a number: non-zero
+        ({"schedule": "0 * * * * *", "runOnStartup": " false "}, ("0 * * * * *", False)),
+    ],
+)
+def test_the_timer_binding_is_read_like_the_host_reads_it(
+    binding: dict[str, object], expected: tuple[str, bool]
+) -> None:
+    """TimerTriggerScriptBinding.GetAttributes: GetMetadataValue finds keys in any case and
+    converts runOnStartup as .NET converts a JSON value to bool."""
+    schedule, run_on_startup = timer_trigger(binding, {"S": "0 0 * * * *"})
+    assert (str(schedule), run_on_startup) == expected
+
+
+@pytest.mark.parametrize(
+    ("binding", "message"),
+    [
+        ({}, "Value cannot be null. (Parameter 'type')"),
+        ({"schedule": ["0 * * * * *"]}, "binding property 'schedule' of type String."),
+        ({"schedule": "0 * * * * *", "runOnStartup": "yes"}, "'runOnStartup' of type Boolean."),
+        ({"schedule": "0 * * * * *", "useMonitor": {}}, "'useMonitor' of type Boolean."),
+        ({"schedule": "every day"}, "was not recognized as a valid cron expression"),
+    ],
+)
+def test_timer_bindings_the_host_refuses(binding: dict[str, object], message: str) -> None:
+    with pytest.raises(ScheduleError) as info:
+        timer_trigger(binding, {})
+    assert message in str(info.value)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from workerkit._generated import AzureFunctionsRpcMessages as pb
 from workerkit._generated import NullableBool, NullableDouble, NullableString, NullableTimestamp
 from workerkit.emulator._http import RateLimited
-from workerkit.emulator._routes import Route, RouteEntry, RouteError, Router
+from workerkit.emulator._routes import Route, RouteError
 from workerkit.emulator._rpchttp import (
     IncomingRequest,
     ResponseError,
@@ -72,7 +72,7 @@ def kind(data: pb.TypedData | None) -> str:
         ("files/{*path}", "files/a/b/c.txt", {"path": "a/b/c.txt"}),
         ("files/{*path}", "files", {"path": None}),
         ("files/{**path:file}", "files/a/noext", None),
-        ("img/{name}.{ext}", "img/cat.tar.gz", {"name": "cat", "ext": "tar.gz"}),
+        ("img/{name}.{ext}", "img/cat.tar.gz", {"name": "cat.tar", "ext": "gz"}),  # right to left
         ("", "", {}),
         ("/lead", "lead", {}),
     ],
@@ -90,7 +90,6 @@ def test_route_matching(template: str, path: str, expected: dict[str, Any] | Non
         "a//b",
         "{x}/{x}",
         "{X}/{x}",
-        "{a?}/b",
         "{*rest}/b",
         "{a}{b}",
         "a?b",
@@ -105,29 +104,6 @@ def test_route_matching(template: str, path: str, expected: dict[str, Any] | Non
 def test_invalid_route_templates(template: str) -> None:
     with pytest.raises(RouteError):
         Route.parse(template)
-
-
-def test_the_router_prefers_literals_and_answers_405() -> None:
-    router = Router(
-        [
-            RouteEntry(Route.parse("{*all}"), None, "catch-all"),
-            RouteEntry(Route.parse("items/{id}"), frozenset({"GET"}), "param"),
-            RouteEntry(Route.parse("items/{id:int}"), frozenset({"GET"}), "int"),
-            RouteEntry(Route.parse("items/new"), frozenset({"GET", "POST"}), "literal"),
-        ]
-    )
-
-    def target(method: str, path: str) -> Any:
-        found = router.match(method, path.split("/"))
-        return found.entry.target if hasattr(found, "entry") else found
-
-    assert target("GET", "items/new") == "literal"
-    assert target("GET", "items/7") == "int"
-    assert target("GET", "items/x") == "param"
-    assert target("PUT", "items/x") == "catch-all"
-    only_get = Router([RouteEntry(Route.parse("items/{id}"), frozenset({"GET", "HEAD"}), "x")])
-    assert only_get.match("POST", ["items", "1"]) == frozenset({"GET", "HEAD"})
-    assert only_get.match("GET", ["other"]) is None
 
 
 segment = st.text(alphabet=string.ascii_letters + string.digits + "-._~ %", min_size=1, max_size=12)
@@ -391,10 +367,10 @@ def test_bodies_and_sniffing() -> None:
     )
     assert (described.status, described.body, ("x", "1") in described.headers) == (418, b"hi", True)
     assert response_from_output(pb.TypedData(bytes=b"\x00")).body == b"\x00"
-    assert (
-        response_from_output(None).status == 200
-        and response_from_output(pb.TypedData()).body == b""
-    )
+    # no value for the HTTP output: the host's ObjectResult(null), written as 204 (item 14)
+    for nothing in (None, pb.TypedData()):
+        empty = response_from_output(nothing)
+        assert (empty.status, empty.body, empty.headers) == (204, b"", [])
     no_body = response_from_output(pb.TypedData(http=pb.RpcHttp(status_code="404")))
     assert no_body.status == 200 and json.loads(no_body.body)["statusCode"] == "404"
     assert "always set body" in no_body.notes[0]
@@ -423,6 +399,12 @@ def test_timer_payload() -> None:
     assert payload["Schedule"] == {"AdjustForDST": True} and payload["IsPastDue"] is False
     assert payload["ScheduleStatus"]["Last"].startswith("2024-05-01T10:00:00")
     assert set(payload["ScheduleStatus"]) == {"Last", "Next", "LastUpdated"}
+
+
+def test_a_warmup_trigger_gets_the_hosts_warmup_context() -> None:
+    """WarmupContext has no properties: the host sends it as the JSON ``{}``."""
+    data, metadata = trigger_data({"type": "WarmupTrigger"}, "ignored", capabilities={})
+    assert (kind(data), data.json, metadata) == ("json", "{}", {})
 
 
 def test_queue_message() -> None:

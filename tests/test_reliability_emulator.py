@@ -293,9 +293,11 @@ def test_dot_segments_are_resolved_before_routing_so_no_route_sees_them(
         status, body = raw_get(strict, target)
         assert (status, json.loads(body)["state"]) == (200, "Running"), target
     for target in ("/api/files/a/../../etc/passwd", "/api/files/%2e%2e/%2e%2e/etc/passwd",
-                   "/api/one/..", "/api/one/%2e%2e/%2e%2e/%2e%2e"):  # fmt: skip
+                   "/api/one/.."):  # fmt: skip
         status, body = raw_get(strict, target)
         assert status == 404, (target, body)
+    status, body = raw_get(strict, "/api/one/%2e%2e/%2e%2e/%2e%2e")  # "/": the home page
+    assert status == 200 and b"up and running" in body
     cases = {
         "/api/files/a/./b/../c": "a/c",
         "/api/files/x/%2E%2E/y/%2e/z": "y/z",
@@ -315,7 +317,7 @@ def test_dot_segments_are_resolved_before_routing_so_no_route_sees_them(
     status, body = raw_get(strict, "/api/files/a%0Ab")
     assert (status, json.loads(body)["params"]) == (200, {"path": "a\nb"})
     not_found = raw_get(strict, "/api/nothing%0Ahere")
-    assert not_found == (404, b"no function matches /api/nothing\nhere\n")
+    assert not_found == (404, b"")  # the host's 404 has no body
 
 
 @settings(max_examples=300, deadline=None)

@@ -461,6 +461,25 @@ def test_http_response_goes_to_a_named_http_output() -> None:
     arun(scenario())
 
 
+@pytest.mark.parametrize("kind", ["Http", "HTTP"])
+def test_an_http_output_binding_typed_in_any_case_gets_the_response(kind: str) -> None:
+    """The host compares binding types ignoring case (FunctionBinding.GetBindings in
+    Azure/azure-functions-host lower-cases them) and sends the type as written: an output
+    typed "Http" is the function's HTTP output, so a returned HttpResponse goes there."""
+
+    async def scenario() -> None:
+        async with serving(Scenarios()) as (conn, _):
+            bindings = {"req": binding("httpTrigger"), "res": binding(kind, "out")}
+            function_id = await load(conn, "echo", bindings=bindings)
+            reply = await conn.invoke(function_id, {"req": HTTP_REQUEST})
+            assert reply.result.status == SUCCESS, reply.result
+            assert reply.return_value is None
+            [output] = reply.output_data
+            assert output.name == "res" and output.data.http.body.bytes == b"ping"
+
+    arun(scenario())
+
+
 @pytest.mark.parametrize(
     ("name", "kind"),
     [("raises", "RuntimeError"), ("exits", "SystemExit"), ("interrupts", "KeyboardInterrupt")],

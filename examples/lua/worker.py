@@ -313,6 +313,10 @@ class LuaWorker(workerkit.Worker):
         self.lock = threading.Lock()
         self.watcher: threading.Thread | None = None
 
+    def on_environment_reload(self, reload: workerkit.EnvironmentReload) -> None:
+        # Specialization: started for a placeholder app, now serving the real one.
+        self.lib = Path(reload.function_app_directory or Path.cwd()) / "lib"
+
     def on_function_load(self, function: FunctionInfo) -> None:
         path = Path(function.script_file)
         try:
@@ -323,7 +327,9 @@ class LuaWorker(workerkit.Worker):
             name=function.name,
             source=source,
             chunk_name=f"@{path.name}".encode(),
-            http=frozenset(n for n, b in function.output_bindings.items() if b.type == "http"),
+            http=frozenset(
+                n for n, b in function.output_bindings.items() if b.type.lower() == "http"
+            ),
             log=logging.getLogger(f"function.{function.name}"),
         )
         call = Call(name=f"loading {function.name}")

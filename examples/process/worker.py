@@ -121,7 +121,9 @@ class ProcessWorker(workerkit.Worker):
         self.commands[function.function_id] = Command(
             argv=argv,
             cwd=function.directory or str(script.parent),
-            http=frozenset(n for n, b in function.output_bindings.items() if b.type == "http"),
+            http=frozenset(
+                n for n, b in function.output_bindings.items() if b.type.lower() == "http"
+            ),
             log=logging.getLogger(f"function.{function.name}"),
         )
 

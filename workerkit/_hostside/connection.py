@@ -359,11 +359,13 @@ class HostConnection:
         trigger_metadata: Mapping[str, Any] | None = None,
         invocation_id: str | None = None,
         trace_parent: str = "",
+        retry_context: pb.RetryContext | None = None,
     ) -> PendingInvocation:
         """Send an `InvocationRequest` without waiting for its response.
 
         Input values are Python values converted as the host would (`convert.encode_input`)
-        or ready-made `TypedData`.
+        or ready-made `TypedData`; `retry_context` is sent as given (the host sends one on
+        every attempt of a function with a retry policy).
         """
         invocation_id = invocation_id or str(uuid.uuid4())
         request = pb.InvocationRequest(
@@ -375,6 +377,7 @@ class HostConnection:
             ],
             trigger_metadata={k: _typed(v) for k, v in (trigger_metadata or {}).items()},
             trace_context=pb.RpcTraceContext(trace_parent=trace_parent),
+            retry_context=retry_context,
         )
         future = await self._send_expecting(
             Message(invocation_request=request), "invocation_response", invocation_id

@@ -352,7 +352,10 @@ def _response(function: FunctionInfo, request_id: str, invocation_id: str, resul
     bindings = function.bindings
     if isinstance(value, HttpResponse) and "$return" not in bindings:
         # An HTTP response returned from a function whose HTTP output is named: put it there.
-        http_outputs = [b.name for b in bindings.values() if b.type == "http" and b.is_output]
+        # Binding types compare ignoring case, as the host compares them ("Http" is "http").
+        http_outputs = [
+            b.name for b in bindings.values() if b.type.lower() == "http" and b.is_output
+        ]
         if len(http_outputs) == 1 and http_outputs[0] not in outputs:
             outputs[http_outputs[0]] = value
             value = None

@@ -4,12 +4,16 @@
                           [--strict] [--init-timeout S] [--timeout S] ... -- COMMAND [ARGS...]
 
 The worker can be written in any language and with any library: it is launched as the
-Functions host launches it, ``COMMAND ARGS...`` plus the host's connection arguments in both
-spellings, working directory = the app directory (or the current one), and
-``FUNCTIONS_APPLICATION_DIRECTORY`` / ``FUNCTIONS_WORKER_DIRECTORY`` set. It must dial the
-`workerkit.testing.TestHost` listening on 127.0.0.1. The command line makes arguments of
-``COMMAND`` that name existing files relative to the current directory absolute, since the
-worker runs elsewhere (`check_worker` runs the command as given).
+Functions host launches it under ``func start``, ``COMMAND ARGS...`` plus the host's
+connection arguments in both spellings, working directory = the app directory (or the
+current one), with the environment Core Tools and the host give it:
+``AzureWebJobsScriptRoot`` (the app directory), ``WEBSITE_HOSTNAME=localhost:7071``,
+``AZURE_FUNCTIONS_ENVIRONMENT=Development``, the app's ``local.settings.json`` ``Values``
+(Core Tools' values only where the environment has none), ``FUNCTIONS_APPLICATION_DIRECTORY``
+and ``FUNCTIONS_WORKER_DIRECTORY``. It must dial the `workerkit.testing.TestHost` listening
+on 127.0.0.1. The command line makes arguments of ``COMMAND`` that name existing files
+relative to the current directory absolute, since the worker runs elsewhere (`check_worker`
+runs the command as given).
 
 Scenarios, in order (one process serves them in turn; if it dies a fresh one, started and
 initialised, takes over, so one crash does not hide the other results):
@@ -22,7 +26,12 @@ init                  WorkerInitResponse with an explicit ``result`` of Success 
 capabilities          which capabilities the worker declared; the three that decide which
                       control messages the host sends are flagged; empty values, a broken
                       ``HttpUri`` and ``SupportsLoadResponseCollection`` are reported
-environment-reload    FunctionEnvironmentReloadResponse with result Success
+environment-reload    (a separate process, started as the host starts a placeholder worker: an
+                      empty app, ``WEBSITE_PLACEHOLDER_MODE=1``) after init,
+                      FunctionEnvironmentReloadResponse with result Success for the app's
+                      environment and directory; then the app's functions load (with
+                      ``--worker-indexing`` the worker reports them first), as the host
+                      asks next. Its own process: a reload changes a worker for good
 status                WorkerStatusResponse echoing the request's request_id
 load-probe            a FunctionLoadRequest for a function that cannot exist is answered once,
                       with its function_id and an explicit result (Failure is fine)
@@ -44,8 +53,10 @@ message-rules         no request answered twice, no unsolicited replies; user lo
                       drops them)
 terminate             WorkerTerminate: the process exits with status 0 within ``--grace``
 stream-end            (a separate process) when the host ends the stream the worker exits with a
-                      non-zero status within ``--grace`` (the host notices a broken stream
-                      only when the worker exits, and takes status 0 as a deliberate stop)
+                      non-zero status within ``--grace``: the host notices a broken stream
+                      only when the worker exits. Still running: a failure (an orphan
+                      process). Status 0: a warning (to the host neither an error nor a
+                      restart request: no new worker is started)
 ===================== ==========================================================================
 
 `status`, `cancel-unknown` and `terminate` need the capability that makes the host send that
@@ -89,8 +100,10 @@ JSON, written by hand::
     }
 
 A case: ``name`` (unique), ``function`` (a function of ``--app``), ``inputs`` (binding name →
-value), optional ``trigger_metadata`` (name → value), ``expect``, optional ``timeout`` (seconds)
-and ``cancel_after`` (seconds: send InvocationCancel then; the case is skipped when the worker
+value; ``"$trigger"`` stands for the trigger binding whatever its name, for workers that
+generate names, such as the Node.js v4 model's ``httpTrigger624a61988c``), optional
+``trigger_metadata`` (name → value), ``expect``, optional ``timeout`` (seconds) and
+``cancel_after`` (seconds: send InvocationCancel then; the case is skipped when the worker
 does not advertise HandlesInvocationCancelMessage). Keys starting with ``//`` are comments.
 
 Values are plain JSON, sent as the host sends them: a string as ``string`` (``bytes``
@@ -115,8 +128,10 @@ parameters, ``$request`` and the trigger unless ``RpcHttpTriggerMetadataRemoved`
 ``outputs`` (binding name → value; only the listed ones are checked, null means none) and
 ``http`` (the function's HTTP output, ``$return`` or its ``http`` out binding, compared as
 the HTTP response the host would write for it, `workerkit.emulator` rules): ``status``,
-``body`` (a string is compared with the text, another JSON value with the parsed JSON),
-``body_contains``, ``headers`` (the listed ones, names case-insensitive). Expected values are
+``body`` (``{"$bytes": "<base64>"}`` is compared byte for byte; a string or
+``{"$string": ...}`` with the body as UTF-8 text, which it must be; another JSON value or
+``{"$json": ...}`` with the body parsed as JSON), ``body_contains`` (UTF-8 text the body's
+bytes contain), ``headers`` (the listed ones, names case-insensitive). Expected values are
 plain JSON compared with the decoded output (a string also matches the same text as bytes) or
 typed as above, which also pins the TypedData kind (``{"$http": {...}}`` takes what ``http``
 takes). What the host would reject (``collection_*`` outputs, an http response without

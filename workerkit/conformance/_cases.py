@@ -1,5 +1,5 @@
-"""The cases file of ``workerkit conformance``: parsing, shaping inputs as the host does, and
-checking what the worker answered. The format is documented in `workerkit.conformance`."""
+"""The cases file of ``workerkit conformance``: parsing it, and shaping its inputs as the host
+does (`._expect` judges the answers). The format is documented in `workerkit.conformance`."""
 
 from __future__ import annotations
 
@@ -14,10 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
-import betterproto2
-
 from .._generated import AzureFunctionsRpcMessages as pb
-from ..convert import ConversionError, decode_output
 
 if TYPE_CHECKING:
     from ..emulator._rpchttp import IncomingRequest
@@ -47,6 +44,9 @@ _TYPED_KINDS: Final = (
     "$collection_sint64",
 )
 MISSING: Final[Any] = object()
+#: The key of a case's ``inputs`` that stands for the trigger binding, whatever its name
+#: (workers that index themselves may generate it, e.g. ``httpTrigger624a61988c``).
+TRIGGER_INPUT: Final = "$trigger"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +149,11 @@ def _parse_case(raw: dict[str, Any], name: str, where: str) -> Case:
     metadata = _object(raw.get("trigger_metadata", {}), f"{where}: trigger_metadata")
     for key, value in inputs.items():
         _check_value(value, f"{where}: inputs.{key}")
+        if key.startswith("$") and key != TRIGGER_INPUT:
+            raise CasesError(
+                f"{where}: inputs.{key}: binding names do not start with $ (use "
+                f'"{TRIGGER_INPUT}" for the trigger, whatever its name)'
+            )
     for key, value in metadata.items():
         _check_value(value, f"{where}: trigger_metadata.{key}")
     return Case(
@@ -182,11 +187,11 @@ def _parse_expect(raw: Any, where: str) -> Expectation:
         error=error,
         return_value=raw.get("return_value", MISSING),
         outputs=outputs,
-        http=None if http is None else _parse_http_expectation(http, f"{where}.http"),
+        http=None if http is None else parse_http_expectation(http, f"{where}.http"),
     )
 
 
-def _parse_http_expectation(raw: Any, where: str) -> HttpExpectation:
+def parse_http_expectation(raw: Any, where: str) -> HttpExpectation:
     raw = _object(raw, where)
     _only_keys(raw, {"status", "body", "body_contains", "headers"}, where)
     status = raw.get("status")
@@ -195,6 +200,8 @@ def _parse_http_expectation(raw: Any, where: str) -> HttpExpectation:
     contains = raw.get("body_contains")
     if contains is not None and not isinstance(contains, str):
         raise CasesError(f"{where}.body_contains must be a string")
+    if "body" in raw:
+        typed_body(raw["body"], f"{where}.body")  # validated now, compared later
     return HttpExpectation(
         status=status,
         body=raw.get("body", MISSING),
@@ -205,12 +212,12 @@ def _parse_http_expectation(raw: Any, where: str) -> HttpExpectation:
 
 def _check_value(value: Any, where: str, *, expected: bool = False) -> None:
     """Validate the typed forms now, so a typo is reported before anything is launched."""
-    kind = _typed_kind(value, where)
+    kind = typed_kind(value, where)
     if kind is None:
         return
     if kind == "$http":
         if expected:
-            _parse_http_expectation(value[kind], where)
+            parse_http_expectation(value[kind], where)
         else:
             _parse_http_input(value[kind], where)
     elif expected and kind.startswith("$collection"):
@@ -218,10 +225,10 @@ def _check_value(value: Any, where: str, *, expected: bool = False) -> None:
             f"{where}: the host takes no {kind[1:]} back from a worker (it fails the invocation)"
         )
     else:
-        _typed_value(kind, value[kind], where)
+        typed_value(kind, value[kind], where)
 
 
-def _typed_kind(value: Any, where: str) -> str | None:
+def typed_kind(value: Any, where: str) -> str | None:
     if isinstance(value, dict) and len(value) == 1:
         (key,) = value
         if isinstance(key, str) and key.startswith("$"):
@@ -233,7 +240,7 @@ def _typed_kind(value: Any, where: str) -> str | None:
     return None
 
 
-def _typed_value(kind: str, value: Any, where: str) -> pb.TypedData:
+def typed_value(kind: str, value: Any, where: str) -> pb.TypedData:
     def fail(what: str) -> CasesError:
         return CasesError(f"{where}: {kind} needs {what}")
 
@@ -269,6 +276,30 @@ def _typed_value(kind: str, value: Any, where: str) -> pb.TypedData:
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
         raise fail("a list of whole numbers")
     return pb.TypedData(collection_sint64=pb.CollectionSInt64(sint64=list(value)))
+
+
+def typed_body(expected: Any, where: str) -> tuple[str, Any]:
+    """An expected HTTP body as ``(how, value)``: ``("bytes", bytes)`` for ``{"$bytes": ...}``
+    (compared byte for byte), ``("text", str)`` for a string or ``{"$string": ...}`` (the body
+    must be that UTF-8 text), ``("json", value)`` for ``{"$json": ...}`` or any other JSON
+    value (the body parsed as JSON must equal it).
+
+    Raises:
+        CasesError: another typed value, or invalid base64.
+    """
+    kind = typed_kind(expected, where)
+    if kind is None:
+        return ("text", expected) if isinstance(expected, str) else ("json", expected)
+    if kind == "$bytes":
+        return "bytes", _b64(expected[kind], where)
+    if kind == "$string":
+        return "text", typed_value(kind, expected[kind], where).string
+    if kind == "$json":
+        return "json", expected[kind]
+    raise CasesError(
+        f'{where}: an HTTP body is a string, JSON, {{"$bytes": ...}}, {{"$string": ...}} '
+        f'or {{"$json": ...}}, not {kind}'
+    )
 
 
 def _parse_http_input(raw: Any, where: str) -> IncomingRequest:
@@ -390,7 +421,7 @@ def input_data(
     """
     from ..emulator._rpchttp import build_rpc_http, http_trigger_metadata
 
-    kind = _typed_kind(raw, where)
+    kind = typed_kind(raw, where)
     is_http = binding is not None and binding.type.lower() == "httptrigger"
     if kind == "$http" or (kind is None and is_http and isinstance(raw, str | dict)):
         request = _parse_http_input(raw[kind] if kind else raw, where)
@@ -398,7 +429,7 @@ def input_data(
         metadata = http_trigger_metadata(request, http, trigger, capabilities) if trigger else {}
         return pb.TypedData(http=http), metadata
     if kind is not None:
-        return _typed_value(kind, raw[kind], where), {}
+        return typed_value(kind, raw[kind], where), {}
     if raw is None:
         return pb.TypedData(), {}
     if isinstance(raw, str):
@@ -408,165 +439,3 @@ def input_data(
         )
         return (pb.TypedData(bytes=raw.encode()) if binary else pb.TypedData(string=raw)), {}
     return pb.TypedData(json=_dump(raw)), {}
-
-
-# ---------------------------------------------------------------------------------------------
-# Checking what came back
-
-
-def kind_of(data: pb.TypedData | None) -> str:
-    if data is None:
-        return ""
-    return betterproto2.which_one_of(data, "data")[0]
-
-
-_FORBIDDEN_KINDS: Final = frozenset(
-    {
-        "collection_string",
-        "collection_bytes",
-        "collection_double",
-        "collection_sint64",
-        "model_binding_data",
-        "collection_model_binding_data",
-    }
-)
-
-
-def output_problems(response: pb.InvocationResponse) -> list[str]:
-    """What the host would reject or misread in a response's values: collection and
-    model-binding values (it fails the invocation), and an http response without body."""
-    problems = []
-    values = [("$return", response.return_value)] + [
-        (binding.name, binding.data) for binding in response.output_data
-    ]
-    for name, data in values:
-        kind = kind_of(data)
-        if kind in _FORBIDDEN_KINDS:
-            problems.append(f"{name} is {kind}, which the host rejects")
-        elif (
-            kind == "http" and data is not None and data.http is not None and data.http.body is None
-        ):
-            problems.append(
-                f"{name} is an http response without body: the host then ignores its status "
-                "and headers and returns it as JSON with 200"
-            )
-    return problems
-
-
-def _equal(actual: Any, expected: Any) -> bool:
-    """JSON-ish equality that keeps booleans apart from numbers."""
-    if isinstance(actual, bool) or isinstance(expected, bool):
-        return isinstance(actual, bool) and isinstance(expected, bool) and actual == expected
-    if isinstance(expected, dict):
-        return (
-            isinstance(actual, dict)
-            and actual.keys() == expected.keys()
-            and all(_equal(actual[k], expected[k]) for k in expected)
-        )
-    if isinstance(expected, list):
-        return (
-            isinstance(actual, list | tuple)
-            and len(actual) == len(expected)
-            and all(_equal(a, e) for a, e in zip(actual, expected, strict=True))
-        )
-    if isinstance(expected, str) and isinstance(actual, bytes):
-        return actual == expected.encode()
-    if isinstance(expected, int | float) and isinstance(actual, int | float):
-        return actual == expected
-    return bool(type(actual) is type(expected) and actual == expected)
-
-
-def short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def value_problem(data: pb.TypedData | None, expected: Any, where: str) -> str | None:
-    """None when `data` matches the case's expected value, else why not."""
-    kind = kind_of(data)
-    typed = _typed_kind(expected, where)
-    if typed == "$http":
-        return http_problem(data, _parse_http_expectation(expected["$http"], where), where)[0]
-    if typed is not None:
-        want = _typed_value(typed, expected[typed], where)
-        want_kind = kind_of(want)
-        if kind != want_kind and not {kind, want_kind} <= {"bytes", "stream"}:
-            return f"{where}: expected {want_kind}, got {kind or 'no value'}"
-        if kind == "json" and data is not None:
-            same = _equal(json.loads(data.json or "null"), json.loads(want.json or "null"))
-        else:
-            actual = decode_output(data) if data is not None else None
-            same = _equal(actual, decode_output(want))
-        return None if same else f"{where}: expected {short(expected[typed])}, got {describe(data)}"
-    if expected is None:
-        return None if kind == "" else f"{where}: expected no value, got {describe(data)}"
-    if kind == "":
-        return f"{where}: expected {short(expected)}, got no value"
-    try:
-        actual = decode_output(data) if data is not None else None
-    except ConversionError as exc:
-        return f"{where}: {exc}"
-    if kind == "http":
-        return f'{where}: expected {short(expected)}, got an http response (use "http")'
-    return (
-        None
-        if _equal(actual, expected)
-        else f"{where}: expected {short(expected)}, got {short(actual)}"
-    )
-
-
-def describe(data: pb.TypedData | None) -> str:
-    """A short account of an output value for the report."""
-    kind = kind_of(data)
-    if not kind or data is None:
-        return "no value"
-    try:
-        value = decode_output(data)
-    except ConversionError:
-        return kind
-    if kind == "http":
-        return f"http {value.status_code} {short(value.text(), 60)}"
-    return f"{kind} {short(value)}"
-
-
-def http_problem(
-    data: pb.TypedData | None, expected: HttpExpectation, where: str
-) -> tuple[str | None, list[str]]:
-    """Compare the HTTP response the host would write for `data` with `expected`.
-
-    Returns:
-        Why it differs (None when it matches), and what the host would do silently.
-    """
-    from ..emulator._rpchttp import ResponseError, response_from_output
-
-    try:
-        response = response_from_output(data)
-    except ResponseError as exc:
-        return f"{where}: the host would answer 500: {exc}", []
-    text = response.body.decode("utf-8", "replace")
-    problems = []
-    if expected.status is not None and response.status != expected.status:
-        problems.append(f"status {response.status}, expected {expected.status}")
-    if expected.body is not MISSING:
-        if isinstance(expected.body, str):
-            if text != expected.body:
-                problems.append(f"body {short(text)}, expected {short(expected.body)}")
-        else:
-            try:
-                parsed = json.loads(text)
-            except ValueError:
-                problems.append(f"body {short(text)} is not JSON")
-            else:
-                if not _equal(parsed, expected.body):
-                    problems.append(f"body {short(parsed)}, expected {short(expected.body)}")
-    if expected.body_contains is not None and expected.body_contains not in text:
-        problems.append(f"body {short(text)} lacks {expected.body_contains!r}")
-    headers: dict[str, str] = {}
-    for name, value in response.headers:
-        headers.setdefault(name.lower(), value)
-    for name, value in expected.headers.items():
-        got = headers.get(name.lower())
-        if got != value:
-            shown = "missing" if got is None else repr(got)
-            problems.append(f"header {name} {shown}, expected {value!r}")
-    return (f"{where}: " + "; ".join(problems) if problems else None), list(response.notes)

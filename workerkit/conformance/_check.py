@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,14 +14,15 @@ from typing import TYPE_CHECKING
 from ..testing import TestHost
 from . import _control, _functions, _invocations
 from ._cases import Case
+from ._environment import launch_environment
 from ._report import ConformanceOptions, Outcome, Report, ScenarioResult
-from ._runner import Runner, Step
+from ._runner import Needs, Runner, Step
 
 if TYPE_CHECKING:
-    from ..emulator import FunctionSpec
+    from ..emulator import FunctionSpec, LocalSettings
 
-#: A scenario in the plan: its name, its step, and whether it needs a `Runner.ready` worker.
-_Planned = tuple[str, Step, bool]
+#: A scenario in the plan: its name, its step, and the process it is given.
+_Planned = tuple[str, Step, Needs]
 
 
 async def check_worker(
@@ -44,8 +46,11 @@ async def check_worker(
         cases: cases to run (`load_cases`); they need `app`.
         options: time limits.
         cwd: the worker's working directory (default: `app`, else the current directory).
-        env: the worker's environment (default: this process's); the host's
-            ``FUNCTIONS_*_DIRECTORY`` variables are added.
+        env: the environment the host would run in (default: this process's). The worker
+            gets it with what ``func start`` adds where a variable is not already set
+            (``AzureWebJobsScriptRoot`` = the working directory, ``WEBSITE_HOSTNAME``,
+            ``AZURE_FUNCTIONS_ENVIRONMENT=Development``, ...) and the host's
+            ``FUNCTIONS_*_DIRECTORY`` variables.
         worker_dir: sent as the worker directory (default: the directory of the first
             argument naming an existing file, the worker script of an interpreter; else of
             the executable when it is a path; else `cwd`).
@@ -78,29 +83,65 @@ async def check_worker(
         candidates = [*command[1:], command[0]] if os.sep in command[0] else command[1:]
         files = [Path(arg) for arg in candidates if Path(arg).is_file()]
         worker_dir = Path(os.path.abspath(files[0])).parent if files else directory
-    environment = dict(os.environ if env is None else env)
-    environment["FUNCTIONS_APPLICATION_DIRECTORY"] = str(directory)
-    environment["FUNCTIONS_WORKER_DIRECTORY"] = os.fspath(worker_dir)
-    async with TestHost() as host:
-        runner = Runner(
-            host,
-            command,
-            cwd=directory,
-            env=environment,
-            worker_dir=os.fspath(worker_dir),
-            functions=functions,
-            app_errors=app_errors,
-            cases=cases,
-            options=options,
-            worker_indexing=worker_indexing,
-        )
-        results = await play(runner)
+    base = os.environ if env is None else env
+    app_warnings: list[str] = []
+    given = app is not None or cwd is not None  # else no app: no local.settings.json either
+    settings = _local_settings(directory if given else None, app_warnings)
+    environment = launch_environment(
+        base,
+        directory,
+        worker_dir,
+        settings=settings.values if settings else None,
+        connection_strings=settings.connection_strings if settings else None,
+    )
+    with tempfile.TemporaryDirectory(prefix="conformance-placeholder-") as placeholder:
+        # What the host starts a worker in when in placeholder mode (an app of its own)
+        placeholder_app = Path(placeholder).resolve()
+        (placeholder_app / "host.json").write_text('{"version": "2.0"}\n')
+        placeholder_env = launch_environment(base, placeholder_app, worker_dir)
+        placeholder_env["WEBSITE_PLACEHOLDER_MODE"] = "1"
+        async with TestHost() as host:
+            runner = Runner(
+                host,
+                command,
+                cwd=directory,
+                env=environment,
+                worker_dir=os.fspath(worker_dir),
+                functions=functions,
+                app_errors=app_errors,
+                app_warnings=app_warnings,
+                cases=cases,
+                options=options,
+                worker_indexing=worker_indexing,
+                placeholder=(placeholder_app, placeholder_env),
+            )
+            results = await play(runner)
     return Report(
         command=tuple(command),
         cwd=str(directory),
         results=tuple(results),
         capabilities=dict(runner.capabilities),
     )
+
+
+def _local_settings(app: Path | None, problems: list[str]) -> LocalSettings | None:
+    """The app's ``local.settings.json``, which ``func start`` reads (None without an app);
+    a file Core Tools cannot read adds its warning to `problems` and gives no settings
+    (``func start`` goes on).
+
+    Raises:
+        ValueError: encrypted settings (``func start`` stops on them).
+    """
+    if app is None:
+        return None
+    from ..emulator import AppError, read_local_settings
+
+    try:
+        settings = read_local_settings(app)
+    except AppError as exc:
+        raise ValueError(str(exc)) from None
+    problems += settings.warnings
+    return settings
 
 
 async def play(runner: Runner) -> list[ScenarioResult]:
@@ -110,11 +151,11 @@ async def play(runner: Runner) -> list[ScenarioResult]:
     stream_end: asyncio.Task[ScenarioResult] | None = None
     try:
         for phase in (_handshake, _function_phase, _closing):
-            for name, step, ready in phase(runner):
+            for name, step, needs in phase(runner):
                 if name == "stream-end":  # its own process, concurrently; reported last
-                    stream_end = asyncio.create_task(runner.scenario(name, step, ready))
+                    stream_end = asyncio.create_task(runner.scenario(name, step, needs))
                     continue
-                results.append(await runner.scenario(name, step, ready))
+                results.append(await runner.scenario(name, step, needs))
         results.append(
             await stream_end
             if stream_end is not None
@@ -130,41 +171,44 @@ async def play(runner: Runner) -> list[ScenarioResult]:
     return results
 
 
-# The plan. start-stream and init run on the first process as it is; stream-end and
-# restart-load start processes of their own; the others need a `ready` worker.
+# The plan. start-stream and init run on the first process as it is; stream-end,
+# environment-reload and restart-load get processes of their own (a reload changes the
+# worker's state: a later scenario on that process would not see what the host's workers
+# see); the others need a `ready` worker.
 
 
 def _handshake(runner: Runner) -> list[_Planned]:
     steps: list[_Planned] = [
-        ("start-stream", _control.start_stream, False),
-        ("stream-end", _control.stream_end, False),
-        ("init", _control.init, False),
-        ("capabilities", _control.capabilities, True),
-        ("environment-reload", _control.environment_reload, True),
-        ("status", _control.status, True),
-        ("load-probe", _functions.load_probe, True),
+        ("start-stream", _control.start_stream, "current"),
+        ("stream-end", _control.stream_end, "own"),
+        ("init", _control.init, "current"),
+        ("capabilities", _control.capabilities, "ready"),
+        ("environment-reload", _control.environment_reload, "placeholder"),
+        ("status", _control.status, "ready"),
+        ("load-probe", _functions.load_probe, "ready"),
     ]
     if runner.worker_indexing:
-        steps.append(("metadata", _functions.metadata, True))
+        steps.append(("metadata", _functions.metadata, "ready"))
     elif runner.functions is not None:
-        steps.append(("app", _functions.app, True))
+        steps.append(("app", _functions.app, "ready"))
     return steps
 
 
 def _function_phase(runner: Runner) -> list[_Planned]:
     steps: list[_Planned] = [
-        (f"load:{spec.name}", _functions.load_step(spec), True) for spec in runner.functions or ()
+        (f"load:{spec.name}", _functions.load_step(spec), "ready")
+        for spec in runner.functions or ()
     ]
     if runner.worker_indexing and runner.functions:
-        steps.append(("restart-load", _functions.restart_load, False))
-    steps += [(f"case:{case.name}", _invocations.case_step(case), True) for case in runner.cases]
+        steps.append(("restart-load", _functions.restart_load, "own"))
+    steps += [(f"case:{case.name}", _invocations.case_step(case), "ready") for case in runner.cases]
     return steps
 
 
 def _closing(runner: Runner) -> list[_Planned]:
     return [
-        ("unknown-function", _invocations.unknown_function, True),
-        ("cancel-unknown", _invocations.cancel_unknown, True),
-        ("message-rules", _control.message_rules, True),
-        ("terminate", _control.terminate, True),
+        ("unknown-function", _invocations.unknown_function, "ready"),
+        ("cancel-unknown", _invocations.cancel_unknown, "ready"),
+        ("message-rules", _control.message_rules, "ready"),
+        ("terminate", _control.terminate, "ready"),
     ]

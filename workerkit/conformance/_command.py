@@ -106,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # the worker processes were killed on the way out
         print("workerkit conformance: interrupted", file=sys.stderr)
         return 130
+    except ValueError as exc:  # what func start stops on (local.settings.json, Python)
+        print(f"workerkit conformance: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(report.to_json(strict=args.strict), indent=2))
     else:

@@ -26,6 +26,7 @@ from ._runner import (
     Verdict,
     checked_result,
     failure_text,
+    one_line,
 )
 
 #: The capabilities without which the host never sends a control message: WorkerStatusRequest,
@@ -111,6 +112,29 @@ async def capabilities(runner: Runner, worker: LaunchedWorker) -> Verdict:
 
 
 async def environment_reload(runner: Runner, worker: LaunchedWorker) -> Verdict:
+    """Specialization, on a process of its own started as the host starts one in placeholder
+    mode (``WEBSITE_PLACEHOLDER_MODE=1``): for a placeholder app in a directory of its own
+    (working directory, init and environment: ``ScriptApplicationHostOptionsSetup.Configure``
+    in Azure/azure-functions-host isolates it under the temp directory); then
+    FunctionEnvironmentReloadRequest with the app's environment and directory, and the app's
+    functions must load (with worker indexing: reported first), as the host asks next
+    (``WebHostRpcWorkerChannelManager``, ``GrpcWorkerChannel``).
+
+    Its own process because a reload changes the worker for good: the official Python worker
+    then has the app on its import path (hiding a missing ``AzureWebJobsScriptRoot`` from
+    every later scenario), the Node.js worker resets its app (and finds no functions the
+    second time it loads the same entry point)."""
+    placeholder = runner.placeholder[0] if runner.placeholder else runner.cwd
+    try:
+        await runner.connect(worker)
+        init_reply = await runner.init(worker, runner.options.init_timeout, app_dir=placeholder)
+        result = checked_result(init_reply.result, "WorkerInitResponse")
+        if result.status.name != "Success":
+            raise Failed(f"answered {failure_text(result)}")
+    except (Failed, TimeoutError, ConnectionError) as exc:
+        why = str(exc) or f"no WorkerInitResponse within {runner.options.init_timeout:g} s"
+        raise NotRun(f"not run: init for a placeholder app failed ({one_line(why, 120)})") from None
+    capabilities = dict(init_reply.capabilities)
     environment = {k: v for k, v in runner.env.items() if v}
     timeout = runner.options.timeout
     reply = await runner.expect(
@@ -120,14 +144,59 @@ async def environment_reload(runner: Runner, worker: LaunchedWorker) -> Verdict:
         missing=f"no FunctionEnvironmentReloadResponse within {timeout:g} s",
     )
     result = checked_result(reply.result, "FunctionEnvironmentReloadResponse")
+    if result.status.name != "Success":
+        raise Failed(f"answered {failure_text(result)} (the host then starts a normal worker)")
+    detail = f"Success ({len(environment)} variables, app directory {runner.cwd})"
     if reply.capabilities:
         replace = pb.FunctionEnvironmentReloadResponseCapabilitiesUpdateStrategy.replace
         if reply.capabilities_update_strategy == replace:
-            runner.capabilities.clear()
-        runner.capabilities.update(reply.capabilities)
-    if result.status.name != "Success":
-        raise Failed(f"answered {failure_text(result)}")
-    return Outcome.PASS, f"Success ({len(environment)} variables, app directory {runner.cwd})"
+            capabilities.clear()
+        capabilities.update(reply.capabilities)
+    if capabilities != runner.capabilities and runner.capabilities:
+        changed = sorted(set(capabilities.items()) ^ set(runner.capabilities.items()))
+        detail += f"; capabilities then differ from init's: {', '.join(k for k, _ in changed)}"
+    count = await _load_after_reload(runner, worker)
+    if runner.worker_indexing:
+        detail += f"; then reported and loaded {count} function(s)"
+        if not count:
+            return Outcome.WARN, detail + " (the host asks for them after a reload)"
+    elif count:
+        detail += f"; then loaded the app's {count} function(s)"
+    return Outcome.PASS, detail
+
+
+async def _load_after_reload(runner: Runner, worker: LaunchedWorker) -> int:
+    """What the host does after a reload: metadata (worker indexing), then the loads. Raise
+    `Failed` when a function does not load; return how many loaded."""
+    from ..emulator import discover_functions, functions_from_metadata
+
+    functions = list(runner.functions or ())
+    if runner.worker_indexing:
+        timeout = runner.options.timeout
+        reply = await runner.expect(
+            worker,
+            worker.connection().functions_metadata(str(runner.cwd), timeout=timeout),
+            kind="function_metadata_response",
+            missing=f"no FunctionMetadataResponse after the reload within {timeout:g} s",
+        )
+        if reply.use_default_metadata_indexing:
+            functions = discover_functions(runner.cwd)[0]
+        else:
+            functions = functions_from_metadata(reply.function_metadata_results, runner.cwd)[0]
+    failures = []
+    for spec in functions:
+        load = await runner.load(
+            worker, spec.load_request(), missing=f"no FunctionLoadResponse for {spec.name}"
+        )
+        if load.result is None or load.result.status.name != "Success":
+            answer = "no result" if load.result is None else failure_text(load.result)
+            failures.append(f"{spec.name}: {one_line(answer, 120)}")
+    if failures:
+        raise Failed(
+            f"after the reload (which moved the worker from the placeholder app to "
+            f"{runner.cwd}), " + "; ".join(failures)
+        )
+    return len(functions)
 
 
 async def status(runner: Runner, worker: LaunchedWorker) -> Verdict:
@@ -223,33 +292,34 @@ async def terminate(runner: Runner, worker: LaunchedWorker) -> Verdict:
     return Outcome.PASS, f"exited 0 after {time.monotonic() - started:.2f} s of {grace:g}"
 
 
-async def stream_end(runner: Runner, _: LaunchedWorker) -> Verdict:
-    """A process of its own: when the host ends the stream the worker must exit non-zero.
-    The host notices no broken stream by itself; only an exit makes it restart a worker,
-    and an exit with status 0 it takes as deliberate (no restart)."""
-    worker = await runner.launch()
+async def stream_end(runner: Runner, worker: LaunchedWorker) -> Verdict:
+    """A process of its own: when the host ends the stream the worker must exit, with a
+    non-zero status. The host notices no broken stream by itself, only the process's exit
+    (``WorkerProcess.OnProcessExited``): non-zero (but 200) is an error and the worker is
+    replaced; 0 is neither an error nor a restart, the process is merely closed."""
     try:
-        try:
-            await runner.connect(worker)
-        except Failed as exc:
-            raise NotRun(f"not run: no stream ({exc})") from None
-        with contextlib.suppress(TimeoutError, ConnectionError):
-            await runner.init(worker, runner.options.init_timeout)
-        grace = runner.options.grace
-        started = time.monotonic()
-        worker.connection().close()
-        try:
-            code = await worker.process.wait(grace)
-        except TimeoutError:
-            raise Failed(
-                f"still running {grace:g} s after the host ended the stream: the host "
-                "would keep a dead channel instead of restarting it"
-            ) from None
-        if code == 0:
-            raise Failed(
-                "exited with status 0 when the host ended the stream: the host takes 0 as "
-                "a deliberate stop and does not restart the worker"
-            )
-        return Outcome.PASS, f"exited {code} after {time.monotonic() - started:.2f} s"
-    finally:
-        await runner.kill(worker)
+        await runner.connect(worker)
+    except Failed as exc:
+        raise NotRun(f"not run: no stream ({exc})") from None
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        await runner.init(worker, runner.options.init_timeout)
+    grace = runner.options.grace
+    started = time.monotonic()
+    worker.connection().close()
+    try:
+        code = await worker.process.wait(grace)
+    except TimeoutError:
+        raise Failed(
+            f"still running {grace:g} s after the host ended the stream: an orphan process "
+            "(no host will send it anything again, and one that stopped or restarted never "
+            "ends it: the official Python worker idles like this for ever); exit non-zero "
+            "when the stream ends"
+        ) from None
+    elapsed = time.monotonic() - started
+    if code == 0:
+        return Outcome.WARN, (
+            f"exited with status 0 after {elapsed:.2f} s: to the host, exit status 0 is "
+            "neither an error nor a restart request: it closes the process and starts no "
+            "replacement; exit non-zero (e.g. 1) so that it starts a new worker"
+        )
+    return Outcome.PASS, f"exited {code} after {elapsed:.2f} s"

@@ -91,46 +91,46 @@ async def metadata(runner: Runner, worker: LaunchedWorker) -> Verdict:
             f"result {one_line(failure_text(reply.result), 120)} (the host only logs it); "
             + summary
         )
-    if not found:
-        return Outcome.WARN, summary
+    if not found or runner.app_warnings:
+        return Outcome.WARN, "; ".join([*runner.app_warnings, summary])
     return Outcome.PASS, summary
 
 
-async def restart_load(runner: Runner, _: LaunchedWorker) -> Verdict:
-    """A restarted worker gets StartStream, init and the loads, but the host asks only the
-    first process for metadata: it must load the functions by the ids that one reported."""
-    worker = await runner.launch()
-    try:
-        await runner.connect(worker)
-        await runner.init(worker, runner.options.init_timeout)
-        failures = []
-        for spec in runner.functions or ():
-            try:
-                reply = await runner.load(worker, spec.load_request())
-            except TimeoutError:
-                failures.append(f"{spec.name}: no FunctionLoadResponse")
-                continue
-            if reply.result is None or reply.result.status.name != "Success":
-                answer = "no result" if reply.result is None else failure_text(reply.result)
-                failures.append(f"{spec.name}: {one_line(answer, 120)}")
-        if failures:
-            raise Failed(
-                "a restarted worker (which the host never sends FunctionsMetadataRequest) "
-                "could not load: " + "; ".join(failures)
-            )
-        count = len(runner.functions or ())
-        return Outcome.PASS, f"a fresh process loaded {count} function(s) without metadata"
-    finally:
-        await runner.kill(worker)
+async def restart_load(runner: Runner, worker: LaunchedWorker) -> Verdict:
+    """A restarted worker (a process of its own) gets StartStream, init and the loads, but the
+    host asks only the first process for metadata: it must load the functions by the ids that
+    one reported."""
+    await runner.connect(worker)
+    await runner.init(worker, runner.options.init_timeout)
+    failures = []
+    for spec in runner.functions or ():
+        try:
+            reply = await runner.load(worker, spec.load_request())
+        except TimeoutError:
+            failures.append(f"{spec.name}: no FunctionLoadResponse")
+            continue
+        if reply.result is None or reply.result.status.name != "Success":
+            answer = "no result" if reply.result is None else failure_text(reply.result)
+            failures.append(f"{spec.name}: {one_line(answer, 120)}")
+    if failures:
+        raise Failed(
+            "a restarted worker (which the host never sends FunctionsMetadataRequest) "
+            "could not load: " + "; ".join(failures)
+        )
+    count = len(runner.functions or ())
+    return Outcome.PASS, f"a fresh process loaded {count} function(s) without metadata"
 
 
 async def app(runner: Runner, worker: LaunchedWorker) -> Verdict:
     functions = runner.functions or []
     names = ", ".join(s.name + (" (disabled)" if s.disabled else "") for s in functions)
+    problems = runner.app_errors + runner.app_warnings
     if runner.app_errors:
-        raise Failed("; ".join(runner.app_errors) + (f" [loaded: {names}]" if names else ""))
+        raise Failed("; ".join(problems) + (f" [loaded: {names}]" if names else ""))
     if not functions:
-        return Outcome.WARN, f"no function.json found under {runner.cwd}"
+        return Outcome.WARN, "; ".join([*problems, f"no function.json found under {runner.cwd}"])
+    if problems:
+        return Outcome.WARN, "; ".join(problems) + f" [{len(functions)} function(s): {names}]"
     return Outcome.PASS, f"{len(functions)} function(s): {names}"
 
 

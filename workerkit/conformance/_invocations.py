@@ -13,19 +13,8 @@ import uuid
 from collections.abc import Mapping
 
 from .._generated import AzureFunctionsRpcMessages as pb
-from ._cases import (
-    MISSING,
-    Case,
-    CasesError,
-    describe,
-    has_capability,
-    http_problem,
-    input_data,
-    kind_of,
-    output_problems,
-    short,
-    value_problem,
-)
+from ._cases import MISSING, TRIGGER_INPUT, Case, CasesError, has_capability, input_data
+from ._expect import describe, http_problem, kind_of, output_problems, short, value_problem
 from ._report import Outcome
 from ._runner import (
     Failed,
@@ -91,19 +80,28 @@ def case_inputs(
         if info.direction != pb.BindingInfoDirection.out
     }
     triggers = [n for n, info in inbound.items() if info.type.lower().endswith("trigger")]
-    unknown = [n for n in case.inputs if n not in inbound]
+    given = dict(case.inputs)
+    if TRIGGER_INPUT in given and triggers:  # (the host's validation asks for one trigger)
+        if triggers[0] in given:
+            raise Failed(
+                f'the case gives the trigger twice: as "{TRIGGER_INPUT}" and as "{triggers[0]}"'
+            )
+        given[triggers[0]] = given.pop(TRIGGER_INPUT)
+    unknown = [n for n in given if n not in inbound]
     if unknown:
         raise Failed(
             f"input {unknown[0]!r} is not an input binding of {case.function} "
             f"(inputs: {', '.join(inbound) or 'none'})"
         )
-    missing = [n for n in triggers if n not in case.inputs]
+    missing = [n for n in triggers if n not in given]
     if missing:
-        raise Failed(f'the case gives no value for the trigger "{missing[0]}"')
+        raise Failed(
+            f'the case gives no value for the trigger "{missing[0]}" (or "{TRIGGER_INPUT}")'
+        )
     inputs: dict[str, pb.TypedData] = {}
     metadata: dict[str, pb.TypedData] = {}
     for name in sorted(inbound, key=lambda n: n not in triggers):
-        raw = case.inputs.get(name)
+        raw = given.get(name)
         trigger = name if name in triggers else ""
         try:
             inputs[name], added = input_data(

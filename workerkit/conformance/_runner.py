@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import betterproto2
 import grpclib.exceptions
@@ -68,6 +68,11 @@ class LaunchedWorker:
 
 #: What a scenario concludes: its outcome and the one-line detail of its report row.
 Verdict = tuple[Outcome, str]
+#: The process a scenario is given: ``"ready"`` one initialised with the app's functions
+#: loaded (a fresh one if the last stopped), ``"current"`` the last one as it is, ``"own"`` a
+#: process started for it alone (launched, not yet connected; killed after it),
+#: ``"placeholder"`` the same started for `Runner.placeholder`.
+Needs = Literal["ready", "current", "own", "placeholder"]
 #: A scenario: what it does with the runner and the worker it was given.
 Step = Callable[["Runner", LaunchedWorker], Awaitable[Verdict]]
 #: What `Runner.expect` makes of a reply that did not come: the failure's detail, or (from
@@ -129,6 +134,8 @@ class Runner:
         cases: Sequence[Case],
         options: ConformanceOptions,
         worker_indexing: bool = False,
+        app_warnings: Sequence[str] = (),
+        placeholder: tuple[Path, Mapping[str, str]] | None = None,
     ) -> None:
         self.host = host
         self.command = list(command)
@@ -137,9 +144,14 @@ class Runner:
         self.worker_dir = worker_dir
         self.functions = list(functions) if functions is not None else None
         self.app_errors = list(app_errors)
+        #: What ``func start`` would warn about the app (an unreadable local.settings.json).
+        self.app_warnings = list(app_warnings)
         self.cases = list(cases)
         self.options = options
         self.worker_indexing = worker_indexing
+        #: An empty app directory and the environment a worker gets for it: where the host
+        #: starts a worker in placeholder mode, before a reload tells it the real app.
+        self.placeholder = placeholder
         self.capabilities: dict[str, str] = {}
         self.workers: list[LaunchedWorker] = []
         #: Why no further scenario can run (they are skipped with this reason), if so.
@@ -150,10 +162,12 @@ class Runner:
         self.current: LaunchedWorker | None = None
 
     # -- processes ---------------------------------------------------------------------------
-    async def launch(self) -> LaunchedWorker:
-        """Start the command with the host's argv (not waiting for its StartStream)."""
+    async def launch(self, *, placeholder: bool = False) -> LaunchedWorker:
+        """Start the command with the host's argv (not waiting for its StartStream), for the
+        app, or with `placeholder` for the placeholder app (`Runner.placeholder`)."""
+        cwd, env = self.placeholder if placeholder and self.placeholder else (self.cwd, self.env)
         try:
-            process = await self.host.launch(self.command, cwd=self.cwd, env=self.env)
+            process = await self.host.launch(self.command, cwd=cwd, env=env)
         except OSError as exc:
             self.blocked = "the worker could not be started (see start-stream)"
             raise Failed(f"cannot start {self.command[0]!r}: {exc.strerror or exc}") from None
@@ -276,10 +290,18 @@ class Runner:
 
     # -- requests ----------------------------------------------------------------------------
     async def init(
-        self, worker: LaunchedWorker, timeout: float, *, missing: Missing = None
+        self,
+        worker: LaunchedWorker,
+        timeout: float,
+        *,
+        missing: Missing = None,
+        app_dir: Path | None = None,
     ) -> pb.WorkerInitResponse:
+        """WorkerInitRequest for `app_dir` (default: the app)."""
         request = worker.connection().init(
-            function_app_directory=str(self.cwd), worker_directory=self.worker_dir, timeout=timeout
+            function_app_directory=str(app_dir or self.cwd),
+            worker_directory=self.worker_dir,
+            timeout=timeout,
         )
         return await self.expect(worker, request, kind="worker_init_response", missing=missing)
 
@@ -353,22 +375,25 @@ class Runner:
             raise Failed(f"the worker exited{await self.exit_note(worker)}")
 
     # -- one scenario ------------------------------------------------------------------------
-    async def scenario(self, name: str, step: Step, ready: bool) -> ScenarioResult:
+    async def scenario(self, name: str, step: Step, needs: Needs) -> ScenarioResult:
         """Run one step and turn what happened into its report row; never raises for the
-        worker's misbehaviour. `ready`: the step needs a worker that is initialised and has
-        the app's functions loaded (else it takes the current process as it is)."""
+        worker's misbehaviour. `needs` says which process the step is given (`Needs`)."""
         started = time.monotonic()
+        worker: LaunchedWorker | None = None
+        own = needs in ("own", "placeholder")
         try:
-            if ready:
+            if needs == "ready":
                 worker = await self.ready()
+            elif self.blocked is not None:
+                raise NotRun(f"not run: {self.blocked}")
+            elif own or self.current is None:
+                worker = await self.launch(placeholder=needs == "placeholder")
             else:
-                if self.blocked is not None:
-                    raise NotRun(f"not run: {self.blocked}")
-                worker = self.current if self.current is not None else await self.launch()
+                worker = self.current
             outcome, detail = await step(self, worker)
             if worker.generation > 1:
                 detail += f" (on a fresh worker, #{worker.generation})"
-            if worker.returncode is not None and name not in ("terminate", "stream-end"):
+            if not own and worker.returncode is not None and name != "terminate":
                 outcome = Outcome.FAIL
                 detail = f"{detail}; then the worker exited{await self.exit_note(worker)}"
         except NotRun as exc:
@@ -377,12 +402,17 @@ class Runner:
             outcome, detail = Outcome.FAIL, str(exc)
         except TimeoutError:
             outcome, detail = Outcome.FAIL, f"no reply within {self.options.timeout:g} s"
-            if self.current is not None and not self.current.usable:
-                detail += f"; the worker stopped{await self.exit_note(self.current)}"
+            stopped = worker or self.current
+            if stopped is not None and not stopped.usable:
+                detail += f"; the worker stopped{await self.exit_note(stopped)}"
         except (ConnectionError, *_STREAM_ERRORS) as exc:
             outcome, detail = Outcome.FAIL, "the worker ended the stream"
             if not isinstance(exc, ConnectionError):
                 detail = f"the stream failed ({type(exc).__name__}: {one_line(str(exc), 80)})"
-            if self.current is not None:
-                detail += await self.exit_note(self.current)
+            stopped = worker or self.current
+            if stopped is not None:
+                detail += await self.exit_note(stopped)
+        finally:
+            if own and worker is not None:
+                await self.kill(worker)
         return ScenarioResult(name, outcome, detail, time.monotonic() - started)

@@ -19,6 +19,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -28,6 +29,18 @@ from workerkit._types import FUNCTION_ID_NAMESPACE
 from workerkit.testing import HostConnection, binding
 
 from ._config import parse_timespan
+from ._dotnet import fold
+from ._jsonfile import dotnet_strings, read_host_json_object, read_json_object
+from ._logfilter import host_json_log_levels
+from ._retry import RetryPolicy, checked, checked_rpc
+from ._validation import (
+    BindingConfig,
+    BindingError,
+    check_bindings,
+    data_type_of,
+    direction_of,
+    is_trigger,
+)
 
 __all__ = [
     "AppError",
@@ -42,9 +55,6 @@ __all__ = [
 
 FUNCTION_JSON: Final = "function.json"
 _FUNCTION_NAME: Final = re.compile(r"^[a-z][a-z0-9_\-]{0,127}$", re.IGNORECASE)
-_BINDING_NAME: Final = re.compile(r"^([a-zA-Z][a-zA-Z0-9]{0,127}|\$return)$")
-_DIRECTIONS: Final = {"in": "in", "out": "out", "inout": "inout"}
-_DATA_TYPES: Final = {"undefined", "string", "binary", "stream"}
 _PRIMARY_NAMES: Final = ("index.js", "index.mjs", "index.cjs", "__init__.py")
 _UNDETERMINED: Final = (
     "Unable to determine the primary function script. Try renaming your entry point script to"
@@ -79,12 +89,16 @@ class FunctionSpec:
         script_file: the primary script, absolute under host indexing; under worker indexing
             whatever the worker reported.
         entry_point: ``entryPoint``, or "".
-        bindings: the ``bindings`` objects, as written (read-only mappings).
-        disabled: ``"disabled": true`` in ``function.json`` (or the app setting
-            ``AzureWebJobs.<name>.Disabled``, applied by the emulator).
+        bindings: the ``bindings`` objects, as written, read as the host reads them: keys
+            in any letter case (`_validation.BindingConfig`).
+        disabled: the app setting ``AzureWebJobs.<name>.Disabled`` (applied by the emulator)
+            or, from a worker, ``IsDisabled``. The host ignores ``"disabled"`` in
+            ``function.json``, so does the emulator.
         properties: metadata properties echoed on load (a worker-indexed function's own).
         reported_id: the function id a worker reported (worker indexing); "" otherwise.
         is_direct: ``"configurationSource": "attributes"``.
+        retry: its own retry policy (``retry`` in ``function.json``, a worker's
+            ``retry_options``); None: the app's, if any (`_retry`).
     """
 
     name: str
@@ -96,6 +110,13 @@ class FunctionSpec:
     properties: Mapping[str, str] = field(default_factory=dict)
     reported_id: str = ""
     is_direct: bool = False
+    retry: RetryPolicy | None = None
+
+    def __post_init__(self) -> None:
+        bindings = tuple(
+            b if isinstance(b, BindingConfig) else BindingConfig(b) for b in self.bindings
+        )
+        object.__setattr__(self, "bindings", bindings)
 
     @property
     def function_id(self) -> str:
@@ -107,9 +128,9 @@ class FunctionSpec:
 
     @property
     def trigger(self) -> Mapping[str, Any]:
-        """The trigger binding (the one ``in`` binding whose type ends with ``Trigger``)."""
+        """The trigger binding (the input binding whose type ends with ``Trigger``)."""
         for item in self.bindings:
-            if _is_trigger(item):
+            if is_trigger(item):
                 return item
         raise AppError(self.directory / FUNCTION_JSON, "no trigger binding", self.name)
 
@@ -135,11 +156,7 @@ class FunctionSpec:
             self.function_id,
             self.name,
             bindings={
-                str(b["name"]): binding(
-                    str(b["type"]),
-                    _direction(b),
-                    str(_get(b, "dataType") or "undefined").lower(),
-                )
+                str(b["name"]): binding(str(b["type"]), direction_of(b), data_type_of(b))
                 for b in self.bindings
             },
             script_file=str(self.script_file),
@@ -154,13 +171,17 @@ class HostSettings:
     """What the emulator uses from ``host.json``.
 
     Attributes:
-        route_prefix: ``extensions.http.routePrefix`` (default ``api``; "" for none).
+        route_prefix: ``extensions.http.routePrefix`` (default ``api``; "" for none), without
+            the ``/`` around it: the path segments requests start with.
+        written_route_prefix: the same as written: the host joins it and each route with a
+            ``/`` into the route's template (`_httproutes`).
         function_timeout: ``functionTimeout`` in seconds; None when unbounded (``-1``).
         functions: the ``functions`` allow-list, when given.
         max_concurrent_requests: ``extensions.http.maxConcurrentRequests``: HTTP function
             requests run at once, the rest wait; None (the host's default, ``-1``): no limit.
         max_outstanding_requests: ``extensions.http.maxOutstandingRequests``: requests
             running or waiting, beyond which they are answered 429; None (``-1``): no limit.
+        retry: ``retry``, the policy of functions without their own (`_retry`).
     """
 
     path: Path
@@ -169,15 +190,25 @@ class HostSettings:
     functions: tuple[str, ...] | None = None
     max_concurrent_requests: int | None = None
     max_outstanding_requests: int | None = None
+    retry: RetryPolicy | None = None
+    written_route_prefix: str = "api"
+    #: ``logging.logLevel`` entries, (category, level), for what the console shows.
+    log_levels: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
 class LocalSettings:
-    """``local.settings.json``: ``Values`` become app settings (the worker's environment)."""
+    """``local.settings.json``: ``Values`` become app settings (the worker's environment).
+
+    Null values are left out (Core Tools skips them); `warnings` are Core Tools' for a file
+    it cannot read.
+    """
 
     path: Path
     values: Mapping[str, str] = field(default_factory=dict)
     local_http_port: int | None = None
+    connection_strings: Mapping[str, str | None] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 def read_host_json(app_dir: Path) -> HostSettings:
@@ -188,14 +219,9 @@ def read_host_json(app_dir: Path) -> HostSettings:
             ``routePrefix`` or ``functionTimeout`` the host would reject.
     """
     path = Path(app_dir) / "host.json"
-    document = _read_json(path, missing="no host.json: this is not a function app directory")
-    if not isinstance(document, dict):
-        raise AppError(path, "the top level must be a JSON object")
-    version = _get(document, "version")
-    if version is None:
-        raise AppError(path, "the host.json file is missing the required 'version' property")
-    if str(version) != "2.0":
-        raise AppError(path, f"{version!r} is an invalid value for host.json 'version' property")
+    document = read_host_json_object(  # {} → defaults; "version" checked as the host does
+        path, error=AppError, missing="no host.json: this is not a function app directory"
+    )
     prefix: Any = "api"
     http: Any = {}
     extensions = _get(document, "extensions")
@@ -234,10 +260,13 @@ def read_host_json(app_dir: Path) -> HostSettings:
     return HostSettings(
         path=path,
         route_prefix=prefix.strip("/"),
+        written_route_prefix=prefix,
         function_timeout=timeout,
         functions=tuple(functions) if functions is not None else None,
         max_concurrent_requests=throttles[0],
         max_outstanding_requests=throttles[1],
+        retry=checked(_get(document, "retry") or None, lambda e: AppError(path, e)),  # {}: none
+        log_levels=host_json_log_levels(document),
     )
 
 
@@ -260,50 +289,51 @@ def _request_limit(path: Path, name: str, value: Any) -> int | None:
 
 
 def read_local_settings(app_dir: Path) -> LocalSettings:
-    """Read ``<app_dir>/local.settings.json`` (absent: no settings).
+    """Read ``<app_dir>/local.settings.json`` as Core Tools does (absent: no settings).
 
-    ``Values`` must be an object; numbers and booleans become strings as Core Tools reads
-    them; nulls are skipped. ``Host.LocalHttpPort`` is the default port.
+    ``Values``, ``ConnectionStrings`` (`_jsonfile.dotnet_strings`) and ``Host.LocalHttpPort``
+    (the default port). A file Core Tools cannot read (not JSON, a value that is an object,
+    a port that is not a number) gives no settings and Core Tools' warning in
+    `LocalSettings.warnings`: ``func start`` goes on (the ``AppSettingsFile`` constructor,
+    src/Cli/func/Common/AppSettingsFile.cs in Azure/azure-functions-core-tools).
 
     Raises:
-        AppError: not JSON, encrypted, or ``Values`` is not an object of scalars.
+        AppError: the settings are encrypted.
     """
     path = Path(app_dir) / "local.settings.json"
     if not path.exists():
         return LocalSettings(path)
-    document = _read_json(path, missing="")
-    if not isinstance(document, dict):
-        raise AppError(path, "the top level must be a JSON object")
-    if _get(document, "IsEncrypted") is True:
-        raise AppError(path, "the settings are encrypted; decrypt them (func settings decrypt)")
-    values: dict[str, str] = {}
-    raw = _get(document, "Values")
-    if raw is not None:
-        if not isinstance(raw, dict):
-            raise AppError(path, "'Values' must be an object of strings")
-        for key, value in raw.items():
-            if value is None:
-                continue
-            if isinstance(value, dict | list):
-                raise AppError(
-                    path, f"Values.{key} must be a string, not a JSON {type(value).__name__}"
-                )
-            if isinstance(value, bool):
-                value = "True" if value else "False"
-            values[key] = str(value)
-    port = None
-    host = _get(document, "Host")
-    if isinstance(host, dict):
-        raw_port = _get(host, "LocalHttpPort")
+    try:
+        document = _read_json(path, missing="")
+        values = dotnet_strings(document.get("Values"), "Values", path=path, error=AppError)
+        connections = dotnet_strings(
+            document.get("ConnectionStrings"),
+            "ConnectionStrings",
+            path=path,
+            error=AppError,
+            inner="ConnectionString",
+        )
+        port = None
+        host = document.get("Host")
+        raw_port = _get(host, "LocalHttpPort") if isinstance(host, dict) else None
         if raw_port is not None:
-            if (
-                isinstance(raw_port, bool)
-                or not isinstance(raw_port, int)
-                or not 0 <= raw_port <= 65535
-            ):
+            port = int(raw_port) if re.fullmatch(r"\s*[0-9]{1,5}\s*", str(raw_port)) else -1
+            if isinstance(raw_port, bool) or not 0 <= port <= 65535:
                 raise AppError(path, f"Host.LocalHttpPort must be a port number, not {raw_port!r}")
-            port = raw_port
-    return LocalSettings(path, MappingProxyType(values), port)
+    except AppError as exc:
+        warning = (
+            f"Failed to read app settings file at '{path}'. Ensure it is a valid JSON file."
+            f" {exc.reason}"
+        )
+        return LocalSettings(path, warnings=(warning,))
+    if document.get("IsEncrypted") is True:
+        raise AppError(path, "the settings are encrypted; decrypt them (func settings decrypt)")
+    return LocalSettings(
+        path,
+        MappingProxyType({k: v for k, v in values.items() if v is not None}),
+        port,
+        MappingProxyType(connections),
+    )
 
 
 def discover_functions(
@@ -318,16 +348,15 @@ def discover_functions(
             Empty: no filtering.
 
     Returns:
-        The valid functions (sorted by name) and one `AppError` per rejected function.
-        ``scriptFile`` must name an existing file inside the app directory.
+        The valid functions, in the host's order (``FunctionMetadataManager``: by name,
+        ignoring case), and one `AppError` per rejected function. ``scriptFile`` must name an
+        existing file inside the app directory.
     """
     root = Path(os.path.abspath(app_dir))
     functions: list[FunctionSpec] = []
     errors: list[AppError] = []
     try:
-        directories = sorted(
-            (p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name.lower()
-        )
+        directories = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: fold(p.name))
     except OSError as exc:
         return [], [AppError(root, f"cannot list the app directory: {exc}")]
     for directory in directories:
@@ -368,7 +397,7 @@ def functions_from_metadata(
                 except json.JSONDecodeError as exc:
                     raise AppError(where, f"raw binding {raw!r} is not JSON: {exc}") from None
                 bindings.append(value)
-            _check_bindings(where, bindings)
+            _checked(where, bindings)
             if not entry.script_file:
                 raise AppError(where, _UNDETERMINED)
             functions.append(
@@ -377,10 +406,11 @@ def functions_from_metadata(
                     directory=where,
                     script_file=Path(entry.script_file),
                     entry_point=entry.entry_point,
-                    bindings=tuple(MappingProxyType(b) for b in bindings),
+                    bindings=tuple(bindings),
                     disabled=entry.properties.get("IsDisabled", "").lower() == "true",
                     properties=MappingProxyType(dict(entry.properties)),
                     reported_id=entry.function_id,
+                    retry=checked_rpc(entry.retry_options, partial(AppError, where)),
                 )
             )
         except AppError as exc:
@@ -401,16 +431,15 @@ def _read_function(
     document = _read_json(config, missing="")
     if not isinstance(document, dict):
         raise AppError(config, "the top level must be a JSON object", name)
-    bindings = _get(document, "bindings")
+    # The host reads "bindings", "scriptFile", "entryPoint" and "retry" spelled exactly so, and
+    # "configurationSource" in any case (HostFunctionMetadataProvider.ParseFunctionMetadata);
+    # it never reads "disabled" (only the AzureWebJobs.<name>.Disabled setting disables).
+    bindings = document.get("bindings")
     if bindings is None or bindings == []:
         raise AppError(config, "At least one binding must be declared.", name)
     if not isinstance(bindings, list):
         raise AppError(config, "'bindings' must be an array of binding objects", name)
-    try:
-        _check_bindings(config, bindings)
-    except AppError as exc:
-        exc.function = name
-        raise
+    _checked(config, bindings, name)
     source = _get(document, "configurationSource")
     is_direct = False
     if source is not None:
@@ -422,7 +451,7 @@ def _read_function(
                 f"Illegal value '{source}' for 'configurationSource' property in {name}'.",
                 name,
             )
-    script = _script_file(root, directory, config, _get(document, "scriptFile"), name)
+    script = _script_file(root, directory, config, document.get("scriptFile"), name)
     if extensions and script.suffix.lower() not in extensions:
         raise AppError(
             config,
@@ -430,22 +459,18 @@ def _read_function(
             f" 'extensions' ({', '.join(extensions)}): the host gives it to another language",
             name,
         )
-    entry_point = _get(document, "entryPoint")
+    entry_point = document.get("entryPoint")
     if entry_point is not None and not isinstance(entry_point, str):
         raise AppError(config, "'entryPoint' must be a string", name)
-    disabled = _get(document, "disabled")
-    if isinstance(disabled, str):
-        disabled = disabled.strip().lower() in ("true", "1")
-    elif disabled is not None and not isinstance(disabled, bool):
-        raise AppError(config, "'disabled' must be true or false", name)
     return FunctionSpec(
         name=name,
         directory=directory,
         script_file=script,
         entry_point=entry_point or "",
-        bindings=tuple(MappingProxyType(dict(b)) for b in bindings),
-        disabled=bool(disabled),
+        bindings=tuple(bindings),
         is_direct=is_direct,
+        # "retry" exactly: the host reads JObject.Property("retry")
+        retry=checked(document.get("retry"), lambda e: AppError(config, e, name)),
     )
 
 
@@ -500,69 +525,12 @@ def _resolved_inside(path: Path, root: Path, config: Path, name: str) -> Path:
     return path
 
 
-def _check_bindings(where: Path, bindings: Sequence[Any]) -> None:
-    """The host's binding checks (Utility.ValidateBinding, ValidateFunction); first problem wins."""
-    if not bindings:
-        raise AppError(where, "At least one binding must be declared.")
-    names: set[str] = set()
-    triggers = 0
-    for item in bindings:
-        if not isinstance(item, dict):
-            raise AppError(where, f"a binding must be a JSON object, not {json.dumps(item)}")
-        name = _get(item, "name")
-        if not isinstance(name, str) or not _BINDING_NAME.match(name):
-            raise AppError(
-                where,
-                f"The binding name {name} is invalid. Please assign a valid name to the binding.",
-            )
-        direction = _get(item, "direction")
-        if direction is not None and (
-            not isinstance(direction, str) or direction.lower() not in _DIRECTIONS
-        ):
-            raise AppError(
-                where,
-                f"binding {name!r}: direction must be 'in', 'out' or 'inout', not {direction!r}",
-            )
-        if name == "$return" and _direction(item) != "out":
-            raise AppError(where, "$return bindings must specify a direction of 'out'.")
-        kind = _get(item, "type")
-        if not isinstance(kind, str) or not kind:
-            raise AppError(where, f"Binding '{name}' is invalid. Bindings must specify a Type.")
-        data_type = _get(item, "dataType")
-        if data_type is not None and (
-            not isinstance(data_type, str) or data_type.lower() not in _DATA_TYPES
-        ):
-            raise AppError(
-                where,
-                f"binding {name!r}: dataType must be string, binary or stream, not {data_type!r}",
-            )
-        if name.lower() in names:
-            raise AppError(
-                where,
-                f"Multiple bindings with name '{name}' discovered. Binding names must be unique.",
-            )
-        names.add(name.lower())
-        if _is_trigger(item):
-            triggers += 1
-    if triggers > 1:
-        raise AppError(
-            where,
-            "Multiple trigger bindings defined. A function can only have a single trigger binding.",
-        )
-    if triggers == 0:
-        raise AppError(
-            where, "No trigger binding specified. A function must have a trigger input binding."
-        )
-
-
-def _direction(item: Mapping[str, Any]) -> str:
-    value = _get(item, "direction")
-    return _DIRECTIONS.get(str(value).lower(), "in") if value is not None else "in"
-
-
-def _is_trigger(item: Mapping[str, Any]) -> bool:
-    kind = _get(item, "type")
-    return isinstance(kind, str) and kind.lower().endswith("trigger") and _direction(item) == "in"
+def _checked(where: Path, bindings: Sequence[Any], function: str | None = None) -> None:
+    """The host's checks on the bindings (`_validation.check_bindings`) as an `AppError`."""
+    try:
+        check_bindings(bindings)
+    except BindingError as exc:
+        raise AppError(where, str(exc), function) from None
 
 
 def _get(obj: Mapping[str, Any], key: str) -> Any:
@@ -576,13 +544,5 @@ def _get(obj: Mapping[str, Any], key: str) -> Any:
 
 
 def _read_json(path: Path, missing: str) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise AppError(path, missing or "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AppError(path, f"cannot read it: {exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise AppError(path, f"not valid JSON: {exc}") from None
+    """The file as the host reads it (`_jsonfile`: BOMs, lenient JSON, depth 64)."""
+    return read_json_object(path, error=AppError, missing=missing or "file not found")

@@ -211,7 +211,12 @@ async def launch(
         )
     if console.verbose:
         console.info("Starting worker: " + " ".join(argv))
-    show = StartupOutput(console, errors_only=config.use_stderr_for_errors_only, previous=previous)
+    show = StartupOutput(
+        console,
+        errors_only=config.use_stderr_for_errors_only,
+        previous=previous,
+        worker=f"{config.language}.{args.worker_id}",
+    )
     try:
         worker = await host.launch(
             args=args,

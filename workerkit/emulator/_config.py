@@ -6,7 +6,10 @@ src/WebJobs.Script/Workers/Rpc/RpcWorkerDescription.cs,
 src/WebJobs.Script/Workers/ProcessManagement/WorkerDescription.cs and
 src/WebJobs.Script/Workers/Profiles/ (Azure/azure-functions-host). The steps, in its order:
 
-1. parse the JSON (property names case-insensitive); ``description`` is required;
+1. read the file as the host does (`_jsonfile`: byte order marks, Newtonsoft's lenient
+   JSON); ``description`` is required; the top-level names ``description``, ``profiles`` and
+   ``processOptions`` are matched in exactly that case (``JObject.Property``/``GetValue``),
+   the names inside them in any case (``ToObject``);
 2. apply the first ``profiles`` entry whose conditions all match (the result keeps only
    ``arguments``, ``defaultExecutablePath``, ``defaultWorkerPath``, ``extensions``,
    ``language``, ``workerDirectory`` and ``isDisabled``: like the host, everything else is lost);
@@ -28,7 +31,6 @@ Anything the host would reject raises `WorkerConfigError` naming the file and th
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -36,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from ._jsonfile import dotnet_string, read_json_object
 from ._launch import ENV_TOKEN, WorkerConfig, expand_environment_variables
 
 __all__ = [
@@ -86,18 +89,7 @@ def read_worker_config(worker_dir: Path, environ: Mapping[str, str]) -> WorkerCo
     """
     worker_dir = Path(os.path.abspath(worker_dir))
     path = worker_dir / CONFIG_FILE_NAME
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise WorkerConfigError(path, "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkerConfigError(path, f"cannot read it: {exc}") from None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WorkerConfigError(path, f"not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise WorkerConfigError(path, "the top level must be a JSON object")
+    document = read_json_object(path, error=WorkerConfigError)
     return _Reader(path, worker_dir, environ).read(document)
 
 
@@ -127,10 +119,8 @@ class _Reader:
         value = self._get(obj, key)
         if value is None:
             return None
-        if isinstance(value, bool):  # Newtonsoft turns JSON scalars into strings
-            return "True" if value else "False"
-        if isinstance(value, int | float | str):
-            return str(value)
+        if isinstance(value, bool | int | float | str):  # Newtonsoft turns scalars into strings
+            return dotnet_string(value)
         raise self.fail(f"{where}.{key} must be a string, not {_json_kind(value)}")
 
     def _strings(self, obj: Mapping[str, Any], key: str) -> list[str] | None:
@@ -147,7 +137,7 @@ class _Reader:
                 continue
             if isinstance(item, dict | list):
                 raise self.fail(f"description.{key} must hold strings, not {_json_kind(item)}")
-            out.append(str(item) if not isinstance(item, bool) else ("True" if item else "False"))
+            out.append(dotnet_string(item) or "")
         return out
 
     def _bool(self, obj: Mapping[str, Any], key: str) -> bool | None:
@@ -162,13 +152,21 @@ class _Reader:
 
     # -- the steps ---------------------------------------------------------------------------
     def read(self, document: Mapping[str, Any]) -> WorkerConfig:
-        description = self._get(document, "description")
+        description = document.get("description")
         if description is None:
-            raise self.fail("the 'description' object is missing")
+            spelled = next((k for k in document if k.lower() == "description"), None)
+            raise self.fail(
+                "the 'description' object is missing"
+                + (
+                    f" (the host reads 'description' in that case only, not {spelled!r})"
+                    if spelled
+                    else ""
+                )
+            )
         if not isinstance(description, dict):
             raise self.fail(f"'description' must be an object, not {_json_kind(description)}")
         fields = self._description(description)
-        profiles = self._get(document, "profiles")
+        profiles = document.get("profiles")
         profile_name = None
         if profiles is not None:
             profile_name = self._apply_profiles(profiles, fields)
@@ -219,7 +217,9 @@ class _Reader:
             executable=executable,
             arguments=tuple(arguments),
             worker_path=Path(worker_path) if worker_path else None,
-            extensions=tuple(fields["extensions"]),
+            # The host compares them ignoring case (``ParseLanguage`` in
+            # src/WebJobs.Script/Host/HostFunctionMetadataProvider.cs): kept lower-cased.
+            extensions=tuple(e.lower() for e in fields["extensions"]),
             worker_indexing=(fields["workerIndexing"] or "").lower() == "true",
             use_stderr_for_errors_only=bool(fields["useStdErrorStreamForErrorsOnly"]),
             default_runtime_version=fields["defaultRuntimeVersion"] or "",
@@ -409,7 +409,7 @@ class _Reader:
         )
 
     def _process_options(self, document: Mapping[str, Any]) -> dict[str, Any]:
-        options = self._get(document, "processOptions")
+        options = document.get("processOptions")
         if options is None:
             options = {}
         if not isinstance(options, dict):
@@ -450,9 +450,17 @@ class _Reader:
                 ) from None
         if count <= 0:
             raise self.fail("ProcessCount must be greater than 0.")
-        if count > maximum:
+        if count > maximum:  # the host drops the whole worker config: no worker starts
+            source = (
+                f"FUNCTIONS_WORKER_PROCESS_COUNT={env_count.strip()}"
+                if env_count
+                else f"processOptions.processCount {count}"
+            )
             raise self.fail(
-                f"ProcessCount must not be greater than MaxProcessCount ({count} > {maximum})"
+                f"{source} asks for more worker processes than maxProcessCount ({maximum}):"
+                " the host rejects this worker configuration (ProcessCount must not be greater"
+                f" than MaxProcessCount) and starts no worker. Ask for at most {maximum}, or"
+                " raise processOptions.maxProcessCount."
             )
         interval = span("processStartupInterval", 10.0)
         if interval < 0:

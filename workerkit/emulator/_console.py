@@ -2,9 +2,12 @@
 
 Every line starts with a UTC timestamp in brackets. Function logs (``RpcLog``) show the
 function name, the first 8 characters of the invocation id and the level; worker
-stdout/stderr lines are passed through (levels classified as the host does, see
-`Console.worker_output`); ``--verbose`` adds one line per protocol message. Colour is used
-when the stream is a terminal and ``NO_COLOR`` is unset.
+stdout/stderr lines are passed through (levels and categories as the host gives them, see
+`Console.worker_output`). Which of these log lines are shown is ``func start``'s choice
+(`_logfilter`): user logs from ``Information``, the worker's System logs and its
+``LanguageWorkerConsoleLog`` lines from ``Warning`` (``Information`` with ``--verbose``),
+``host.json`` ``logging.logLevel`` first. ``--verbose`` also adds one line per protocol
+message. Colour is used when the stream is a terminal and ``NO_COLOR`` is unset.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Final, TextIO
 import betterproto2
 
 from workerkit._generated import AzureFunctionsRpcMessages as pb
+
+from ._logfilter import CONSOLE_CATEGORY, ERROR, INFORMATION, LEVEL_NAMES, WARNING, LogFilter
 
 __all__ = ["Console"]
 
@@ -48,10 +53,24 @@ _LEVEL_COLOURS: Final = {
     "Error": "red",
     "Critical": "red",
 }
-_CONSOLE_PREFIX: Final = "languageworkerconsolelog"
+#: WorkerConstants.LanguageWorkerConsoleLogPrefix and ToolingConsoleLogPrefix.
+_CONSOLE_PREFIX: Final = "LanguageWorkerConsoleLog"
+_CONSOLE_PREFIX_ANYWHERE: Final = re.compile(re.escape(_CONSOLE_PREFIX), re.IGNORECASE)
+_JSON_PREFIX: Final = "azfuncjsonlog:"
+#: Core Tools shows these whatever the filter says (ColoredConsoleLogger._allowedLogsPrefixes).
+_ALWAYS_SHOWN: Final = (
+    "Worker process started and initialized.",
+    "Host lock lease acquired by instance ID",
+)
 #: What a terminal would act on rather than show: C0 controls but tab (line breaks are split
 #: off first), DEL, C1 controls, and the bidirectional overrides that reorder what is shown.
 _CONTROLS: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def starts_with_ignore_case(text: str, prefix: str) -> bool:
+    """.NET ``StartsWith(prefix, StringComparison.OrdinalIgnoreCase)`` for an ASCII `prefix`."""
+    head = text[: len(prefix)]
+    return head.isascii() and head.lower() == prefix.lower()
 
 
 def printable(text: str) -> str:
@@ -84,6 +103,8 @@ class Console:
             color = bool(isatty and isatty()) and not os.environ.get("NO_COLOR")
         self.color = color
         self.verbose = verbose
+        #: What log lines to show (`log`); the emulator sets it from host.json at start.
+        self.log_filter = LogFilter(system_level=INFORMATION if verbose else WARNING)
 
     # -- primitives --------------------------------------------------------------------------
     def paint(self, text: str, colour: str | None) -> str:
@@ -132,13 +153,48 @@ class Console:
             return f"<{len(bytes(value))} bytes>"
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_jsonable)
 
-    # -- structured lines ---------------------------------------------------------------------
-    def rpc_log(self, log: pb.RpcLog, function: str | None, dropped: str | None = None) -> None:
-        """One ``RpcLog``: function (or ``worker`` for System logs), invocation id, level."""
-        level = LEVELS.get(log.level, str(int(log.level)))
-        who = function or ("worker" if log.log_category == pb.RpcLogRpcLogCategory.System else "?")
+    # -- log lines ----------------------------------------------------------------------------
+    def log(self, category: str, level: int, text: str, colour: str | None = None) -> None:
+        """A line the host logs in `category` at `level` (a LogLevel number), as ``func
+        start`` prints it: shown if the filter allows it or it is one Core Tools always
+        shows; a line starting ``azfuncjsonlog:`` is printed without that prefix and without
+        a timestamp, whatever its level (ColoredConsoleLogger.Log)."""
+        if starts_with_ignore_case(text, _JSON_PREFIX):
+            self.write(printable(text[len(_JSON_PREFIX) :]))
+            return
+        if not self.shows(category, level, text):
+            return
+        name = LEVEL_NAMES[level] if 0 <= level < len(LEVEL_NAMES) else ""
+        self.line(text, colour or _LEVEL_COLOURS.get(name))
+
+    def shows(self, category: str, level: int, text: str) -> bool:
+        """Whether ``func start`` shows a line of `category` at `level` saying `text`."""
+        if any(starts_with_ignore_case(text, prefix) for prefix in _ALWAYS_SHOWN):
+            return True
+        return self.log_filter.allows(category, level)
+
+    def rpc_log(
+        self,
+        log: pb.RpcLog,
+        function: str | None,
+        dropped: str | None = None,
+        *,
+        category: str = "",
+    ) -> None:
+        """One ``RpcLog`` in `category`: function (or ``worker`` for System logs), invocation
+        id, level. `dropped` says why the real host would not log it at all."""
+        level = int(log.level)
+        name = LEVELS.get(log.level, str(level))
+        system = log.log_category == pb.RpcLogRpcLogCategory.System
+        category = category or ("Worker." if system else f"Function.{function or '?'}.User")
+        if starts_with_ignore_case(log.message, _JSON_PREFIX) and not dropped:
+            self.log(category, level, log.message)
+            return
+        if not self.shows(category, level, log.message):
+            return
+        who = function or ("worker" if system else "?")
         short = f" ({log.invocation_id[:8]})" if log.invocation_id else ""
-        text = f"{who}{short} {level}: {log.message}"
+        text = f"{who}{short} {name}: {log.message}"
         if log.exception is not None and (log.exception.message or log.exception.stack_trace):
             details = log.exception.stack_trace or log.exception.message
             text += "\n" + details.rstrip()
@@ -146,27 +202,42 @@ class Console:
             text = f"{text}\n(the real host drops this log: {dropped})"
             self.line(text, "yellow")
             return
-        self.line(text, _LEVEL_COLOURS.get(level))
+        self.line(text, _LEVEL_COLOURS.get(name))
 
-    def worker_output(self, text: str, *, stderr: bool, errors_only: bool = False) -> None:
-        """A line of worker stdout/stderr, classified the way the host classifies it: a
-        ``LanguageWorkerConsoleLog`` prefix is dropped; stdout is information; a stderr line
-        is a warning if it mentions "warn", else an error with
-        ``useStdErrorStreamForErrorsOnly`` or when it mentions "error", "fail", "severe" or
-        "unhandled exception" (src/WebJobs.Script/Workers/ProcessManagement/WorkerProcess.cs
-        and WorkerProcessUtilities.cs)."""
-        if text.lower().startswith(_CONSOLE_PREFIX):
-            text = text[len(_CONSOLE_PREFIX) :]
-        colour: str | None = None
+    def worker_output(
+        self, text: str, *, stderr: bool, errors_only: bool = False, worker: str = ""
+    ) -> None:
+        """A line of worker stdout/stderr, as the host logs it
+        (src/WebJobs.Script/Workers/ProcessManagement/WorkerProcess.cs
+        ``ParseErrorMessageAndLog``, ``BuildAndLogConsoleLog``; WorkerProcessUtilities.cs).
+
+        Its level: stdout is Information; a stderr line is Warning if it mentions "warn", else
+        Error with ``useStdErrorStreamForErrorsOnly`` or when it mentions "error", "fail",
+        "severe" or "unhandled exception", else Information. A line starting
+        ``LanguageWorkerConsoleLog`` (any case) is the worker's own log: every occurrence of
+        that word is removed and it is a system log of the worker process (category
+        ``Worker.rpcWorkerProcess.<worker>``, hidden below Warning unless ``--verbose``);
+        any other line is the app's console output (``Host.Function.Console``, a user log).
+
+        Args:
+            worker: ``<language>.<worker id>``, for the category.
+        """
+        level = INFORMATION
         if stderr:
             lowered = text.lower()
             if "warn" in lowered:
-                colour = "yellow"
+                level = WARNING
             elif errors_only or any(
                 word in lowered for word in ("error", "fail", "severe", "unhandled exception")
             ):
-                colour = "red"
-        self.line(text, colour)
+                level = ERROR
+        if starts_with_ignore_case(text, _CONSOLE_PREFIX):
+            message = _CONSOLE_PREFIX_ANYWHERE.sub("", text)
+            self.log(f"Worker.rpcWorkerProcess.{worker}", level, message)
+        elif starts_with_ignore_case(text, _JSON_PREFIX):
+            self.log("Host.Function.ToolingConsoleLog", level, text)
+        else:
+            self.log(CONSOLE_CATEGORY, level, text)
 
     def protocol(self, message: pb.StreamingMessage, outgoing: bool) -> None:
         """With ``--verbose``: one line summarising a protocol message."""

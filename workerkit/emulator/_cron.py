@@ -1,6 +1,11 @@
-"""Timer schedules as the timer trigger reads them: six-field NCRONTAB, or a TimeSpan.
+"""Timer schedules as the timer trigger reads them: NCRONTAB with five or six fields, or a
+TimeSpan, after ``%setting%`` tokens are replaced.
 
-``{second} {minute} {hour} {day} {month} {day-of-week}``, separated by spaces. Each field is
+``{second} {minute} {hour} {day} {month} {day-of-week}``, separated by spaces; exactly five
+fields are ``{minute} {hour} {day} {month} {day-of-week}`` at second 0 (the timer extension's
+``CronSchedule.TryCreate``, Azure/azure-webjobs-sdk-extensions src/WebJobs.Extensions/
+Extensions/Timers/Scheduling/CronSchedule.cs, parses a five-field expression without seconds,
+any other count with them). Each field is
 a comma-separated list of ``*``, ``N``, ``A-B`` (a reversed range is swapped, as NCrontab
 does), each optionally with ``/STEP``; ``N/STEP`` means ``N-max/STEP``. Months and days of
 the week also take names or any prefix of them (``Jan``, ``mon``; Sunday is 0). A time
@@ -9,18 +14,32 @@ match, as in NCrontab. Anything else is a `ScheduleError`.
 
 A schedule that is not a cron expression but a .NET TimeSpan (``"00:00:30"``) fires at that
 constant interval, as the timer trigger's ``ConstantSchedule`` does.
+
+Before parsing, every ``%name%`` in the schedule becomes the app setting ``name``
+(`resolve_setting_tokens`: ``TimerSchedule.Create`` calls the WebJobs SDK's
+``NameResolverExtensions.ResolveWholeString``, which, despite its name, replaces each token
+anywhere in the text: ``"0 %minute% * * * *"``).
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from ._config import parse_timespan
+from ._dotnet import fold
+from ._validation import BindingError, binding_value, metadata_string
 
-__all__ = ["CronSchedule", "IntervalSchedule", "ScheduleError", "parse_schedule"]
+__all__ = [
+    "CronSchedule",
+    "IntervalSchedule",
+    "ScheduleError",
+    "parse_schedule",
+    "resolve_setting_tokens",
+    "timer_trigger",
+]
 
 #: How far `CronSchedule.next_after` looks before deciding a schedule never fires
 #: (e.g. ``0 0 0 30 2 *``); 29 February on a given weekday recurs within 28 years.
@@ -72,13 +91,17 @@ class CronSchedule:
         """Parse `expression` (module docstring).
 
         Raises:
-            ScheduleError: not six fields, or a field with a bad value, range, step or name.
+            ScheduleError: not five or six fields, or a field with a bad value, range, step or
+                name.
         """
-        tokens = expression.split()
-        if len(tokens) != len(_FIELDS):
+        tokens = [token for token in expression.split(" ") if token]  # NCrontab: spaces only
+        if len(tokens) == 5:
+            tokens = ["0", *tokens]
+        elif len(tokens) != len(_FIELDS):
             raise ScheduleError(
-                f"{expression!r} has {len(tokens)} fields; an NCRONTAB expression needs 6:"
-                " second minute hour day month day-of-week"
+                f"'{expression}' is an invalid crontab expression. It must contain 6 components"
+                " of a schedule in the sequence of seconds, minutes, hours, days, months, and"
+                " days of week."
             )
         sets = [_parse_field(token, spec) for token, spec in zip(tokens, _FIELDS, strict=True)]
         return cls(expression, *sets)
@@ -224,3 +247,85 @@ def _value(text: str, spec: _Field) -> int:
         if name.lower().startswith(text.lower()):
             return spec.low + index
     raise ScheduleError(f"{text!r} is not a known value name; use one of {', '.join(spec.names)}")
+
+
+def resolve_setting_tokens(text: str, settings: Mapping[str, str]) -> str:
+    """Replace every ``%name%`` in `text` with the app setting `name` (module docstring).
+
+    Settings are looked up as the host's configuration looks them up: the name in any letter
+    case, ``:`` and ``__`` alike.
+
+    Raises:
+        ScheduleError: a ``%`` without its closing ``%``, or a name with no setting (the SDK's
+            messages).
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        start = text.find("%", i)
+        if start < 0:
+            out.append(text[i:])
+            break
+        end = text.find("%", start + 1)
+        if end < 0:
+            raise ScheduleError(f"The '%' at position {start} does not have a closing '%'")
+        name = text[start + 1 : end]
+        value = _setting(settings, name) if name else None
+        if value is None:
+            raise ScheduleError(f"'%{name}%' does not resolve to a value.")
+        out.append(text[i:start])
+        out.append(value)
+        i = end + 1
+    return "".join(out)
+
+
+def timer_trigger(
+    trigger: Mapping[str, Any], settings: Mapping[str, str]
+) -> tuple[CronSchedule | IntervalSchedule, bool]:
+    """A timer trigger binding's schedule and ``runOnStartup``, as the host reads them.
+
+    Its keys in any letter case (``TimerTriggerScriptBinding.GetAttributes`` in
+    src/WebJobs.Script/Binding/CoreExtensionsScriptBindingProvider.cs, Azure/azure-functions-
+    host); ``runOnStartup`` and ``useMonitor`` are read as .NET converts a JSON value to a bool
+    (``true``, ``"True"``, a number other than 0); ``%setting%`` tokens replaced
+    (`resolve_setting_tokens`), then `parse_schedule`.
+
+    Raises:
+        ScheduleError: what the host reports for this function (its message).
+    """
+    try:
+        schedule = metadata_string(trigger, "schedule")
+    except BindingError as exc:
+        raise ScheduleError(str(exc)) from None
+    run_on_startup = _metadata_bool(trigger, "runOnStartup")
+    _metadata_bool(trigger, "useMonitor")
+    if not schedule:  # no expression: the attribute's ScheduleType, which is null
+        raise ScheduleError("Value cannot be null. (Parameter 'type')")
+    return parse_schedule(resolve_setting_tokens(schedule, settings)), run_on_startup
+
+
+def _metadata_bool(trigger: Mapping[str, Any], key: str) -> bool:
+    """``GetMetadataValue<bool>``: JSON true/false, ``"true"``/``"False"`` (trimmed, any case)
+    or a number (non-zero is true); absent or null is false."""
+    value = binding_value(trigger, key)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int | float):
+        return value != 0
+    if isinstance(value, str) and fold(value.strip()) in ("TRUE", "FALSE"):
+        return fold(value.strip()) == "TRUE"
+    raise ScheduleError(
+        f"Error parsing function.json: Invalid value specified for binding property '{key}' of"
+        " type Boolean."
+    )
+
+
+def _setting(settings: Mapping[str, str], name: str) -> str | None:
+    """``IConfiguration[name]``: keys compared ignoring case, ``__`` standing for ``:``."""
+    if name in settings:
+        return settings[name]
+    wanted = fold(name.replace("__", ":"))
+    for key, value in settings.items():
+        if fold(key.replace("__", ":")) == wanted:
+            return value
+    return None

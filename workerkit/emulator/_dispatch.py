@@ -13,7 +13,20 @@ Outputs other than HTTP are printed as compact JSON (`Console.value`).
 
 An HTTP output that is a JSON object with a ``body`` key is answered as the host answers it,
 as a response description; the console says so once per function, since that is rarely
-what the author meant.
+what the author meant. A function with no HTTP output, or whose HTTP output got no value, is
+answered 204 with no body (the HTTP trigger's return-value handler stores ``ObjectResult(null)``,
+which ASP.NET Core writes as 204: ``HttpBinding.SetResponse`` in
+src/WebJobs.Script/Binding/Http/HttpBinding.cs). A failed invocation is answered 500 with no
+body, as the host's ExceptionMiddleware answers it; the console keeps the error.
+
+Every invocation runs under the function's retry policy, or the app's (`_retry`); the first
+attempt carries a ``RetryContext`` too.
+
+A worker that declares the ``HttpUri`` capability asks the host to forward each HTTP request
+to that address (HTTP proxying, src/WebJobs.Script.Grpc/Server/DefaultHttpProxyService.cs).
+The emulator does not forward requests: it answers such a request 500 at once, without
+invoking the function, and says why, rather than leave it waiting for a request that never
+comes until the function timeout.
 
 A timer keeps the schedule status the host's schedule monitor records
 (Azure/azure-webjobs-sdk-extensions, src/WebJobs.Extensions/Extensions/Timers:
@@ -43,6 +56,7 @@ from ._app import FunctionSpec
 from ._console import Console
 from ._cron import CronSchedule, IntervalSchedule
 from ._process import InputBuilder, InvocationOutcome, Supervisor
+from ._retry import RetryPolicy, run_with_retries, supports_retry, unsupported_warning
 from ._routes import Route
 from ._rpchttp import (
     HttpOutput,
@@ -59,6 +73,27 @@ __all__ = ["Dispatcher", "HttpFunction"]
 
 _API_REASON: Final = "This function was programmatically called via the host APIs."
 _SHOWN_VALUE: Final = 200
+#: The capability naming the address a worker wants HTTP requests forwarded to
+#: (RpcWorkerConstants.HttpUri).
+HTTP_URI: Final = "HttpUri"
+
+
+class _NotProxied(Exception):
+    """The worker wants its HTTP requests forwarded to its ``HttpUri``, which the emulator
+    cannot do."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.uri = uri
+
+
+@dataclass
+class _Attempt:
+    """One attempt of an invocation: how it ended, its HTTP output value, its error."""
+
+    outcome: InvocationOutcome
+    http_value: pb.TypedData | None
+    error: str | None
 
 
 @dataclass
@@ -90,25 +125,63 @@ class HttpFunction:
 
 
 class Dispatcher:
-    """Runs invocations on `supervisor`'s worker and reports how they ended on `console`."""
+    """Runs invocations on `supervisor`'s workers and reports how they ended on `console`.
 
-    def __init__(self, supervisor: Supervisor, console: Console) -> None:
+    Args:
+        supervisor: runs each attempt.
+        console: where outcomes are reported.
+        retry: ``host.json`` ``retry``, for functions without a policy of their own.
+    """
+
+    def __init__(
+        self, supervisor: Supervisor, console: Console, retry: RetryPolicy | None = None
+    ) -> None:
         self.console = console
         self.stopping = False
+        self.retry = retry
+        self._stop = asyncio.Event()
         self._supervisor = supervisor
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: list[asyncio.Task[None]] = []
         self._firing: set[asyncio.Task[Any]] = set()  # timers with an invocation under way
         self._timer_status: dict[str, _TimerStatus] = {}  # by function name
         self._warned_response_objects: set[str] = set()  # function names
+        self._warmed_up = False
 
     def stop_timers(self) -> None:
         """Fire no timer any more; a timer whose invocation is under way is left to finish
         (it is drained like the other invocations)."""
         self.stopping = True
+        self._stop.set()  # and no retry waits any longer
         for timer in self._timers:
             if timer not in self._firing:
                 timer.cancel()
+
+    @property
+    def environment(self) -> Mapping[str, str]:
+        """The host's environment (app settings included), as the workers inherit it."""
+        return self._supervisor.environment
+
+    def started(self, functions: list[FunctionSpec]) -> None:
+        """Say at start-up what the host would say about `functions`: a retry policy on a
+        trigger that does not support one (kept all the same), a worker asking for HTTP
+        proxying."""
+        for spec in functions:
+            trigger = spec.trigger_type
+            if self.policy(spec) is not None and not supports_retry(trigger):
+                self.console.warning(unsupported_warning(spec.name))
+        uri = self._supervisor.capabilities.get(HTTP_URI)
+        if uri and any(f.trigger_type.lower() == "httptrigger" for f in functions):
+            self.console.warning(
+                f"The worker declared the {HTTP_URI} capability ({uri}): the host would forward"
+                " each HTTP request to that address (HTTP proxying), which workerkit host does"
+                " not do yet. Its HTTP functions are answered 500 at once, without being"
+                " invoked; run the app with func start to use HTTP proxying."
+            )
+
+    def policy(self, spec: FunctionSpec) -> RetryPolicy | None:
+        """The retry policy `spec` runs under: its own, else the app's."""
+        return spec.retry if spec.retry is not None else self.retry
 
     async def wait(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the admin invocations and timers still running."""
@@ -120,8 +193,8 @@ class Dispatcher:
     async def invoke_http(self, target: HttpFunction, request: IncomingRequest) -> HttpOutput:
         """Run an HTTP-triggered function for `request`; the response to write.
 
-        A failed, timed-out or undeliverable invocation becomes a 500 with a short text body
-        (the details are logged).
+        A failed, timed-out or undeliverable invocation becomes an empty 500 (the details are
+        logged); no HTTP output value, an empty 204.
         """
         spec = target.spec
         trigger_name = str(target.trigger.get("name", "req"))
@@ -129,19 +202,34 @@ class Dispatcher:
         def data(
             capabilities: Mapping[str, str],
         ) -> tuple[list[tuple[str, pb.TypedData]], dict[str, pb.TypedData]]:
+            if capabilities.get(HTTP_URI):
+                raise _NotProxied(capabilities[HTTP_URI])
             http = build_rpc_http(request, capabilities)
             metadata = http_trigger_metadata(request, http, trigger_name, capabilities)
             return [(trigger_name, pb.TypedData(http=http)), *_other_inputs(spec)], metadata
 
-        outcome = await self._supervisor.invoke(spec, data, reason=_API_REASON)
-        http_value, error = self._report(outcome)
+        try:
+            uri = self._supervisor.capabilities.get(HTTP_URI)
+            if uri:
+                raise _NotProxied(uri)
+            attempt = await self._invoke(spec, data, _API_REASON)
+        except _NotProxied as exc:
+            self.console.error(
+                f"Function '{spec.name}': the worker declared the {HTTP_URI} capability"
+                f" ({exc.uri}), so the host would forward this request to that address (HTTP"
+                " proxying). workerkit host does not forward requests yet: it answered 500 at"
+                " once instead of invoking the function and leaving the request waiting until"
+                " the function timeout."
+            )
+            return HttpOutput(500)
+        outcome, http_value, error = attempt.outcome, attempt.http_value, attempt.error
         if error is not None:
-            return _error_output(spec, error, outcome)
+            return HttpOutput(500)
         try:
             output = response_from_output(http_value)
         except ResponseError as exc:
             self.console.error(f"Function '{spec.name}' (Id={outcome.invocation_id}): {exc}")
-            return _error_output(spec, str(exc), outcome)
+            return HttpOutput(500)
         for note in output.notes:
             self.console.warning(f"Function '{spec.name}' (Id={outcome.invocation_id}): {note}")
         described = output.response_object
@@ -195,12 +283,59 @@ class Dispatcher:
             data(self._supervisor.capabilities)
         except TriggerInputError as exc:
             return 400, f"{exc}\n"
-        self._spawn(self._run_and_report(spec, data, _API_REASON))
+        self._spawn(self._run(spec, data, _API_REASON))
         return 202, ""
 
-    async def _run_and_report(self, spec: FunctionSpec, data: InputBuilder, reason: str) -> None:
-        outcome = await self._supervisor.invoke(spec, data, reason=reason)
-        self._report(outcome)
+    async def warmup(self, spec: FunctionSpec | None) -> int:
+        """``/admin/warmup``: run the app's warmup function `spec` the first time only; the
+        status to answer.
+
+        The host sets its once-per-process flag before it looks for the function, so a
+        later request runs nothing, whatever happened (200); so does one without a warmup
+        function. A disabled one is not found (404). A run answers as an HTTP function
+        without HTTP output would, except that the warmup trigger has no return-value handler
+        (``OkResult``): 200, or 500 when it failed. Its trigger gets the host's
+        ``WarmupContext``, an object without properties, as JSON (``ToRpcDefault`` in
+        src/WebJobs.Script.Grpc/MessageExtensions/GrpcMessageConversionExtensions.cs).
+        """
+        if self._warmed_up:
+            return 200
+        self._warmed_up = True
+        if spec is None:
+            return 200
+        if spec.disabled:
+            return 404
+        name = str(spec.trigger.get("name"))
+
+        def data(
+            capabilities: Mapping[str, str],
+        ) -> tuple[list[tuple[str, pb.TypedData]], dict[str, pb.TypedData]]:
+            return [(name, pb.TypedData(json="{}")), *_other_inputs(spec)], {}
+
+        attempt = await self._invoke(spec, data, _API_REASON)
+        return 200 if attempt.error is None else 500
+
+    async def _run(self, spec: FunctionSpec, data: InputBuilder, reason: str) -> None:
+        await self._invoke(spec, data, reason)
+
+    async def _invoke(self, spec: FunctionSpec, data: InputBuilder, reason: str) -> _Attempt:
+        """Run `spec` under its retry policy; the last attempt."""
+
+        async def attempt(context: pb.RetryContext | None) -> _Attempt:
+            outcome = await self._supervisor.invoke(
+                spec, data, reason=reason, retry_context=context
+            )
+            http_value, error = self._report(outcome)
+            return _Attempt(outcome, http_value, error)
+
+        return await run_with_retries(
+            self.policy(spec),
+            attempt,
+            _exception,
+            function=spec.name,
+            console=self.console,
+            stop=self._stop,
+        )
 
     def _report(self, outcome: InvocationOutcome) -> tuple[pb.TypedData | None, str | None]:
         """Log how an invocation ended and its outputs; (HTTP output value, error)."""
@@ -303,9 +438,7 @@ class Dispatcher:
         ) -> tuple[list[tuple[str, pb.TypedData]], dict[str, pb.TypedData]]:
             return [(name, timer_payload(last, next_run)), *_other_inputs(spec)], {}
 
-        reason = f"Timer fired at {when.isoformat()}"
-        outcome = await self._supervisor.invoke(spec, data, reason=reason)
-        self._report(outcome)
+        await self._invoke(spec, data, f"Timer fired at {when.isoformat()}")
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -323,11 +456,35 @@ def _other_inputs(spec: FunctionSpec) -> list[tuple[str, pb.TypedData]]:
     ]
 
 
-def _error_output(spec: FunctionSpec, error: str, outcome: InvocationOutcome) -> HttpOutput:
-    first = error.strip().splitlines()[0] if error.strip() else "failed"
-    kind = "timed out" if outcome.timed_out else "failed"
-    text = f"Function '{spec.name}' {kind} (Id={outcome.invocation_id}): {first}\n"
-    return HttpOutput(500, [("Content-Type", "text/plain; charset=utf-8")], text.encode())
+def _exception(attempt: _Attempt) -> pb.RpcException | None:
+    """The exception a failed attempt gives the next attempt's ``RetryContext``, shaped like
+    the host's: its ``FunctionInvocationException`` around the worker's failure
+    (``RpcException``) or the timeout, formatted by the SDK's ``ExceptionFormatter``
+    (``SetRetryContext`` in the host's
+    src/WebJobs.Script.Grpc/Extensions/ScriptInvocationContextExtensions.cs). None when the
+    attempt succeeded."""
+    if attempt.error is None:
+        return None
+    outcome = attempt.outcome
+    result = outcome.response.result if outcome.response is not None else None
+    if result is not None and result.exception is not None:
+        worker = result.exception
+        inner = (
+            "Microsoft.Azure.WebJobs.Script.Workers.Rpc.RpcException : Result:"
+            f" {result.status.name}\nException: {worker.message}\nStack: {worker.stack_trace}"
+        )
+    elif outcome.timed_out:
+        inner = f"Microsoft.Azure.WebJobs.Host.FunctionTimeoutException : {attempt.error}"
+    else:
+        inner = f"System.InvalidOperationException : {attempt.error}"
+    return pb.RpcException(
+        source="Microsoft.Azure.WebJobs.Host",
+        message=(
+            "Microsoft.Azure.WebJobs.Host.FunctionInvocationException : Exception while"
+            f" executing function: Functions.{outcome.function.name} ---> {inner}\n"
+            "   End of inner exception"
+        ),
+    )
 
 
 def _outputs(

@@ -1,7 +1,9 @@
 """`Emulator`: a function app served by a language worker, the way ``func start`` serves it.
 
-Start-up, in order: read ``host.json`` and ``local.settings.json`` (``Values`` join the
-environment unless already set there, as Core Tools does); find the worker directory
+Start-up, in order: pre-read every ``function.json`` and read ``host.json`` (a broken one
+stops start-up, as it stops ``func start``) and ``local.settings.json``; build the
+environment ``func start`` gives the host (`_launch.core_tools_environment`: ``Values``
+join it unless already set there); find the worker directory
 (``--worker`` or the ``languageWorkers:<runtime>:workerDirectory`` setting) and read its
 ``worker.config.json``; find the functions (``function.json``, unless the worker indexes
 them); start the worker (`Supervisor`); check HTTP routes and timer schedules; open the HTTP
@@ -24,7 +26,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from ._app import (
     AppError,
@@ -36,11 +38,14 @@ from ._app import (
 )
 from ._config import WorkerConfigError, read_worker_config
 from ._console import Console
-from ._cron import ScheduleError, parse_schedule
+from ._cron import ScheduleError, timer_trigger
 from ._dispatch import Dispatcher, HttpFunction
-from ._launch import WorkerConfig
+from ._httproutes import http_routes
+from ._jsonfile import check_function_json_files
+from ._launch import CoreToolsError, WorkerConfig, core_tools_environment
+from ._logfilter import LogFilter
 from ._process import Supervisor, SupervisorError
-from ._routes import Route, RouteEntry, RouteError, Router
+from ._routes import Router
 from ._rpchttp import HttpOutput, IncomingRequest
 
 if TYPE_CHECKING:
@@ -156,20 +161,34 @@ class Emulator:
                 f"workerkit host needs aiohttp ({exc}): pip install 'workerkit[host]'"
             ) from None
         options = self.options
-        try:
+        port = options.port
+        try:  # as func start does: every function.json pre-read, then host.json, the settings
+            check_function_json_files(self.app_dir, error=AppError)
             self.host_settings = read_host_json(self.app_dir)
             local = read_local_settings(self.app_dir)
-        except AppError as exc:
+            for warning in local.warnings:
+                self.console.warning(warning)
+            if port is None:
+                port = local.local_http_port if local.local_http_port is not None else DEFAULT_PORT
+            environment = core_tools_environment(
+                self.app_dir,
+                port,
+                local.values,
+                environ=options.environ,
+                connection_strings=local.connection_strings,
+                warn=self.console.warning,
+            )
+        except (AppError, CoreToolsError) as exc:
             raise EmulatorError(str(exc)) from None
-        environment = self._environment(local.values)
+        self._filter_logs(local.values)
         config = self._read_config(environment)
         self.config = config
         for warning in config.warnings:
             self.console.warning(f"{config.path}: {warning}")
         if config.process_count > 1:
-            self.console.warning(
-                f"{config.path}: processCount is {config.process_count}; the emulator runs one"
-                " worker process"
+            self.console.info(
+                f"{config.process_count} worker processes (processCount or"
+                " FUNCTIONS_WORKER_PROCESS_COUNT): invocations go to them in turn."
             )
         timeout = (
             options.function_timeout
@@ -201,10 +220,7 @@ class Emulator:
             prepare=lambda specs: self._prepare(specs, environment),
         )
         self._supervisor = supervisor
-        self._dispatcher = Dispatcher(supervisor, self.console)
-        port = options.port
-        if port is None:
-            port = local.local_http_port if local.local_http_port is not None else DEFAULT_PORT
+        self._dispatcher = Dispatcher(supervisor, self.console, self.host_settings.retry)
         try:
             try:
                 await supervisor.start()
@@ -236,6 +252,7 @@ class Emulator:
         shown_host = f"[{options.host}]" if ":" in options.host else options.host
         self.url = f"http://{shown_host}:{bound}"
         timers = self._start_timers()
+        self._dispatcher.started(self.functions)  # retry warnings, HttpUri
         self._banner(http_functions, timers)
         exposed = exposure_warning(options.host, door.addresses)
         if exposed is not None:
@@ -315,18 +332,23 @@ class Emulator:
             self._supervisor.kill()
 
     # -- configuration -----------------------------------------------------------------------
-    def _environment(self, values: Mapping[str, str]) -> dict[str, str]:
-        base = dict(os.environ if self.options.environ is None else self.options.environ)
-        for key, value in values.items():
-            if base.get(key):
-                if base[key] != value:
-                    self.console.warning(
-                        f"Skipping '{key}' from local.settings.json as it's already defined in"
-                        " the environment."
-                    )
-                continue
-            base[key] = value
-        return base
+    def _filter_logs(self, values: Mapping[str, str | None]) -> None:
+        """Show the log lines ``func start`` shows (`_logfilter`): host.json
+        ``logging.logLevel`` and its ``AzureFunctionsJobHost__logging__logLevel__*`` settings
+        (environment first, then ``local.settings.json``), ``FUNCTIONS_USER_LOG_LEVEL``,
+        ``--verbose``."""
+        assert self.host_settings is not None
+        environ = os.environ if self.options.environ is None else self.options.environ
+        settings = {k: v for k, v in values.items() if v is not None}
+        settings.update((k, v) for k, v in environ.items() if v)
+        self.console.log_filter, warnings = LogFilter.build(
+            log_levels=self.host_settings.log_levels,
+            environ=environ,
+            settings=settings,
+            verbose=self.console.verbose,
+        )
+        for warning in warnings:
+            self.console.warning(warning)
 
     def _read_config(self, environment: Mapping[str, str]) -> WorkerConfig:
         worker_dir = self.options.worker_dir
@@ -365,48 +387,17 @@ class Emulator:
         return _disabled_by_settings(functions, settings)
 
     def _routes(self) -> list[HttpFunction]:
+        """The HTTP functions' checks and routes, as the host makes them (`_httproutes`); a
+        route template the host cannot map stops start-up (the host would not start)."""
         assert self.host_settings is not None
-        entries: list[RouteEntry[HttpFunction]] = []
-        found: list[HttpFunction] = []
-        seen: list[HttpFunction] = []
-        for spec in self.functions:
-            trigger = spec.trigger
-            if spec.trigger_type.lower() != "httptrigger":
-                continue
-            template = trigger.get("route")
-            if template is None:
-                template = spec.name
-            try:
-                if not isinstance(template, str):
-                    raise RouteError(f"route must be a string, not {template!r}")
-                route = Route.parse(template)
-                methods = _methods(trigger)
-            except (RouteError, ValueError) as exc:
-                self._function_error(spec, str(exc))
-                continue
-            item = HttpFunction(spec, route, methods, trigger)
-            clash = next(
-                (
-                    other
-                    for other in seen
-                    if other.route.normalized() == route.normalized()
-                    and (other.methods is None or methods is None or other.methods & methods)
-                ),
-                None,
-            )
-            if clash is not None:
-                self._function_error(
-                    spec,
-                    f"The route specified conflicts with the route defined by function"
-                    f" '{clash.spec.name}'.",
-                )
-                continue
-            seen.append(item)
-            found.append(item)
-            if not spec.disabled:
-                entries.append(RouteEntry(route, methods, item))
-        self.router = Router(entries)
-        return found
+        try:
+            table = http_routes(self.functions, self.host_settings)
+        except AppError as exc:
+            raise EmulatorError(str(exc)) from None
+        for spec, reason in table.errors:
+            self._function_error(spec, reason)
+        self.router = table.router
+        return table.functions
 
     def _function_error(self, spec: FunctionSpec, reason: str) -> None:
         self.errors.append(AppError(spec.directory / "function.json", reason, spec.name))
@@ -446,6 +437,12 @@ class Emulator:
         self.console.info(f"Host started: {self.url} (Ctrl+C to stop).")
 
     # -- invocations -------------------------------------------------------------------------
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Runs the invocations (`start` first)."""
+        assert self._dispatcher is not None, "start() first"
+        return self._dispatcher
+
     async def invoke_http(self, match_target: HttpFunction, request: IncomingRequest) -> HttpOutput:
         """Run an HTTP-triggered function for `request`; the response to write (a failed,
         timed-out or undeliverable invocation is a 500 with a short text body)."""
@@ -471,22 +468,11 @@ class Emulator:
         for spec in list(self.functions):
             if spec.trigger_type.lower() != "timertrigger":
                 continue
-            trigger = spec.trigger
-            raw = trigger.get("schedule")
-            try:
-                if not isinstance(raw, str) or not raw.strip():
-                    raise ScheduleError("the timer trigger needs a 'schedule'")
-                text = raw.strip()
-                if text.startswith("%") and text.endswith("%") and len(text) > 2:
-                    setting = environment.get(text[1:-1])
-                    if setting is None:
-                        raise ScheduleError(f"the app setting {text[1:-1]!r} is not set")
-                    text = setting
-                schedule = parse_schedule(text)
+            try:  # as the host reads it: keys in any case, %settings% anywhere (`_cron`)
+                schedule, run_on_startup = timer_trigger(spec.trigger, environment)
             except ScheduleError as exc:
                 self._function_error(spec, str(exc))
                 continue
-            run_on_startup = _truthy(trigger.get("runOnStartup"))
             shown[spec.name] = str(schedule) + (", runOnStartup" if run_on_startup else "")
             assert self._dispatcher is not None
             self._dispatcher.start_timer(spec, schedule, run_on_startup, enabled=not spec.disabled)
@@ -509,30 +495,18 @@ def exposure_warning(host: str, addresses: list[str]) -> str | None:
     )
 
 
-def _methods(trigger: Mapping[str, Any]) -> frozenset[str] | None:
-    methods = trigger.get("methods")
-    if methods is None or methods == []:
-        return None
-    if not isinstance(methods, list) or not all(isinstance(m, str) and m for m in methods):
-        raise ValueError("'methods' must be an array of HTTP method names")
-    return frozenset(m.upper() for m in methods)
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() == "true"
-    return value is True
-
-
 def _disabled_by_settings(
     functions: Sequence[FunctionSpec], settings: Mapping[str, str]
 ) -> list[FunctionSpec]:
-    """Apply the ``AzureWebJobs.<name>.Disabled`` app settings (``true`` or ``1``)."""
+    """Apply the ``AzureWebJobs.<name>.Disabled`` (or ``AzureWebJobs_<name>_Disabled``) app
+    settings: exactly ``true`` or ``1``, in any case (the WebJobs SDK's
+    ``HostListenerFactory.IsDisabled`` and ``IsSettingEnabled``; setting names ignore case)."""
     lowered = {k.lower(): v for k, v in settings.items()}
     out = []
     for spec in functions:
-        value = lowered.get(f"azurewebjobs.{spec.name.lower()}.disabled", "")
-        if value.strip().lower() in ("true", "1"):
-            spec = replace(spec, disabled=True)
+        name = spec.name.lower()
+        for key in (f"azurewebjobs.{name}.disabled", f"azurewebjobs_{name}_disabled"):
+            if lowered.get(key, "").lower() in ("true", "1"):
+                spec = replace(spec, disabled=True)
         out.append(spec)
     return out

@@ -3,13 +3,16 @@
 ==================================  ==========================================================
 request                             answer
 ==================================  ==========================================================
-``<prefix>/<route>`` of a function  the function's response; 500 when it fails or times out
-  with a disallowed method          405 with ``Allow``
+``<prefix>/<route>`` of a function  the function's response; 204 without one; 500, no body,
+                                    when it fails or times out (the console has the error)
+  with a disallowed method          404, no body (the route does not match: the host's
+                                    routes constrain methods, so no 405)
   body over ``--max-body-size``     413 (before the body is read when Content-Length says so,
                                     and without ``100 Continue``)
-no route matches / disabled         404
-``POST /admin/functions/<name>``    202 (invocation started), 400 (bad body/input), 404
-``GET /admin/host/status``          200 ``{"state": "Running", "version": …}``
+no route matches / disabled         404, no body (ASP.NET Core's answer)
+``/``                               the home page (`_admin`), unless a function route takes it
+``/admin/...``                      as the host answers (`_admin`): ping, status, warmup,
+                                    ``POST /admin/functions/<name>``
 headers over 32 KiB in all          431
 a header line over 32 KiB, over     400 (aiohttp's parser; the connection is closed)
   100 headers, a request line over
@@ -66,7 +69,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ._config import HOST_VERSION
+from ._admin import answer_admin, home_page
 from ._rpchttp import HttpOutput, IncomingRequest
 
 if TYPE_CHECKING:
@@ -444,19 +447,21 @@ class FrontDoor:
             return response
         segments, path = normalize_path(request.rel_url.raw_path)
         if segments and segments[0].lower() == "admin":
-            return await self._admin(request, segments[1:])
+            return await answer_admin(emulator, request, segments[1:], self._read_body)
         settings = emulator.host_settings
         prefix = [p for p in (settings.route_prefix if settings else "api").split("/") if p]
-        if [s.lower() for s in segments[: len(prefix)]] != [p.lower() for p in prefix]:
-            return _text(404, f"no function matches {unquote(path)}\n")
-        found = emulator.router.match(request.method, segments[len(prefix) :])
-        if found is None:
-            return _text(404, f"no function matches {unquote(path)}\n")
-        if isinstance(found, frozenset):
-            allowed = ", ".join(sorted(found))
-            return _text(
-                405, f"{request.method} is not allowed here; use {allowed}\n", Allow=allowed
+        found = None
+        if [s.lower() for s in segments[: len(prefix)]] == [p.lower() for p in prefix]:
+            found = emulator.router.match(request.method, segments[len(prefix) :])
+        if isinstance(found, frozenset):  # the route's method constraint fails: no match
+            emulator.console.warning(
+                f"{request.method} {unquote(path)}: the route takes"
+                f" {', '.join(sorted(found))} only; answered 404, as the host does."
             )
+        if found is None or isinstance(found, frozenset):
+            if path == "/":  # the host's HomepageMiddleware, after the function routes
+                return home_page(emulator.dispatcher.environment)
+            return web.Response(status=404)
         body = await self._read_body(request)
         if isinstance(body, web.Response):
             return body
@@ -535,20 +540,6 @@ class FrontDoor:
         if request.protocol is not None:
             request.protocol.force_close()
         return response
-
-    async def _admin(self, request: web.Request, segments: list[str]) -> web.StreamResponse:
-        if len(segments) == 2 and segments[0].lower() == "functions" and segments[1]:
-            if request.method != "POST":
-                return _text(405, "use POST\n", Allow="POST")
-            body = await self._read_body(request)
-            if isinstance(body, web.Response):
-                return body
-            status, text = self.emulator.admin_invoke(segments[1], body or b"")
-            return _text(status, text) if text else web.Response(status=status)
-        if [s.lower() for s in segments] == ["host", "status"]:
-            state = {"state": "Running", "version": HOST_VERSION}
-            return web.json_response(state)
-        return _text(404, f"no admin endpoint {request.path}\n")
 
 
 def _is_admin(request: web.Request) -> bool:

@@ -1,11 +1,13 @@
 """`WorkerConfig`: a worker as the host knows it once its ``worker.config.json`` is read
 (`_config` reads it), and how the host launches it: the command line, the environment, the
-executable lookup.
+executable lookup; and `core_tools_environment`, the environment ``func start`` gives the
+host process, which every worker inherits.
 
 The host's code: ``GetArguments`` and ``CreateWorkerProcess`` in
 src/WebJobs.Script/Workers/ProcessManagement/DefaultWorkerProcessFactory.cs, and
 ``CreateWorkerProcess`` in src/WebJobs.Script/Workers/Rpc/RpcWorkerProcess.cs
-(Azure/azure-functions-host).
+(Azure/azure-functions-host). Core Tools' (Azure/azure-functions-core-tools):
+src/Cli/func/Program.cs and src/Cli/func/Actions/HostActions/StartHostAction.cs.
 """
 
 from __future__ import annotations
@@ -13,16 +15,22 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from workerkit.cli import HostArgs
 
+from ._jsonfile import read_json_object
+
 __all__ = [
     "ENV_TOKEN",
+    "CoreToolsError",
     "WorkerConfig",
+    "core_tools_environment",
     "expand_environment_variables",
     "split_dotnet_arguments",
 ]
@@ -195,3 +203,195 @@ def expand_environment_variables(text: str, environ: Mapping[str, str]) -> str:
         return match.group(0) if value is None else value
 
     return ENV_TOKEN.sub(replace, text)
+
+
+class CoreToolsError(Exception):
+    """Something ``func start`` stops on before the host starts (the message says what)."""
+
+
+#: ``func start``'s default port (``DefaultPort`` in StartHostAction.cs).
+CORE_TOOLS_PORT: Final = 7071
+_PYTHON_SETTING: Final = "languageWorkers:python:defaultExecutablePath"
+#: What Core Tools tries, in its order of preference (``GetEnvironmentPythonVersion`` in
+#: src/Cli/func/Helpers/PythonHelpers.cs); ``py`` only on Windows.
+_PYTHON_CANDIDATES: Final = (
+    *(("py",) if sys.platform == "win32" else ()),
+    "python3",
+    "python",
+    *(f"python3.{minor}" for minor in range(9, 15)),
+)
+_SUPPORTED_PYTHON: Final = range(9, 15)  # 3.9 to 3.14: PythonHelpers.IsVersionSupported
+_PYTHON_VERSION: Final = re.compile(r"(\d+)\.(\d+)")
+
+
+def core_tools_environment(
+    app_dir: Path,
+    port: int = CORE_TOOLS_PORT,
+    settings: Mapping[str, str | None] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    connection_strings: Mapping[str, str | None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """The environment ``func start`` gives the host process, which its workers inherit.
+
+    In Core Tools' order: ``FUNCTIONS_CORETOOLS_ENVIRONMENT`` and
+    ``AzureFunctionsJobHost__SequentialRestart`` (``true``, unless set: Program.cs
+    ``SetCoreToolsEnvironmentVariables``); for a ``python`` app the Python it finds
+    (``languageWorkers:python:defaultExecutablePath`` unless set in either spelling, and
+    ``FUNCTIONS_WORKER_RUNTIME_VERSION``, always: ``PreRunConditions``);
+    ``ASPNETCORE_SUPPRESSSTATUSMESSAGES`` and ``Logging__LogLevel__Microsoft.Hosting.Lifetime``
+    (``RunAsync``); then the app settings, applied one by one (``GetConfigurationSettings`` and
+    ``UpdateEnvironmentVariables``): `settings` (``local.settings.json`` ``Values``),
+    ``WEBSITE_HOSTNAME`` = ``localhost:<port>``, ``ConnectionStrings:<name>`` for each of
+    `connection_strings`, ``AzureWebJobsScriptRoot`` = the app directory and
+    ``AZURE_FUNCTIONS_ENVIRONMENT`` = ``Development`` (replacing a ``Values`` entry, with a
+    warning). A variable already non-empty in the environment wins over any of them (a
+    warning names it); a null value is skipped. Last ``PYTHON_ENABLE_DEBUG_LOGGING`` (``1``)
+    and ``AzureFunctionsJobHost__logging__logLevel__Function`` (``Information``, unless
+    ``host.json`` sets ``logging.logLevel.Function``), both unless set
+    (``ConfigureHostLoggingForUserLogLevel``).
+
+    Args:
+        app_dir: the function app root (``func start``'s current directory).
+        port: the HTTP port ``func start`` listens on (``WEBSITE_HOSTNAME``).
+        settings: ``local.settings.json`` ``Values`` (None values are skipped).
+        environ: the environment it starts from (default: this process's); not changed.
+        connection_strings: ``local.settings.json`` ``ConnectionStrings``.
+        warn: where Core Tools' warnings go (default: dropped).
+
+    Raises:
+        CoreToolsError: ``func start`` would stop: a ``Values`` entry named like one Core
+            Tools adds itself (a duplicate key), or a ``python`` app without Python 3.9-3.14.
+    """
+    env = dict(os.environ if environ is None else environ)
+    values = dict(settings or {})
+    say = warn or (lambda message: None)
+    for name in ("FUNCTIONS_CORETOOLS_ENVIRONMENT", "AzureFunctionsJobHost__SequentialRestart"):
+        if not env.get(name):
+            env[name] = "true"
+    runtime = env.get("FUNCTIONS_WORKER_RUNTIME") or next(
+        (v for k, v in values.items() if k.lower() == "functions_worker_runtime" and v), ""
+    )
+    if runtime.lower() == "python":
+        _find_python(env)
+    if not env.get("ASPNETCORE_SUPPRESSSTATUSMESSAGES"):
+        env["ASPNETCORE_SUPPRESSSTATUSMESSAGES"] = "true"
+    env["Logging__LogLevel__Microsoft.Hosting.Lifetime"] = "None"
+
+    added: dict[str, str | None] = {
+        "WEBSITE_HOSTNAME": "localhost" if port == 80 else f"localhost:{port}"
+    }
+    for name, value in (connection_strings or {}).items():
+        added[f"ConnectionStrings:{name}"] = value
+    added["AzureWebJobsScriptRoot"] = os.path.abspath(app_dir)
+    for key in added:
+        if key in values:  # Dictionary.Add on a key the Values already hold
+            raise CoreToolsError(
+                f"local.settings.json sets {key!r} in Values, which Core Tools adds itself:"
+                " func start fails on the duplicate. Remove it from Values."
+            )
+    if "AZURE_FUNCTIONS_ENVIRONMENT" in values:
+        say(
+            "AZURE_FUNCTIONS_ENVIRONMENT already exists with value"
+            f" '{values['AZURE_FUNCTIONS_ENVIRONMENT']}', overriding to 'Development'."
+        )
+    merged = {**values, **added}
+    merged["AZURE_FUNCTIONS_ENVIRONMENT"] = "Development"
+    for key, value in merged.items():
+        if not key:
+            say("Skipping local setting with empty key.")
+        elif env.get(key):
+            say(
+                f"Skipping '{key}' from local settings as it's already defined in current"
+                " environment variables."
+            )
+        elif value is None:
+            say(f"Skipping '{key}' because value is null")
+        else:
+            env[key] = value
+
+    if not env.get("AzureFunctionsJobHost__logging__logLevel__Function") and not _host_json_has(
+        app_dir, "logging", "logLevel", "Function"
+    ):
+        env["AzureFunctionsJobHost__logging__logLevel__Function"] = "Information"
+    if not env.get("PYTHON_ENABLE_DEBUG_LOGGING"):
+        env["PYTHON_ENABLE_DEBUG_LOGGING"] = "1"
+    return env
+
+
+def _host_json_has(app_dir: Path, *keys: str) -> bool:
+    """Whether ``host.json`` sets the section (configuration keys: any letter case)."""
+    try:
+        node: Any = read_json_object(Path(app_dir) / "host.json", error=lambda p, r: ValueError(r))
+    except ValueError:
+        return False
+    for key in keys:
+        if not isinstance(node, dict):
+            return False
+        node = next((v for k, v in node.items() if k.lower() == key.lower()), None)
+    return node is not None and node != {} and node != []
+
+
+def _find_python(env: dict[str, str]) -> None:
+    """Core Tools' ``PreRunConditions`` for a ``python`` app: find Python 3.9-3.14, make it
+    the worker's executable unless one is set, and always set its ``<major>.<minor>`` as
+    ``FUNCTIONS_WORKER_RUNTIME_VERSION``.
+
+    Core Tools reads only the ``:`` spelling of the setting from the environment; either
+    spelling counts here (with both set, which one .NET configuration picks is not defined).
+    """
+    chosen = next(
+        (
+            v
+            for k, v in env.items()
+            if k.replace("__", ":").lower() == _PYTHON_SETTING.lower() and v
+        ),
+        None,
+    )
+    found: list[tuple[str, int, int]] = []
+    for candidate in (chosen,) if chosen else _PYTHON_CANDIDATES:
+        version = _python_version(candidate, env)
+        if version is not None:
+            found.append((candidate, *version))
+            if version[0] == 3 and version[1] in _SUPPORTED_PYTHON:
+                break
+    pick = next((f for f in found if f[1] == 3 and f[2] in _SUPPORTED_PYTHON), None)
+    if pick is None:
+        seen = ", ".join(f"{exe} is {major}.{minor}" for exe, major, minor in found)
+        if chosen:
+            problem = f"{chosen!r} ({_PYTHON_SETTING}) " + (
+                f"is {found[0][1]}.{found[0][2]}" if found else "does not run"
+            )
+        else:
+            problem = seen or f"none of {', '.join(_PYTHON_CANDIDATES)} is on PATH"
+        raise CoreToolsError(
+            f"FUNCTIONS_WORKER_RUNTIME is python, and func start needs Python 3.9 to 3.14:"
+            f" {problem}. Set languageWorkers__python__defaultExecutablePath to one."
+        )
+    executable, major, minor = pick
+    if not chosen:
+        env[_PYTHON_SETTING] = executable
+    env["FUNCTIONS_WORKER_RUNTIME_VERSION"] = f"{major}.{minor}"
+
+
+def _python_version(executable: str, env: Mapping[str, str]) -> tuple[int, int] | None:
+    """``<executable> --version`` (stdout and stderr, as Core Tools reads it), or None."""
+    path = shutil.which(executable, path=env.get("PATH", os.defpath))
+    if path is None:
+        return None
+    try:
+        done = subprocess.run(
+            [path, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=dict(env),
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _PYTHON_VERSION.search((done.stdout + done.stderr).replace("Python ", ""))
+    if done.returncode != 0 or match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))

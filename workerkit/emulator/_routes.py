@@ -1,53 +1,80 @@
-"""HTTP trigger route templates, matched the way ASP.NET Core routing (and so the host) does.
+"""HTTP trigger route templates, parsed and matched the way the host's ASP.NET Core routing does.
 
-A template is segments separated by ``/``. A segment is literal text (matched
-case-insensitively), a parameter, or a mix (``{name}.{ext}``). Parameters:
+The host maps each HTTP function with ASP.NET Core's legacy ``Route`` (Azure/azure-webjobs-sdk-
+extensions, src/WebJobs.Extensions.Http/Routing/WebJobsRouteBuilder.cs), so the rules are
+ASP.NET's (dotnet/aspnetcore, src/Http/Routing/src): the template is parsed by
+``Patterns/RoutePatternParser`` and ``RouteParameterParser``, its inline constraints resolved
+by ``DefaultInlineConstraintResolver`` (`_constraints`), and a request path matched by
+``RoutePatternMatcher``. In short:
 
-- ``{name}``: one non-empty segment;
-- ``{name?}`` / ``{name=default}``: optional (only in the trailing segments);
-- ``{*name}`` / ``{**name}``: catch-all, the rest of the path (last segment only);
-- constraints after the name: ``{id:int}``, ``{v:length(2,8)}``, ``{x:regex(^a+$)}``, several
-  chained (``{n:int:min(1)}``); supported: ``int``, ``long``, ``bool``, ``guid``, ``alpha``,
-  ``decimal``, ``double``, ``float``, ``datetime``, ``min``, ``max``, ``range``,
-  ``minlength``, ``maxlength``, ``length``, ``regex``, ``required``, ``file``, ``nonfile``.
+- one leading ``/`` (or ``~/``) is dropped; two ``/`` in a row are an error; a trailing ``/``
+  is fine;
+- a segment is literal text (matched in any letter case), a parameter, or a mix of both
+  (``{name}.{ext}``, matched from the right: ``a.tar.gz`` gives ``a.tar`` and ``gz``);
+- ``{{`` and ``}}`` stand for ``{`` and ``}``, in literals and inside parameters, so a regular
+  expression's braces are doubled: ``{code:regex(^[A-Z]{{3}}$)}``;
+- ``{name?}`` is optional, ``{name=default}`` has a default, ``{*name}``/``{**name}`` takes the
+  rest of the path (last segment only); ``{file}.{ext?}`` makes the extension optional;
+- constraints follow the name: ``{id:int}``, ``{id:int:min(1)}`` (`_constraints`).
 
-``{{`` and ``}}`` are literal braces. A template with an unknown constraint or another
-syntax error is a `RouteError`. `Route.match` returns the parameter values (percent-decoded
-path segments; an absent optional parameter maps to its default or None) or None.
+A template ASP.NET rejects is a `RouteError` with its message. `Router` tries its routes in the
+order given: the host registers them in function-name order and takes the first that matches
+(no "most specific route wins", unlike ASP.NET Core's endpoint routing).
 """
 
 from __future__ import annotations
 
-import datetime
-import math
-import re
-import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Final, Generic, TypeVar
+
+from ._constraints import Constraint, RouteError, resolve_constraint
+from ._dotnet import fold
 
 __all__ = ["Route", "RouteEntry", "RouteError", "RouteMatch", "Router"]
 
 T = TypeVar("T")
-_NAME: Final = re.compile(r"^[^{}/\\?*:=\s]+$")
+_INVALID_NAME_CHARS: Final = frozenset("/{}?*")
+_MISMATCHED: Final = (
+    "There is an incomplete parameter in the route template. Check that each '{' character has"
+    " a matching '}' character."
+)
+_UNESCAPED: Final = "In a route parameter, '{' and '}' must be escaped with '{{' and '}}'."
 
 
-class RouteError(ValueError):
-    """A route template the host would reject; the message says why."""
+@dataclass(frozen=True)
+class _Literal:
+    text: str
+    separator: bool = False  # the "." before an optional last parameter
+
+    def shown(self) -> str:
+        return self.text
 
 
 @dataclass(frozen=True)
 class _Param:
     name: str
-    constraints: tuple[tuple[str, str | None], ...] = ()
+    constraint_texts: tuple[str, ...] = ()
     optional: bool = False
     default: str | None = None
     catch_all: bool = False
+    double_star: bool = False
+    constraints: tuple[Constraint, ...] = field(default=(), compare=False)
+
+    def shown(self) -> str:
+        star = ("**" if self.double_star else "*") if self.catch_all else ""
+        policies = "".join(f":{c}" for c in self.constraint_texts)
+        default = f"={self.default}" if self.default is not None else ""
+        return "{" + star + self.name + policies + default + ("?" if self.optional else "") + "}"
+
+
+_Part = _Literal | _Param
 
 
 @dataclass(frozen=True)
 class _Segment:
-    parts: tuple[str | _Param, ...]
+    parts: tuple[_Part, ...]
 
     @property
     def single(self) -> _Param | None:
@@ -65,43 +92,26 @@ class Route:
 
     @classmethod
     def parse(cls, template: str) -> Route:
-        """Parse `template` (leading ``/`` or ``~/`` removed).
+        """Parse `template` as ASP.NET Core does, and resolve its inline constraints.
 
         Raises:
-            RouteError: bad syntax, duplicate or invalid names, an unknown constraint, an
-                optional parameter before a required segment, a catch-all not last.
+            RouteError: ASP.NET rejects the template (its message).
         """
-        text = template.strip()
-        if text.startswith("~/"):
-            text = text[2:]
-        text = text.lstrip("/")
-        raw_segments = _split_segments(text, template) if text else []
-        segments = tuple(_parse_segment(raw, template) for raw in raw_segments)
-        names: set[str] = set()
-        seen_optional = False
-        for index, segment in enumerate(segments):
-            params = [p for p in segment.parts if isinstance(p, _Param)]
-            for param in params:
-                if param.name.lower() in names:
-                    raise RouteError(f"route {template!r}: parameter {param.name!r} appears twice")
-                names.add(param.name.lower())
-                if (param.optional or param.catch_all) and segment.single is None:
-                    raise RouteError(
-                        f"route {template!r}: an optional or catch-all parameter must be a whole"
-                        " segment"
-                    )
-                if param.catch_all and index != len(segments) - 1:
-                    raise RouteError(
-                        f"route {template!r}: a catch-all parameter must be the last segment"
-                    )
-            single = segment.single
-            optional = single is not None and (single.optional or single.catch_all)
-            if seen_optional and not optional:
-                raise RouteError(
-                    f"route {template!r}: a required segment cannot follow an optional parameter"
-                )
-            seen_optional = seen_optional or optional
-        return cls(template, segments)
+        segments = _Parser(template).parse()
+        resolved = []
+        for segment in segments:
+            parts: list[_Part] = []
+            for part in segment.parts:
+                if isinstance(part, _Param) and part.constraint_texts:
+                    part = replace(part, constraints=_resolve(part, template))
+                parts.append(part)
+            resolved.append(_Segment(tuple(parts)))
+        return cls(template, tuple(resolved))
+
+    def without_prefix(self, count: int, template: str) -> Route:
+        """This route matched after its first `count` segments (a route prefix the caller
+        matches itself), shown as `template`."""
+        return Route(template, self.segments[count:])
 
     @property
     def parameters(self) -> list[str]:
@@ -109,349 +119,378 @@ class Route:
         return [p.name for s in self.segments for p in s.parts if isinstance(p, _Param)]
 
     def match(self, path: Sequence[str]) -> dict[str, str | None] | None:
-        """Match decoded path segments (after the route prefix); values by parameter name.
+        """Match decoded path segments (after the route prefix): the parameter values (None for
+        an absent optional parameter without a default), or None.
 
-        One trailing empty segment (a trailing ``/``) is ignored.
+        A trailing ``/`` (a last empty segment) is ignored, except that a catch-all parameter
+        keeps it, as the host's ``PathTokenizer`` and ``RoutePatternMatcher`` do.
         """
-        if path and path[-1] == "":
+        trailing = bool(path) and path[-1] == ""
+        if trailing:
             path = path[:-1]
         values: dict[str, str | None] = {}
+        absent: set[str] = set()  # optional parameters that got no value
+        caught_all = False
         for index, segment in enumerate(self.segments):
             single = segment.single
             if single is not None and single.catch_all:
-                rest = "/".join(path[index:])  # may be empty: catch-alls are optional
-                if rest and not _satisfies(single, rest):
+                rest = "/".join(path[index:]) + ("/" if trailing else "")
+                values[single.name] = rest if index < len(path) else single.default
+                caught_all = True
+                break
+            if index >= len(path):  # the path ran out: only optional or defaulted parameters
+                if single is None or not (single.optional or single.default is not None):
                     return None
-                values[single.name] = rest or single.default
-                return values
-            if index >= len(path):
-                if single is not None and (single.optional or single.default is not None):
-                    values[single.name] = single.default
-                    continue
+                values[single.name] = single.default
+                if single.default is None:
+                    absent.add(single.name)
+                continue
+            value = path[index]
+            if value == "":
                 return None
-            found = _match_segment(segment, path[index])
-            if found is None:
-                return None
-            values.update(found)
-        if len(path) > len(self.segments):
+            if single is not None:
+                values[single.name] = value
+            elif len(segment.parts) == 1:
+                literal = segment.parts[0]
+                assert isinstance(literal, _Literal)
+                if fold(value) != fold(literal.text):
+                    return None
+            else:
+                found = _match_complex(segment.parts, value)
+                if found is None:
+                    return None
+                values.update(found)
+                absent.update(
+                    p.name for p in segment.parts if isinstance(p, _Param) and p.name not in found
+                )
+        if not caught_all and len(path) > len(self.segments):
             return None
+        for name in absent:
+            values.setdefault(name, None)
+        for param in (p for s in self.segments for p in s.parts if isinstance(p, _Param)):
+            if not param.constraints or param.name in absent:
+                continue  # OptionalRouteConstraint: nothing to check without a value
+            got = values.get(param.name)
+            if got is None or not all(check(got) for check in param.constraints):
+                return None
         return values
 
-    def precedence(self) -> tuple[int, ...]:
-        """Sort key: lower matches first (literal < complex < constrained < plain < catch-all)."""
-        key: list[int] = []
-        for segment in self.segments:
-            single = segment.single
-            if not any(isinstance(p, _Param) for p in segment.parts):
-                key.append(1)
-            elif single is None:
-                key.append(2)
-            elif single.catch_all:
-                key.append(5)
-            elif single.constraints:
-                key.append(3)
-            else:
-                key.append(4)
-        return (*key, 9)
 
-    def normalized(self) -> str:
-        """A canonical form for conflict checks (names and letter case ignored)."""
-        out: list[str] = []
-        for segment in self.segments:
-            text = ""
-            for part in segment.parts:
-                if isinstance(part, _Param):
-                    kind = "*" if part.catch_all else "?" if part.optional else ""
-                    text += "{" + kind + ":".join(c for c, _ in part.constraints) + "}"
-                else:
-                    text += part.lower()
-            out.append(text)
-        return "/".join(out)
+def _resolve(param: _Param, template: str) -> tuple[Constraint, ...]:
+    """``RouteConstraintBuilder.AddResolvedConstraint`` for each inline constraint."""
+    found = []
+    for text in param.constraint_texts:
+        constraint = resolve_constraint(text)
+        if constraint is None:
+            raise RouteError(
+                f"The constraint entry '{param.name}' - '{text}' on the route '{template}' could"
+                " not be resolved by the constraint resolver of type"
+                " 'DefaultInlineConstraintResolver'."
+            )
+        found.append(constraint)
+    return tuple(found)
 
 
-def _split_segments(text: str, template: str) -> list[str]:
-    segments: list[str] = []
-    depth = 0
-    current = ""
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char == "{":
-            if depth == 0 and text.startswith("{{", i):
-                current += "{{"
-                i += 2
-                continue
-            depth += 1
-        elif char == "}":
-            if depth == 0:
-                if text.startswith("}}", i):
-                    current += "}}"
-                    i += 2
-                    continue
-                raise RouteError(f"route {template!r}: unmatched '}}'")
-            depth -= 1
-        elif char == "/" and depth == 0:
-            segments.append(current)
-            current = ""
-            i += 1
-            continue
-        current += char
-        i += 1
-    if depth:
-        raise RouteError(f"route {template!r}: unmatched '{{'")
-    segments.append(current)
-    if any(s == "" for s in segments):
-        raise RouteError(f"route {template!r}: empty segment ('//')")
-    return segments
+class _Parser:
+    """RoutePatternParser, step by step (its errors end with ``(Parameter 'routeTemplate')``
+    because ``TemplateParser.Parse`` rethrows them as ``ArgumentException``)."""
 
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self.names: set[str] = set()
+        if template.startswith("~/"):
+            self.text = template[2:]
+        elif template.startswith("/"):
+            self.text = template[1:]
+        elif template.startswith("~"):
+            raise self.error(
+                "The route template cannot start with a '~' character unless followed by a '/'."
+            )
+        else:
+            self.text = template
 
-def _parse_segment(raw: str, template: str) -> _Segment:
-    parts: list[str | _Param] = []
-    literal = ""
-    i = 0
-    while i < len(raw):
-        if raw.startswith("{{", i):
-            literal += "{"
-            i += 2
-        elif raw.startswith("}}", i):
-            literal += "}"
-            i += 2
-        elif raw[i] == "{":
-            end = _param_end(raw, i + 1, template)
-            if literal:
-                parts.append(literal)
-                literal = ""
-            if parts and isinstance(parts[-1], _Param):
-                raise RouteError(
-                    f"route {template!r}: two parameters must be separated by literal text"
+    def error(self, message: str) -> RouteError:
+        return RouteError(f"{message} (Parameter 'routeTemplate')")
+
+    def parse(self) -> list[_Segment]:
+        text, i = self.text, 0
+        segments: list[_Segment] = []
+        while i < len(text):
+            if text[i] == "/":
+                raise self.error(
+                    "The route template separator character '/' cannot appear consecutively. It"
+                    " must be separated by either a parameter or a literal value."
                 )
-            parts.append(_parse_param(raw[i + 1 : end].replace("}}", "}"), template))
-            i = end + 1
-        elif raw[i] == "?":
-            raise RouteError(f"route {template!r}: '?' may only mark an optional parameter")
-        else:
-            literal += raw[i]
+            parts, i = self.segment(i)
+            segments.append(_Segment(tuple(parts)))
+            i += 1  # past the '/' (or the end)
+        for index, segment in enumerate(segments):
+            for position, part in enumerate(segment.parts):
+                last = index == len(segments) - 1 and position == len(segment.parts) - 1
+                if isinstance(part, _Param) and part.catch_all and not last:
+                    raise self.error(
+                        "A catch-all parameter can only appear as the last segment of the route"
+                        " template."
+                    )
+        return segments
+
+    def segment(self, i: int) -> tuple[list[_Part], int]:
+        text = self.text
+        parts: list[_Part] = []
+        while True:
+            if text[i] == "{":
+                if i + 1 >= len(text):
+                    raise self.error(_MISMATCHED)
+                escaped = text[i + 1] == "{"
+                i = self.literal(i, parts) if escaped else self.parameter(i, parts)
+            else:
+                i = self.literal(i, parts)
+            if i >= len(text) or text[i] == "/":
+                break
+        self.check_segment(parts)
+        return parts, i
+
+    def literal(self, i: int, parts: list[_Part]) -> int:
+        text, start = self.text, i
+        while i < len(text) and text[i] != "/":
+            if text[i] in "{}":
+                if i + 1 >= len(text):
+                    raise self.error(_MISMATCHED)
+                if text[i + 1] != text[i]:
+                    if text[i] == "}":
+                        raise self.error(_MISMATCHED)
+                    break  # a parameter starts
+                i += 1  # an escaped brace
             i += 1
-    if literal:
-        parts.append(literal)
-    return _Segment(tuple(parts))
+        decoded = text[start:i].replace("}}", "}").replace("{{", "{")
+        if "?" in decoded:
+            raise self.error(
+                f"The literal section '{decoded}' is invalid. Literal sections cannot contain the"
+                " '?' character."
+            )
+        parts.append(_Literal(decoded))
+        return i
 
+    def parameter(self, i: int, parts: list[_Part]) -> int:
+        text, start = self.text, i
+        j = i + 1
+        while True:
+            if j >= len(text):
+                raise self.error(_MISMATCHED)
+            if text[j] == "{":
+                j += 1
+                if j >= len(text):
+                    raise self.error(_MISMATCHED)
+                if text[j] != "{":
+                    raise self.error(_UNESCAPED)
+            elif text[j] == "}":
+                j += 1
+                if j >= len(text) or text[j] != "}":
+                    break  # the end of the parameter
+            j += 1
+        captured = text[start:j]
+        if captured == "{}":
+            raise self.error(_invalid_name(""))
+        decoded = captured[1:-1].replace("}}", "}").replace("{{", "{")
+        param = _parameter(decoded)
+        if decoded.startswith("*") and decoded.endswith("?"):
+            raise self.error("A catch-all parameter cannot be marked optional.")
+        if param.optional and param.default is not None:
+            raise self.error("An optional parameter cannot have default value.")
+        if not param.name or any(c in _INVALID_NAME_CHARS for c in param.name):
+            raise self.error(_invalid_name(param.name))
+        if fold(param.name) in self.names:
+            raise self.error(
+                f"The route parameter name '{param.name}' appears more than one time in the route"
+                " template."
+            )
+        self.names.add(fold(param.name))
+        parts.append(param)
+        return j
 
-def _param_end(raw: str, start: int, template: str) -> int:
-    i, depth = start, 0
-    while i < len(raw):
-        if raw[i] == "(":
-            depth += 1
-        elif raw[i] == ")":
-            depth = max(depth - 1, 0)
-        elif raw[i] == "}":
-            if raw.startswith("}}", i) and depth:
-                i += 2
+    def check_segment(self, parts: list[_Part]) -> None:
+        """RoutePatternParser.IsSegmentValid."""
+        shown = "".join(p.shown() for p in parts)
+        if len(parts) > 1 and any(isinstance(p, _Param) and p.catch_all for p in parts):
+            raise self.error(
+                "A path segment that contains more than one section, such as a literal section or"
+                " a parameter, cannot contain a catch-all parameter."
+            )
+        for index, part in enumerate(parts):
+            if not (isinstance(part, _Param) and part.optional and len(parts) > 1):
                 continue
-            return i
-        i += 1
-    raise RouteError(f"route {template!r}: unmatched '{{'")
+            if index != len(parts) - 1:
+                raise self.error(
+                    f"An optional parameter must be at the end of the segment. In the segment"
+                    f" '{shown}', optional parameter '{part.name}' is followed by"
+                    f" '{parts[index + 1].shown()}'."
+                )
+            previous = parts[index - 1]
+            if not isinstance(previous, _Literal) or previous.text != ".":
+                raise self.error(
+                    f"In the segment '{shown}', the optional parameter '{part.name}' is preceded"
+                    f" by an invalid segment '{previous.shown()}'. Only a period (.) can precede"
+                    " an optional parameter."
+                )
+            parts[index - 1] = _Literal(".", separator=True)
+        for before, after in itertools.pairwise(parts):
+            if isinstance(before, _Param) and isinstance(after, _Param):
+                raise self.error(
+                    "A path segment cannot contain two consecutive parameters. They must be"
+                    " separated by a '/' or by a literal string."
+                )
 
 
-def _parse_param(body: str, template: str) -> _Param:
-    catch_all = False
-    if body.startswith("**"):
-        body, catch_all = body[2:], True
-    elif body.startswith("*"):
-        body, catch_all = body[1:], True
-    optional = False
-    default: str | None = None
-    # the default (after '=') and '?' come after the constraints, outside parentheses
-    pieces = _split_outside_parens(body, ":")
-    last = pieces[-1]
-    eq = _find_outside_parens(last, "=")
-    if eq >= 0:
-        default = last[eq + 1 :]
-        pieces[-1] = last[:eq]
-    if pieces[-1].endswith("?") and default is None:
-        optional = True
-        pieces[-1] = pieces[-1][:-1]
-    name = pieces[0]
-    if not name or not _NAME.match(name):
-        raise RouteError(f"route {template!r}: invalid parameter name {name!r}")
-    if optional and catch_all:
-        raise RouteError(f"route {template!r}: a catch-all parameter cannot be optional")
-    constraints: list[tuple[str, str | None]] = []
-    for text in pieces[1:]:
-        constraint, paren, rest = text.partition("(")
-        argument: str | None = None
-        if paren:
-            if not rest.endswith(")"):
-                raise RouteError(f"route {template!r}: constraint {text!r} lacks ')'")
-            argument = rest[:-1]
-        key = constraint.strip().lower()
-        if key not in _CHECKS:
-            raise RouteError(f"route {template!r}: unknown route constraint {constraint!r}")
-        _check_argument(key, argument, template)
-        constraints.append((key, argument))
-    return _Param(name, tuple(constraints), optional, default, catch_all)
-
-
-def _split_outside_parens(text: str, separator: str) -> list[str]:
-    pieces, depth, current = [], 0, ""
-    for char in text:
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth = max(depth - 1, 0)
-        if char == separator and depth == 0:
-            pieces.append(current)
-            current = ""
-        else:
-            current += char
-    pieces.append(current)
-    return pieces
-
-
-def _find_outside_parens(text: str, wanted: str) -> int:
-    depth = 0
-    for index, char in enumerate(text):
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth = max(depth - 1, 0)
-        elif char == wanted and depth == 0:
-            return index
-    return -1
-
-
-def _match_segment(segment: _Segment, value: str) -> dict[str, str | None] | None:
-    single = segment.single
-    if single is not None:
-        if value == "" or not _satisfies(single, value):
-            return None
-        return {single.name: value}
-    pattern = "".join(
-        "(.+?)" if isinstance(part, _Param) else re.escape(part) for part in segment.parts
+def _invalid_name(name: str) -> str:
+    return (
+        f"The route parameter name '{name}' is invalid. Route parameter names must be non-empty"
+        " and cannot contain these characters: '{', '}', '/'. The '?' character marks a"
+        " parameter as optional, and can occur only at the end of the parameter. The '*'"
+        " character marks a parameter as catch-all, and can occur only at the start of the"
+        " parameter."
     )
-    found = re.fullmatch(pattern, value, re.IGNORECASE | re.DOTALL)
-    if found is None:
-        return None
-    params = [p for p in segment.parts if isinstance(p, _Param)]
-    values: dict[str, str | None] = {}
-    for param, captured in zip(params, found.groups(), strict=True):
-        if not _satisfies(param, captured):
+
+
+def _parameter(text: str) -> _Param:
+    """RouteParameterParser.ParseRouteParameter: the inside of ``{…}``, braces decoded."""
+    if not text:
+        return _Param("")
+    start, end = 0, len(text) - 1
+    catch_all = double = optional = False
+    if text.startswith("**"):
+        catch_all, double, start = True, True, 2
+    elif text.startswith("*"):
+        catch_all, start = True, 1
+    if text[end] == "?":
+        optional, catch_all, end = True, False, end - 1
+    name, current = "", start
+    while current <= end:
+        if text[current] in ":=" and current != start:
+            name = text[start:current]
+            current -= 1
+            break
+        if current == end:
+            name = text[start : current + 1]
+        current += 1
+    current, constraints = _constraint_texts(text, current, end)
+    default = None
+    if current <= end and text[current] == "=":
+        default = text[current + 1 : end + 1]
+    return _Param(name, tuple(constraints), optional, default, catch_all, double)
+
+
+def _constraint_texts(text: str, current: int, end: int) -> tuple[int, list[str]]:
+    """RouteParameterParser.ParseConstraints: the constraint texts after a parameter's name
+    (parentheses may hold ``:`` and ``=``), and where the default value would start."""
+    found: list[str] = []
+    state, start = "start", current
+    while state != "end":
+        char = text[current] if current <= end else None
+        if state == "start":
+            if char is None:
+                state = "end"
+            elif char == ":":
+                state, start = "name", current + 1
+            elif char == "(":
+                state = "paren"
+            elif char == "=":
+                state, current = "end", current - 1
+        elif state == "paren":
+            if char is None:
+                state = "end"
+                found.append(text[start:current])
+            elif char == ")":
+                following = text[current + 1] if current + 1 <= end else None
+                if following is None or following == "=":
+                    state = "end"
+                    found.append(text[start : current + 1])
+                elif following == ":":
+                    state = "start"
+                    found.append(text[start : current + 1])
+                    start = current + 1
+            elif char in ":=":
+                closing = text.find(")", current + 1)
+                if closing == -1:
+                    found.append(text[start:current])
+                    if char == ":":
+                        state, start = "name", current + 1
+                    else:
+                        state, current = "end", current - 1
+                else:
+                    current = closing
+        else:  # parsing a constraint's name
+            if char is None or char in ":=":
+                if text[start:current]:
+                    found.append(text[start:current])
+                if char is None:
+                    state = "end"
+                elif char == ":":
+                    start = current + 1
+                else:
+                    state, current = "end", current - 1
+            elif char == "(":
+                state = "paren"
+        current += 1
+    return current, found
+
+
+def _match_complex(parts: tuple[_Part, ...], value: str) -> dict[str, str] | None:
+    """RoutePatternMatcher.MatchComplexSegment: a segment of several parts, right to left."""
+    last = len(parts) - 1
+    final, before = parts[last], parts[last - 1]
+    if (
+        isinstance(final, _Param)
+        and final.optional
+        and isinstance(before, _Literal)
+        and before.separator
+    ):
+        found = _match_complex_from(parts, value, last)
+        if found is not None:
+            return found
+        if fold(value).endswith(fold(before.text)):
             return None
-        values[param.name] = captured
-    return values
+        return _match_complex_from(parts, value, last - 2)
+    return _match_complex_from(parts, value, last)
 
 
-def _satisfies(param: _Param, value: str) -> bool:
-    return all(_CHECKS[name](value, argument) for name, argument in param.constraints)
-
-
-def _int_in(value: str, bits: int) -> bool:
-    text = value.strip()
-    digits = text[1:] if text[:1] in "+-" else text
-    if not digits or not (digits.isascii() and digits.isdigit()):
-        return False
-    bound = 1 << (bits - 1)
-    return -bound <= int(text) < bound
-
-
-def _float(value: str, finite: bool) -> bool:
-    text = value.strip()
-    if not text or "_" in text or not text.isascii():
-        return False
-    try:
-        number = float(text)
-    except ValueError:
-        return False
-    return math.isfinite(number) or not finite
-
-
-def _guid(value: str) -> bool:
-    try:
-        uuid.UUID(value.strip())
-    except ValueError:
-        return False
-    return True
-
-
-def _datetime(value: str) -> bool:
-    try:
-        datetime.datetime.fromisoformat(value.strip())
-    except ValueError:
-        return False
-    return True
-
-
-def _numbers(argument: str | None) -> list[int]:
-    return [int(part.strip()) for part in (argument or "").split(",")]
-
-
-def _length(value: str, argument: str | None) -> bool:
-    bounds = _numbers(argument)
-    if len(bounds) == 1:
-        return len(value) == bounds[0]
-    return bounds[0] <= len(value) <= bounds[1]
-
-
-def _long_between(value: str, low: int | None, high: int | None) -> bool:
-    if not _int_in(value, 64):
-        return False
-    number = int(value.strip())
-    return (low is None or number >= low) and (high is None or number <= high)
-
-
-_CHECKS: Final[dict[str, Callable[[str, str | None], bool]]] = {
-    "int": lambda v, _: _int_in(v, 32),
-    "long": lambda v, _: _int_in(v, 64),
-    "bool": lambda v, _: v.strip().lower() in ("true", "false"),
-    "guid": lambda v, _: _guid(v),
-    "alpha": lambda v, _: bool(re.fullmatch(r"[a-zA-Z]*", v)),
-    "decimal": lambda v, _: _float(v, finite=True),
-    "double": lambda v, _: _float(v, finite=False),
-    "float": lambda v, _: _float(v, finite=False),
-    "datetime": lambda v, _: _datetime(v),
-    "min": lambda v, a: _long_between(v, _numbers(a)[0], None),
-    "max": lambda v, a: _long_between(v, None, _numbers(a)[0]),
-    "range": lambda v, a: _long_between(v, *_numbers(a)),
-    "minlength": lambda v, a: len(v) >= _numbers(a)[0],
-    "maxlength": lambda v, a: len(v) <= _numbers(a)[0],
-    "length": _length,
-    "regex": lambda v, a: bool(re.search(a or "", v, re.IGNORECASE)),
-    "required": lambda v, _: v != "",
-    "file": lambda v, _: "." in v.rsplit("/", 1)[-1],
-    "nonfile": lambda v, _: "." not in v.rsplit("/", 1)[-1],
-}
-_ARGUMENTS: Final = {"min": 1, "max": 1, "range": 2, "minlength": 1, "maxlength": 1}
-
-
-def _check_argument(name: str, argument: str | None, template: str) -> None:
-    if name == "regex":
-        if not argument:
-            raise RouteError(f"route {template!r}: regex() needs a pattern")
-        try:
-            re.compile(argument)
-        except re.error as exc:
-            raise RouteError(f"route {template!r}: regex({argument}) is invalid: {exc}") from None
-        return
-    wanted = _ARGUMENTS.get(name)
-    if name == "length":
-        counts: tuple[int, ...] = (1, 2)
-    elif wanted is not None:
-        counts = (wanted,)
-    else:
-        if argument is not None:
-            raise RouteError(f"route {template!r}: constraint {name!r} takes no argument")
-        return
-    try:
-        numbers = _numbers(argument)
-    except ValueError:
-        raise RouteError(
-            f"route {template!r}: constraint {name}({argument}) needs whole numbers"
-        ) from None
-    if argument is None or len(numbers) not in counts:
-        raise RouteError(
-            f"route {template!r}: constraint {name!r} needs {' or '.join(map(str, counts))}"
-            " number(s)"
-        )
+def _match_complex_from(parts: tuple[_Part, ...], value: str, index: int) -> dict[str, str] | None:
+    folded = fold(value)
+    last_index = len(value)
+    pending: _Param | None = None
+    last_literal: _Literal | None = None
+    found: dict[str, str] = {}
+    while index >= 0:
+        new_last = last_index
+        part = parts[index]
+        if isinstance(part, _Param):
+            pending = part
+        else:
+            last_literal = part
+            start = last_index - 1 if pending is not None else last_index
+            if start == 0:
+                return None
+            position = folded[:start].rfind(fold(part.text))
+            if position == -1:
+                return None
+            if index == len(parts) - 1 and position + len(part.text) != len(value):
+                return None
+            new_last = position
+        if pending is not None and (isinstance(part, _Literal) or index == 0):
+            if last_literal is None or (index == 0 and isinstance(part, _Param)):
+                begin, length = 0, last_index
+            else:
+                begin = new_last + len(last_literal.text)
+                length = last_index - begin
+            captured = value[begin : begin + length]
+            if not captured:
+                return None
+            found[pending.name] = captured
+            pending, last_literal = None, None
+        last_index = new_last
+        index -= 1
+    if last_index == 0 or isinstance(parts[0], _Param):
+        return found
+    return None
 
 
 @dataclass(frozen=True)
@@ -463,8 +502,8 @@ class RouteEntry(Generic[T]):
     target: T
 
     def allows(self, method: str) -> bool:
-        """Whether `method` (any case) is accepted."""
-        return self.methods is None or method.upper() in self.methods
+        """Whether `method` is accepted (``HttpMethodRouteConstraint``: in any letter case)."""
+        return self.methods is None or fold(method) in {fold(m) for m in self.methods}
 
 
 @dataclass(frozen=True)
@@ -476,20 +515,19 @@ class RouteMatch(Generic[T]):
 
 
 class Router(Generic[T]):
-    """Routes in precedence order (`Route.precedence`, then template text).
+    """Routes tried in the order given, the first match winning, as the host's route collection
+    tries them (its order is the functions' names, compared ignoring case).
 
     `match` returns the first route that matches the path and accepts the method; when
-    routes match the path but none accepts the method, the set of methods they accept (the
-    answer is then 405); otherwise None (404).
+    routes match the path but none accepts the method, the set of methods they accept;
+    otherwise None.
     """
 
     def __init__(self, entries: Sequence[RouteEntry[T]]) -> None:
-        self.entries = sorted(
-            entries, key=lambda e: (e.route.precedence(), e.route.template.lower())
-        )
+        self.entries = list(entries)
 
     def match(self, method: str, path: Sequence[str]) -> RouteMatch[T] | frozenset[str] | None:
-        """Match decoded path segments (after the prefix) and a method (module docstring)."""
+        """Match decoded path segments (after the prefix) and a method (class docstring)."""
         allowed: set[str] = set()
         for entry in self.entries:
             params = entry.route.match(path)

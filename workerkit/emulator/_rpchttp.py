@@ -31,8 +31,11 @@ Request (`build_rpc_http`), depending on the capabilities the worker declared:
   type's charset plays no part. The legacy octet-stream/multipart ``rawBody`` string is
   plain UTF-8 (a byte order mark stays in it).
 
-Response (`response_from_output`): an ``http`` value gives status (a string; empty or
-unparsable means 200), headers (``content-type`` sets the content type), cookies (ignored with
+Response (`response_from_output`): no value (none sent, or an empty one) is 204 without a
+body, as the host answers when no HTTP output was bound (``HttpBinding.SetResponse`` stores
+``ObjectResult(null)``, which ASP.NET Core's ``HttpNoContentOutputFormatter`` writes as 204);
+an ``http`` value gives status (a string; empty or unparsable means 200), headers
+(``content-type`` sets the content type), cookies (ignored with
 ``enable_content_negotiation``) and body (bytes verbatim, string as text, json re-serialized
 indented, numbers as text). Without ``body`` the host ignores the rest and answers 200 with the
 response object as JSON. Other kinds are "sniffed": a string that parses as JSON is treated as
@@ -278,7 +281,7 @@ def http_trigger_metadata(
 def response_from_output(data: pb.TypedData | None) -> HttpOutput:
     """The HTTP response the host writes for an HTTP output value (module docstring).
 
-    None or an empty `TypedData` is an empty 200 (the host's ``OkResult``).
+    None or an empty `TypedData` is an empty 204 (module docstring).
 
     Raises:
         ResponseError: a kind the host rejects, an invalid status code or header.
@@ -286,7 +289,7 @@ def response_from_output(data: pb.TypedData | None) -> HttpOutput:
     kind, value = _which(data)
     match kind:
         case "":
-            return HttpOutput()
+            return HttpOutput(204)
         case "http":
             return _from_rpc_http(value)
         case "string":

@@ -42,13 +42,20 @@ class StartupOutput:
         errors_only: the config's ``useStdErrorStreamForErrorsOnly``.
         previous: the output of the previous start, when that one exited before opening its
             stream; None otherwise (nothing is held back then).
+        worker: ``<language>.<worker id>``, for the category of its log lines.
     """
 
     def __init__(
-        self, console: Console, *, errors_only: bool, previous: Sequence[Line] | None = None
+        self,
+        console: Console,
+        *,
+        errors_only: bool,
+        previous: Sequence[Line] | None = None,
+        worker: str = "",
     ) -> None:
         self.console = console
         self.errors_only = errors_only
+        self.worker = worker
         #: The last stderr lines, whenever they came (for the message of a later crash).
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
         #: What the worker printed before its stream opened (all of it, up to a bound).
@@ -122,7 +129,9 @@ class StartupOutput:
 
     def _show(self, line: Line) -> None:
         stderr, text = line
-        self.console.worker_output(text, stderr=stderr, errors_only=self.errors_only)
+        self.console.worker_output(
+            text, stderr=stderr, errors_only=self.errors_only, worker=self.worker
+        )
 
 
 def exited_before_stream(

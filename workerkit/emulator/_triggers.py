@@ -13,6 +13,8 @@ the trigger's `TypedData` and its ``trigger_metadata``, per binding type:
 trigger           input data                                  trigger_metadata (kind)
 ================  ==========================================  ==============================
 timerTrigger      json timer object (input ignored)           none
+warmupTrigger     json ``{}``: the host's WarmupContext       none
+                  (input ignored)
 queueTrigger      string (bytes with dataType binary/stream)   QueueTrigger, Id, PopReceipt
                                                               (string); DequeueCount (json
                                                               number); InsertionTime,
@@ -113,6 +115,8 @@ def trigger_data(
     data: pb.TypedData
     if kind == "timertrigger":
         data = timer_payload(None, None)
+    elif kind == "warmuptrigger":  # an object without properties, as JSON (ToRpcDefault)
+        data = pb.TypedData(json="{}")
     elif kind == "queuetrigger":
         data = _text_or_bytes(text, data_type, default_bytes=False)
         metadata = {

@@ -109,7 +109,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="override host.json functionTimeout (default there: 5 minutes)",
     )
     parser.add_argument(
-        "--verbose", "-v", action="store_true", help="also print every protocol message"
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="also print the workers' system logs from Information (as func start --verbose)"
+        " and every protocol message",
     )
     parser.add_argument(
         "--no-color", action="store_true", help="no colour even on a terminal (also: NO_COLOR)"
@@ -155,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             nonlocal signals
             signals += 1
             if signals == 1:
-                console.info("Stopping: draining invocations (Ctrl+C again to kill the worker).")
+                console.info("Stopping: draining invocations (Ctrl+C again to kill the workers).")
                 emulator.request_stop()
             else:
                 emulator.request_kill()
