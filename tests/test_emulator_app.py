@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from workerkit.emulator import (
     read_host_json,
     read_local_settings,
 )
+from workerkit.emulator._validation import metadata_string
 
 HTTP = [
     {"type": "httpTrigger", "direction": "in", "name": "req", "methods": ["get"]},
@@ -208,6 +210,27 @@ def test_rejected_functions_name_the_file_and_the_reason(
     assert error.function == name
 
 
+def test_a_folder_that_cannot_be_read_is_no_function(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host asks File.Exists(<folder>/function.json), false when the folder cannot be
+    read (a cache owned by another user): no function there, no traceback. The file system
+    refuses here as it does for a folder without permissions (which root would ignore)."""
+    function(tmp_path, "good", {"bindings": HTTP})
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if Path(path).parent == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    functions, errors = discover_functions(tmp_path)
+    assert [f.name for f in functions] == ["good"] and errors == []
+
+
 def test_functions_of_other_languages_are_reported(tmp_path: Path) -> None:
     function(tmp_path, "js", {"bindings": HTTP}, files=("index.js",))
     error = only_error(tmp_path, (".py",))
@@ -254,6 +277,27 @@ def test_worker_indexed_functions_are_validated(tmp_path: Path) -> None:
     assert "Unable to determine the primary function script" in reasons["noscript"]
     assert "is not a valid function name" in reasons["bad name"]
     assert "is not JSON" in reasons["notjson"]
+
+
+def test_a_workers_raw_bindings_are_read_as_jobject_parse_reads_them(tmp_path: Path) -> None:
+    """WorkerFunctionMetadataProvider: JObject.Parse(binding) for each raw binding, so
+    Newtonsoft's dialect and its depth limit apply, as to function.json."""
+    lenient = [
+        "{type: 'httpTrigger', direction: 'in', name: 'req', /* note */}",
+        json.dumps(HTTP[1]),
+    ]
+    deep = ['{"type": "httpTrigger", "direction": "in", "name": "req", "x": ' + "[" * 100_000]
+    functions, errors = functions_from_metadata(
+        [
+            pb.RpcFunctionMetadata(name="lenient", script_file="x", raw_bindings=lenient),
+            pb.RpcFunctionMetadata(name="deep", script_file="x", raw_bindings=deep),
+        ],
+        tmp_path,
+    )
+    assert [f.name for f in functions] == ["lenient"]
+    assert functions[0].trigger_type == "httpTrigger"
+    (error,) = errors
+    assert error.function == "deep" and "deeper than 64 levels" in error.reason
 
 
 # -- host.json and local.settings.json -----------------------------------------------------------
@@ -322,6 +366,7 @@ def test_host_json_http_throttles(
         ({"version": "2.0", "functionTimeout": 5}, "TimeSpan string"),
         ({"version": "2.0", "functionTimeout": "soon"}, "is not a TimeSpan"),
         ({"version": "2.0", "functionTimeout": "00:00:00.5"}, "greater than 00:00:01"),
+        ({"version": "2.0", "functionTimeout": "1" + "0" * 400}, "out of range"),  # no crash
         (
             {"version": "2.0", "extensions": {"http": {"routePrefix": 1}}},
             "routePrefix must be a string",
@@ -369,6 +414,14 @@ def test_local_settings(tmp_path: Path) -> None:
     settings = read_local_settings(tmp_path)
     assert dict(settings.values) == {"A": "1", "B": "2", "C": "True"}
     assert settings.local_http_port == 7072
+
+
+def test_a_number_newtonsoft_cannot_read_is_a_warning(tmp_path: Path) -> None:
+    """Newtonsoft reads hexadecimal with Convert.ToInt64: 4000 digits overflow it (the
+    emulator once crashed turning that number into the setting's text)."""
+    (tmp_path / "local.settings.json").write_text('{"Values": {"BIG": 0x' + "f" * 4000 + "}}")
+    settings = read_local_settings(tmp_path)
+    assert settings.values == {} and "is not a number" in settings.warnings[0]
 
 
 @pytest.mark.parametrize(
@@ -499,6 +552,16 @@ def test_http_trigger_properties_the_host_accepts(tmp_path: Path, binding: dict[
     function(tmp_path, "f", {"bindings": [{**HTTP[0], **binding}, HTTP[1]]})
     functions, errors = discover_functions(tmp_path)
     assert errors == [] and [f.name for f in functions] == ["f"]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(2.0, "2"), (1e-7, "1E-07"), (float("nan"), "NaN"), (True, "True"), (7, "7"), (None, None)],
+)
+def test_binding_values_read_as_strings_are_dotnets_text(value: Any, text: str | None) -> None:
+    """GetMetadataValue<string>: JToken.Value<string>(), Convert.ChangeType with the
+    invariant culture ("route": 2.0 is the route "2")."""
+    assert metadata_string({"Route": value}, "route") == text
 
 
 def test_an_inout_trigger_is_a_trigger_and_an_out_one_is_not(tmp_path: Path) -> None:

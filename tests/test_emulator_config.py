@@ -373,6 +373,26 @@ def test_rejections(tmp_path: Path, config: Any, env: dict[str, str], reason: st
     assert reason in rejected(tmp_path, config, env)
 
 
+@pytest.mark.parametrize(
+    "expression",
+    ["(" * 5000 + "a" + ")" * 5000, "a{99999999999}"],  # once a RecursionError, an OverflowError
+)
+def test_regular_expressions_python_cannot_compile_are_the_files_error(
+    tmp_path: Path, expression: str
+) -> None:
+    condition = {"conditionType": "environment", "conditionName": "A"}
+    profile = {
+        "profileName": "p",
+        "conditions": [{**condition, "conditionExpression": expression}],
+        "description": {},
+    }
+    message = rejected(tmp_path, {**description(), "profiles": [profile]}, {"A": "a"})
+    assert "must be a valid regular expression" in message
+    env = {"FUNCTIONS_WORKER_RUNTIME": "workerkit", "FUNCTIONS_WORKER_RUNTIME_VERSION": "3.11"}
+    message = rejected(tmp_path, description(sanitizeRuntimeVersionRegex=expression), env)
+    assert "sanitizeRuntimeVersionRegex" in message and "is invalid" in message
+
+
 def test_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(WorkerConfigError, match=r"worker\.config\.json: file not found"):
         read_worker_config(tmp_path, {})
@@ -405,6 +425,42 @@ def test_timespans_round_trip(days: int, hours: int, minutes: int, secs: int) ->
         else f"{hours:02}:{minutes:02}:{secs:02}"
     )
     assert parse_timespan(text) == days * 86400 + hours * 3600 + minutes * 60 + secs
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("10675199.02:48:05.4775807", 922337203685.4775807),  # TimeSpan.MaxValue
+        ("-10675199.02:48:05.4775808", -922337203685.4775808),  # TimeSpan.MinValue
+        ("0" * 5000 + "1", 86400),  # leading zeros, more than int() converts
+    ],
+)
+def test_the_longest_timespans(text: str, seconds: float) -> None:
+    assert parse_timespan(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "10675200",
+        "10675199.02:48:05.4775808",
+        "1" + "0" * 400,  # once an OverflowError, not a ValueError
+        "9" * 400 + ".00:00:00",
+        "00:00:" + "9" * 5000,  # more digits than int() converts
+        "0" * 5000 + "10675200",  # the same, made of zeros
+        "\u0663",  # an Arabic-Indic 3: .NET reads ASCII digits only
+    ],
+)
+def test_timespans_dotnet_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match=r"is not a TimeSpan|is out of range"):
+        parse_timespan(text)
+
+
+def test_a_timespan_too_long_is_the_config_files_error(tmp_path: Path) -> None:
+    message = rejected(
+        tmp_path, {**description(), "processOptions": {"processStartupTimeout": "9" * 400}}
+    )
+    assert "processOptions.processStartupTimeout" in message and "out of range" in message
 
 
 @PROPERTY
@@ -521,6 +577,8 @@ def test_any_text_is_a_value_or_a_syntax_error_with_a_position(text: str) -> Non
         ('{"a": undefined, "b": 0x1F, "c": 010, "d": .5, "e": 1.}', {
             "a": None, "b": 31, "c": 8, "d": 0.5, "e": 1.0}),
         ('{"a": 1, "a": 2}', {"a": 2}),
+        ("[0xFFFFFFFFFFFFFFFF, 0x7fffffffffffffff, 01777777777777777777777, -010]",
+         [-1, 2**63 - 1, -1, -10]),  # Convert.ToInt64(…, 16 or 8); "-010" is decimal
         ("\u00a0{}\u2028", {}),  # .NET char.IsWhiteSpace
         ('{"s": "\\ud83d\\ude00\\u00e9"}', {"s": "😀é"}),
     ],
@@ -541,6 +599,10 @@ def test_nan_and_infinity() -> None:
         ('{\r\n"a" 1}', "expected ':'", 2, 5),
         ("{,}", "where a property name should be", 1, 2),
         ('{"a": 09}', "'09' is not a number", 1, 7),
+        ('{"a": 0x10000000000000000}', "is not a number", 1, 7),  # beyond 64 bits
+        ('{"a": 0x' + "f" * 4000 + "}", "is not a number", 1, 7),  # str() of it: a ValueError
+        ('{"a": -0x1F}', "'-0x1F' is not a number", 1, 7),  # hexadecimal only after a 0
+        ('{"a": 00.5}', "'00.5' is not a number", 1, 7),  # a leading 0 makes it octal
         ('{"a": +1}', "where a value should be", 1, 7),
         ('{"a": new Date(1)}', "JavaScript constructor", 1, 7),
         ('{"a": 1} x', "after the end of the JSON value", 1, 10),

@@ -18,12 +18,11 @@ import io
 import json
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from emulator_support import RunningEmulator, http_function, write_app
+from emulator_support import RunningEmulator, http_function, write_app, write_worker
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -74,20 +73,8 @@ if __name__ == "__main__":
 
 
 def talk_worker(root: Path) -> Path:
-    worker = root / "worker"
-    worker.mkdir(parents=True, exist_ok=True)
+    worker = write_worker(root, description={"language": "talk", "defaultWorkerPath": "worker.py"})
     (worker / "worker.py").write_text(WORKER_SOURCE)
-    config = {
-        "description": {
-            "language": "talk",
-            "extensions": [".txt"],
-            "defaultExecutablePath": sys.executable,
-            "defaultWorkerPath": "worker.py",
-            "arguments": ["-u"],
-        },
-        "processOptions": {"initializationTimeout": "00:00:30"},
-    }
-    (worker / "worker.config.json").write_text(json.dumps(config))
     return worker
 
 

@@ -154,9 +154,33 @@ def test_any_text_parses_or_is_a_schedule_error(text: str) -> None:
         pass
 
 
-def test_a_timespan_too_long_for_timedelta_is_a_schedule_error() -> None:
-    with pytest.raises(ScheduleError, match="too long"):
-        parse_schedule("1000000000")  # a TimeSpan of 10^9 days
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "1000000000",  # 10^9 days: beyond TimeSpan.MaxValue, so no TimeSpan
+        "10675199.02:48:05.4775808",  # TimeSpan.MaxValue plus one tick
+        "1" + "0" * 400,  # once an OverflowError
+        "9" * 5000 + " * * * * *",  # once a ValueError: more digits than int() converts
+        "0/" + "9" * 5000 + " * * * * *",
+        "0" * 5000 + "99 * * * * *",
+        "2147483648 * * * * *",  # NCrontab's int.Parse overflows
+    ],
+)
+def test_numbers_too_large_for_dotnet_are_schedule_errors(expression: str) -> None:
+    with pytest.raises(ScheduleError, match="not recognized as a valid cron expression"):
+        parse_schedule(expression)
+
+
+def test_leading_zeros_are_any_number_of_zeros() -> None:
+    schedule = parse_schedule("0" * 5000 + "7 */" + "0" * 5000 + "5 * * * *")
+    assert isinstance(schedule, CronSchedule)
+    assert (schedule.seconds, schedule.minutes) == ({7}, set(range(0, 60, 5)))
+
+
+def test_the_longest_timespan_is_a_schedule() -> None:
+    schedule = parse_schedule("10675199.02:48:05.4775807")  # TimeSpan.MaxValue
+    assert isinstance(schedule, IntervalSchedule)
+    assert schedule.interval.days == 10675199
 
 
 # -- five fields, %settings%, the timer binding ----------------------------------------------------

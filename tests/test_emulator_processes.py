@@ -10,6 +10,7 @@ real HTTP requests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,15 +27,24 @@ from emulator_support import (
     alive,
     http_function,
     request,
+    trigger_function,
     write_app,
+    write_worker,
 )
 
 from workerkit.emulator import EmulatorOptions
 
 #: A worker that says which process it is: `pid` answers its pid, `crash` exits 3,
-#: `indexed` (worker indexing) reports one function.
+#: `orphaning` exits 3 leaving a child that holds its stdout and stderr open, `block` blocks
+#: its event loop (so it answers neither the call, nor its cancel, nor WorkerTerminate),
+#: `stall` answers and then blocks it (reading nothing more of its stream);
+#: ``PIDS_INDEX`` (worker indexing) reports one function.
 WORKER_SOURCE = """
+import asyncio
 import os
+import subprocess
+import sys
+import time
 import workerkit
 from workerkit import FunctionMetadata, HttpResponse
 
@@ -55,8 +65,18 @@ class PidWorker(workerkit.Worker):
         pass
 
     async def on_invocation(self, invocation):
-        if invocation.function.name == "crash":
+        name = invocation.function.name
+        if name == "crash":
             os._exit(3)
+        if name == "orphaning":
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+            print(f"left child {child.pid}", flush=True)
+            os._exit(3)
+        if name == "block":
+            time.sleep(120)
+        if name == "stall":  # answers, then stops reading its stream
+            asyncio.get_running_loop().call_later(0.1, time.sleep, 120)
+            return HttpResponse(body="stalling")
         return HttpResponse(body=str(os.getpid()))
 
 
@@ -68,27 +88,16 @@ STARTED = re.compile(r"Worker process started and initialized: pid (\d+)")
 LONG = "00:10:00"  # an interval no test waits for
 
 
-def pid_worker(root: Path, **process_options: Any) -> Path:
+def pid_worker(
+    root: Path, *, description: dict[str, Any] | None = None, **process_options: str
+) -> Path:
     """A worker directory for `WORKER_SOURCE` with these processOptions."""
-    worker = root / "worker"
-    worker.mkdir(parents=True, exist_ok=True)
+    worker = write_worker(
+        root,
+        description={"language": "pids", "defaultWorkerPath": "worker.py", **(description or {})},
+        process_options=process_options,
+    )
     (worker / "worker.py").write_text(WORKER_SOURCE)
-    config = {
-        "description": {
-            "language": "pids",
-            "extensions": [".txt"],
-            "defaultExecutablePath": sys.executable,
-            "defaultWorkerPath": "worker.py",
-            "arguments": ["-u"],
-            **process_options.pop("description", {}),
-        },
-        "processOptions": {
-            "initializationTimeout": "00:00:30",
-            "processRestartInterval": "00:00:00",
-            **process_options,
-        },
-    }
-    (worker / "worker.config.json").write_text(json.dumps(config))
     return worker
 
 
@@ -108,6 +117,16 @@ def wait_started(running: RunningEmulator, count: int) -> list[int]:
     return started_pids(running.output)[:count]
 
 
+READY = re.compile(r"Worker process pid (\d+) takes invocations")
+
+
+def wait_ready(running: RunningEmulator, count: int) -> list[int]:
+    """The pids of the first `count` workers to take invocations (their functions loaded:
+    a worker that has only answered init does not take calls yet), once that many have."""
+    running.wait_for(lambda out: len(READY.findall(out)) >= count, what=f"{count} ready")
+    return [int(pid) for pid in READY.findall(running.output)][:count]
+
+
 def test_functions_worker_process_count_starts_that_many_and_takes_turns(
     tmp_path: Path,
 ) -> None:
@@ -119,7 +138,7 @@ def test_functions_worker_process_count_starts_that_many_and_takes_turns(
     running = RunningEmulator(EmulatorOptions(app, worker, port=0)).start()
     try:
         assert running.start_error is None, running.output
-        first, second, third = wait_started(running, 3)
+        first, second, third = wait_ready(running, 3)
         served = [int(running.request("GET", "/api/pid").text) for _ in range(6)]
         assert served == [second, third, first, second, third, first], running.output
         executing = r"Executing 'Functions\.pid' \(.*?\) on worker pid (\d+)"
@@ -165,7 +184,7 @@ def test_with_worker_indexing_the_second_worker_starts_at_once(tmp_path: Path) -
     try:
         assert running.start_error is None, running.output
         running.wait_for("Starting worker process 3 of 3 in 600 s (processStartupInterval).")
-        first, second = wait_started(running, 2)
+        first, second = wait_ready(running, 2)
         assert {int(running.request("GET", "/api/pid").text) for _ in range(4)} == {
             first,
             second,
@@ -186,15 +205,28 @@ def test_a_crashed_worker_is_replaced_while_the_others_serve(tmp_path: Path) -> 
     running = RunningEmulator(EmulatorOptions(app, worker, port=0)).start()
     try:
         assert running.start_error is None, running.output
-        first, second = wait_started(running, 2)
-        assert running.request("GET", "/api/crash").status == 500  # went to the second
+        started = wait_ready(running, 2)
+        # Both take calls: the second gets this one (the host's counter is incremented
+        # before use); which one crashed is read from the processes, not assumed.
+        assert running.request("GET", "/api/crash").status == 500
         running.wait_for("Language Worker Process exited with status 3")
-        eventually(lambda: not alive(second), "the second worker gone", 30)
+        crashed = eventually(
+            lambda: [pid for pid in started if not alive(pid)], "the crashed worker gone", 30
+        )
+        assert len(crashed) == 1, running.output
+        (survivor,) = set(started) - set(crashed)
         assert "4 of 5 restarts left after this one" in running.wait_for("restarts left")
         replacement = wait_started(running, 3)[2]
-        served = {int(running.request("GET", "/api/pid").text) for _ in range(4)}
-        assert served == {first, replacement}, running.output
-        assert alive(first)
+        served: set[int] = set()  # the replacement takes calls once its functions are loaded
+        eventually(
+            lambda: (
+                served.add(int(running.request("GET", "/api/pid").text)) or replacement in served
+            ),
+            "a call served by the replacement",
+            60,
+        )
+        assert served <= {survivor, replacement}, running.output
+        assert alive(survivor)
     finally:
         assert running.stop() == 0
 
@@ -231,14 +263,121 @@ def test_the_error_budget_is_shared_and_the_host_stops_when_no_worker_is_left(
     assert len(started_pids(running.output)) == 7  # 2, then 5 replacements
 
 
+def test_a_worker_that_is_gone_takes_no_more_calls(tmp_path: Path) -> None:
+    """A worker whose process exited takes no call while its output is still being read (a
+    child it left holds its pipes): the host disposes its channel as the process exits
+    (WorkerProcess.OnProcessExited), so the next calls go to the worker left, none fails."""
+    app = write_app(
+        tmp_path,
+        {"pid": http_function(["get"]), "orphaning": http_function(["get"])},
+        settings={"FUNCTIONS_WORKER_PROCESS_COUNT": "2"},
+    )
+    worker = pid_worker(tmp_path, processStartupInterval="00:00:00")
+    running = RunningEmulator(EmulatorOptions(app, worker, port=0)).start()
+    try:
+        assert running.start_error is None, running.output
+        second = wait_ready(running, 2)[1]
+        assert running.request("GET", "/api/orphaning").status == 500  # went to the second
+        replies = [running.request("GET", "/api/pid") for _ in range(4)]
+        assert [r.status for r in replies] == [200] * 4, running.output
+        assert second not in {int(r.text) for r in replies}
+        running.wait_for("left child")
+    finally:  # the child first: it holds the pipes of the worker that left it
+        for child in map(int, re.findall(r"left child (\d+)", running.output)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        assert running.stop() == 0
+
+
+def test_a_worker_restarted_after_a_function_timeout_takes_no_more_calls(
+    tmp_path: Path,
+) -> None:
+    """A worker restarted because it did not answer a timed-out call takes no further call
+    while it is being ended (WorkerTerminate, 5 s grace, the kill): the host disposes its
+    channel first (RestartWorkerWithInvocationIdAsync), so the calls go to the other one."""
+    app = write_app(
+        tmp_path,
+        {"pid": http_function(["get"]), "block": http_function(["get"])},
+        settings={"FUNCTIONS_WORKER_PROCESS_COUNT": "2"},
+        host={"functionTimeout": "00:00:01"},
+    )
+    worker = pid_worker(tmp_path, processStartupInterval="00:00:00")
+    running = RunningEmulator(EmulatorOptions(app, worker, port=0)).start()
+    try:
+        assert running.start_error is None, running.output
+        second = wait_ready(running, 2)[1]
+        assert running.request("GET", "/api/block").status == 500  # the second, timed out
+        running.wait_for("A function timeout has occurred. Restarting worker process")
+        replies = [running.request("GET", "/api/pid") for _ in range(4)]
+        assert [r.status for r in replies] == [200] * 4, running.output
+        assert second not in {int(r.text) for r in replies}
+    finally:
+        assert running.stop() == 0
+
+
+def test_a_call_the_worker_does_not_read_still_ends_at_the_function_timeout(
+    tmp_path: Path,
+) -> None:
+    """Sending a call is bounded by the function timeout too: a worker that stops reading its
+    stream holds a large request back (HTTP/2 flow control), and the host's invocation still
+    times out (its sends are queued), after which the worker is restarted."""
+    app = write_app(
+        tmp_path,
+        {"pid": http_function(["post"]), "stall": http_function(["get"])},
+        host={"functionTimeout": "00:00:01"},
+    )
+    running = RunningEmulator(EmulatorOptions(app, pid_worker(tmp_path), port=0)).start()
+    try:
+        assert running.start_error is None, running.output
+        assert running.request("GET", "/api/stall").text == "stalling"
+        body = b"x" * (32 * 1024 * 1024)  # more than the stream's windows and socket buffers
+        reply = running.request("POST", "/api/pid", body, timeout=30)  # only catches a hang
+        assert (reply.status, reply.body) == (500, b""), running.output
+        running.wait_for("Timeout value of 0:00:01 was exceeded by function: Functions.pid")
+        running.wait_for("A function timeout has occurred. Restarting worker process")
+        eventually(  # a new worker serves (each try fails within the function timeout)
+            lambda: running.request("POST", "/api/pid", b"x").status == 200,
+            "a new worker serving",
+            60,
+        )
+        assert len(started_pids(running.output)) == 2
+    finally:
+        assert running.stop() == 0
+
+
+def test_stopping_ends_a_call_waiting_for_a_restarting_worker(tmp_path: Path) -> None:
+    """A call waiting for a worker (the only one is waiting out processRestartInterval) fails
+    as soon as the host stops, rather than when stopping gives up on it."""
+    queue = trigger_function({"type": "queueTrigger", "queueName": "q"})
+    app = write_app(
+        tmp_path, {"pid": http_function(["get"]), "crash": http_function(["get"]), "q": queue}
+    )
+    worker = pid_worker(tmp_path, processRestartInterval=LONG)
+    running = RunningEmulator(EmulatorOptions(app, worker, port=0)).start()
+    try:
+        assert running.start_error is None, running.output
+        assert running.request("GET", "/api/crash").status == 500  # restarted at once
+        assert running.request("GET", "/api/crash").status == 500  # restarted in 10 minutes
+        running.wait_for("s (processRestartInterval)")
+        body = json.dumps({"input": "x"}).encode()
+        assert running.request("POST", "/admin/functions/q", body).status == 202
+    finally:
+        assert running.stop() == 0
+    out = running.output
+    failed = out.find("Executed 'Functions.q' (Failed")
+    assert 0 < failed < out.index("Host stopped."), out
+    assert "the host is shutting down" in out[failed:]
+
+
 def test_ctrl_c_stops_every_worker_process(tmp_path: Path) -> None:
     """``workerkit host`` as a user runs it: Ctrl-C ends all the workers, then the host."""
     app = app_with(tmp_path, {"FUNCTIONS_WORKER_PROCESS_COUNT": "3"})
     worker = pid_worker(tmp_path, processStartupInterval="00:00:00")
     host = HostSubprocess(app, worker)
     try:
-        eventually(lambda: len(started_pids(host.output)) == 3, lambda: host.output, 60)
-        pids = started_pids(host.output)
+        # all three take calls (their functions loaded), not only initialized
+        eventually(lambda: len(READY.findall(host.output)) == 3, lambda: host.output, 60)
+        pids = [int(pid) for pid in READY.findall(host.output)]
         served = {int(request("GET", f"{host.url}/api/pid").text) for _ in range(3)}
         assert served == set(pids)
         host.process.send_signal(signal.SIGINT)

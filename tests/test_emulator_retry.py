@@ -324,6 +324,11 @@ def test_invalid_retry_policies_are_rejected_as_the_host_rejects_them(tmp_path: 
         ({"strategy": "linear", "maxRetryCount": 1}, "to type 'Microsoft.Azure.WebJobs"),
         ({"strategy": "fixedDelay", "maxRetryCount": 1, "delayInterval": 10}, "TimeSpan"),
         ({"strategy": "fixedDelay", "maxRetryCount": "x", "delayInterval": "1"}, "Int32"),
+        # numbers beyond Int32, however long: a conversion error, never a crash
+        ({"strategy": "fixedDelay", "maxRetryCount": "9" * 5000, "delayInterval": "1"}, "Int32"),
+        ({"strategy": "fixedDelay", "maxRetryCount": 10**30, "delayInterval": "1"}, "Int32"),
+        ({"strategy": "fixedDelay", "maxRetryCount": 2**31, "delayInterval": "1"}, "Int32"),
+        ({"strategy": "fixedDelay", "maxRetryCount": 1e300, "delayInterval": "1"}, "Int32"),
         ([], "'retry' must be an object"),
     ],
 )

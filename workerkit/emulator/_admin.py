@@ -6,8 +6,9 @@ request                         answer
 ``GET``/``POST``                200, no body, ``Cache-Control: no-store,no-cache`` and ``Pragma:
 ``/admin/host/ping``            no-cache`` (``HostController.Ping`` and its ``ResponseCache``)
 ``GET /admin/host/status``      200, JSON ``{"id", "state", "version", "versionDetails",
-                                "platformVersion", "instanceId", "computerName",
-                                "processUptime", "functionAppContentEditingState"}``
+                                "processUptime", "functionAppContentEditingState"}``, with
+                                "platformVersion", "instanceId" and "computerName" when
+                                their App Service settings are set
                                 (``HostController.GetHostStatus``, Models/HostStatus.cs)
 ``/admin/warmup`` (any method)  the first request runs the function named ``Warmup`` (any case)
                                 with a ``warmupTrigger``: 200, no body, or an empty 500 when it
@@ -53,6 +54,12 @@ _STARTED: Final = time.monotonic()
 #: ScriptConstants.MaximumHostIdLength.
 _MAX_HOST_ID: Final = 32
 _NO_STORE: Final = {"Cache-Control": "no-store,no-cache", "Pragma": "no-cache"}
+#: HostStatus members read from App Service settings (absent locally), and those settings.
+_PLATFORM_MEMBERS: Final = (
+    ("platformVersion", "WEBSITE_PLATFORM_VERSION"),
+    ("instanceId", "WEBSITE_INSTANCE_ID"),
+    ("computerName", "COMPUTERNAME"),
+)
 _HOME_PAGE: Final = """<!DOCTYPE html>
 <html>
 <head><meta charset="utf-8"><title>Your function app is up and running</title></head>
@@ -93,19 +100,21 @@ async def answer_admin(
 
 
 def host_status(emulator: Emulator) -> dict[str, object]:
-    """``/admin/host/status``'s object, its members in the host's order."""
+    """``/admin/host/status``'s object, its members in the host's order; those from App
+    Service settings only when set (HostStatus ignores null members when it is serialized)."""
     environment = emulator.dispatcher.environment
-    return {
+    status: dict[str, object] = {
         "id": host_id(emulator.app_dir, environment),
         "state": "Stopping" if emulator.stopping else "Running",
         "version": f"{HOST_VERSION}.0",
         "versionDetails": f"{HOST_VERSION} (workerkit host)",
-        "platformVersion": environment.get("WEBSITE_PLATFORM_VERSION", ""),
-        "instanceId": environment.get("WEBSITE_INSTANCE_ID", ""),
-        "computerName": environment.get("COMPUTERNAME", ""),
-        "processUptime": int((time.monotonic() - _STARTED) * 1000),
-        "functionAppContentEditingState": "Unknown",
     }
+    for member, setting in _PLATFORM_MEMBERS:
+        if environment.get(setting):
+            status[member] = environment[setting]
+    status["processUptime"] = int((time.monotonic() - _STARTED) * 1000)
+    status["functionAppContentEditingState"] = "Unknown"
+    return status
 
 
 def host_id(app_dir: Path, environment: Mapping[str, str]) -> str:

@@ -13,7 +13,6 @@ The same binding checks apply to the functions a worker reports itself (worker i
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import uuid
@@ -30,7 +29,13 @@ from workerkit.testing import HostConnection, binding
 
 from ._config import parse_timespan
 from ._dotnet import fold
-from ._jsonfile import dotnet_strings, read_host_json_object, read_json_object
+from ._jsonfile import (
+    JsonSyntaxError,
+    dotnet_strings,
+    parse_json,
+    read_host_json_object,
+    read_json_object,
+)
 from ._logfilter import host_json_log_levels
 from ._retry import RetryPolicy, checked, checked_rpc
 from ._validation import (
@@ -361,7 +366,7 @@ def discover_functions(
         return [], [AppError(root, f"cannot list the app directory: {exc}")]
     for directory in directories:
         config = directory / FUNCTION_JSON
-        if not config.is_file():
+        if not os.path.isfile(config):  # File.Exists: false on any error (an unreadable folder)
             continue
         try:
             functions.append(_read_function(root, directory, config, extensions))
@@ -391,11 +396,11 @@ def functions_from_metadata(
             if not _FUNCTION_NAME.match(entry.name) or entry.name.lower() == "host":
                 raise AppError(where, f"'{entry.name}' is not a valid function name.")
             bindings = []
-            for raw in entry.raw_bindings:
+            for raw in entry.raw_bindings:  # JObject.Parse each: Newtonsoft's dialect, depth 64
                 try:
-                    value = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    raise AppError(where, f"raw binding {raw!r} is not JSON: {exc}") from None
+                    value = parse_json(raw)
+                except JsonSyntaxError as exc:
+                    raise AppError(where, f"raw binding {raw[:200]!r} is not JSON: {exc}") from None
                 bindings.append(value)
             _checked(where, bindings)
             if not entry.script_file:
@@ -485,7 +490,7 @@ def _script_file(root: Path, directory: Path, config: Path, script: Any, name: s
                 f"scriptFile {script!r} points outside the function app directory {root}",
                 name,
             )
-        if not path.is_file():
+        if not os.path.isfile(path):
             raise AppError(
                 config,
                 "Invalid script file name configuration. The 'scriptFile' property is set to a"
@@ -493,9 +498,12 @@ def _script_file(root: Path, directory: Path, config: Path, script: Any, name: s
                 name,
             )
         return _resolved_inside(path, root, config, name)
-    files = sorted(
-        p for p in directory.iterdir() if p.is_file() and p.name.lower() != FUNCTION_JSON
-    )
+    try:
+        files = sorted(
+            p for p in directory.iterdir() if p.is_file() and p.name.lower() != FUNCTION_JSON
+        )
+    except OSError as exc:
+        raise AppError(config, f"cannot list the function's folder: {exc}", name) from None
     if len(files) == 1:
         return _resolved_inside(files[0], root, config, name)
     for candidate in files:

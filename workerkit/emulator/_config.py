@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from ._dotnet import dotnet_regex
 from ._jsonfile import dotnet_string, read_json_object
 from ._launch import ENV_TOKEN, WorkerConfig, expand_environment_variables
 
@@ -57,10 +58,13 @@ _RUNTIME_VERSION_PLACEHOLDER: Final = "%FUNCTIONS_WORKER_RUNTIME_VERSION%"
 _OS_PLACEHOLDER: Final = "{os}"
 _ARCH_PLACEHOLDER: Final = "{architecture}"
 _WORKER_DIR_PLACEHOLDER: Final = "{workerDirectoryPath}"
-_TIMESPAN: Final = re.compile(
-    r"^\s*(?P<sign>-)?(?:(?P<days>\d+)\.)?(?P<h>\d+):(?P<m>\d+)(?::(?P<s>\d+)(?:\.(?P<f>\d{1,7}))?)?\s*$"
+_TIMESPAN: Final = re.compile(  # ASCII digits only, as .NET's TimeSpanParse reads them
+    r"^\s*(?P<sign>-)?(?:(?P<days>[0-9]+)\.)?(?P<h>[0-9]+):(?P<m>[0-9]+)"
+    r"(?::(?P<s>[0-9]+)(?:\.(?P<f>[0-9]{1,7}))?)?\s*$"
 )
-_DAYS_ONLY: Final = re.compile(r"^\s*(?P<sign>-)?(?P<days>\d+)\s*$")
+_DAYS_ONLY: Final = re.compile(r"^\s*(?P<sign>-)?(?P<days>[0-9]+)\s*$")
+#: TimeSpan.MaxValue in ticks (100 ns): 10675199.02:48:05.4775807.
+_MAX_TICKS: Final = (1 << 63) - 1
 
 
 class WorkerConfigError(Exception):
@@ -300,7 +304,7 @@ class _Reader:
         if not isinstance(expression, str) or not expression:
             raise self.fail(f"{label} Expression cannot be empty (profile {profile!r})")
         try:
-            pattern = re.compile(expression)
+            pattern = dotnet_regex(expression)
         except re.error:
             raise self.fail(
                 f"{label} Expression must be a valid regular expression: {expression!r}"
@@ -375,7 +379,7 @@ class _Reader:
             regex = fields["sanitizeRuntimeVersionRegex"]
             if regex:
                 try:
-                    match = re.search(regex, env_version)
+                    match = dotnet_regex(regex).search(env_version)
                 except re.error as exc:
                     raise self.fail(
                         f"sanitizeRuntimeVersionRegex {regex!r} is invalid: {exc}"
@@ -485,22 +489,27 @@ def parse_timespan(text: str) -> float:
     """Parse a .NET TimeSpan string (``[-][d.]hh:mm[:ss[.fffffff]]`` or whole days) to seconds.
 
     Raises:
-        ValueError: not a TimeSpan .NET would parse (hours 0-23, minutes and seconds 0-59).
+        ValueError: not a TimeSpan .NET would parse (ASCII digits; hours 0-23, minutes and
+            seconds 0-59; at most ``TimeSpan.MaxValue``, 10675199.02:48:05.4775807).
     """
-    match = _TIMESPAN.match(text)
+    match = _TIMESPAN.match(text) or _DAYS_ONLY.match(text)
     if match is None:
-        days_only = _DAYS_ONLY.match(text)
-        if days_only is None:
-            raise ValueError(f'{text!r} is not a TimeSpan; use "hh:mm:ss", e.g. "00:02:00"')
-        seconds = float(int(days_only["days"]) * 86400)
-        return -seconds if days_only["sign"] else seconds
-    hours, minutes = int(match["h"]), int(match["m"])
-    secs = int(match["s"] or 0)
+        raise ValueError(f'{text!r} is not a TimeSpan; use "hh:mm:ss", e.g. "00:02:00"')
+    groups = match.groupdict()
+    numbers = [(groups.get(key) or "").lstrip("0") or "0" for key in ("days", "h", "m", "s")]
+    if any(len(number) > 9 for number in numbers):  # and int() never sees 4300 digits
+        raise ValueError(f"{text!r} is out of range (a TimeSpan is at most 10675199 days)")
+    days, hours, minutes, secs = map(int, numbers)
     if hours > 23 or minutes > 59 or secs > 59:
         raise ValueError(f"{text!r} is out of range (hours 0-23, minutes and seconds 0-59)")
-    fraction = float("0." + match["f"]) if match["f"] else 0.0
-    total = int(match["days"] or 0) * 86400 + hours * 3600 + minutes * 60 + secs + fraction
-    return -total if match["sign"] else float(total)
+    fraction = groups.get("f") or ""
+    seconds_whole = days * 86400 + hours * 3600 + minutes * 60 + secs
+    ticks = seconds_whole * 10**7 + int(fraction.ljust(7, "0"))
+    negative = bool(groups["sign"])
+    if ticks > _MAX_TICKS + negative:
+        raise ValueError(f"{text!r} is out of range (a TimeSpan is at most 10675199 days)")
+    seconds = ticks / 10**7
+    return -seconds if negative else seconds
 
 
 def _contains(values: Sequence[str] | None, wanted: str) -> bool:

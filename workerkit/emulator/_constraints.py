@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from ._dotnet import fold, is_bool, is_decimal, is_double, is_guid, parse_integer
+from ._dotnet import dotnet_regex, fold, is_bool, is_decimal, is_double, is_guid, parse_integer
 from ._dotnetdate import is_datetime
 
 __all__ = ["Constraint", "RouteError", "resolve_constraint"]
@@ -136,7 +136,7 @@ def _one_argument(
         if argument is None:
             raise _creation_failed(type_name)
         try:
-            pattern = re.compile(_python_pattern(argument), re.IGNORECASE)
+            pattern = dotnet_regex(argument, re.IGNORECASE)
         except re.error:
             raise _creation_failed(type_name) from None
         return lambda v: pattern.search(v) is not None
@@ -180,12 +180,3 @@ def _is_file_name(value: str) -> bool:
 def _length(value: str) -> int:
     """``string.Length``: UTF-16 code units (a character beyond U+FFFF counts twice)."""
     return len(value.encode("utf-16-le")) // 2
-
-
-def _python_pattern(pattern: str) -> str:
-    """A .NET regular expression in Python's syntax, where they spell the same thing apart:
-    ``(?<name>…)`` and ``(?'name'…)`` groups, ``\\k<name>`` back references, ``\\z``."""
-    pattern = re.sub(r"(?<!\\)\(\?<(?![=!])([A-Za-z_]\w*)>", r"(?P<\1>", pattern)
-    pattern = re.sub(r"(?<!\\)\(\?'([A-Za-z_]\w*)'", r"(?P<\1>", pattern)
-    pattern = re.sub(r"\\k<([A-Za-z_]\w*)>", r"(?P=\1)", pattern)
-    return re.sub(r"(?<!\\)((?:\\\\)*)\\z", r"\1\\Z", pattern)

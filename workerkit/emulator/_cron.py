@@ -180,11 +180,8 @@ def parse_schedule(expression: str) -> CronSchedule | IntervalSchedule:
             ) from None
         if seconds <= 0:
             raise ScheduleError(f"the TimeSpan schedule {expression!r} must be positive") from None
-        try:
-            interval = datetime.timedelta(seconds=seconds)
-        except OverflowError:
-            raise ScheduleError(f"the TimeSpan schedule {expression!r} is too long") from None
-        return IntervalSchedule(expression, interval)
+        # TimeSpan.MaxValue (parse_timespan's bound) is well within timedelta's range
+        return IntervalSchedule(expression, datetime.timedelta(seconds=seconds))
 
 
 def _weekday(when: datetime.datetime) -> int:
@@ -215,9 +212,10 @@ def _parse_part(part: str, spec: _Field) -> range:
     step = 1
     body, slash, step_text = part.partition("/")
     if slash:
-        if not step_text.isdigit() or not step_text.isascii():
+        number = _number(step_text)
+        if number is None:
             raise ScheduleError(f"the step {step_text!r} must be a whole number")
-        step = max(int(step_text), 1)
+        step = max(number, 1)
     if body == "*":
         return range(spec.low, spec.high + 1, step)
     first_text, dash, last_text = body.partition("-")
@@ -238,15 +236,30 @@ def _value(text: str, spec: _Field) -> int:
     if not text:
         raise ScheduleError("a crontab field value cannot be empty")
     if text[0].isascii() and text[0].isdigit():
-        if not (text.isascii() and text.isdigit()):
+        number = _number(text)
+        if number is None:
             raise ScheduleError(f"{text!r} is not a number")
-        return int(text)
+        return number
     if not spec.names:
         raise ScheduleError(f"{text!r} is not a number between {spec.low} and {spec.high}")
     for index, name in enumerate(spec.names):
         if name.lower().startswith(text.lower()):
             return spec.low + index
     raise ScheduleError(f"{text!r} is not a known value name; use one of {', '.join(spec.names)}")
+
+
+def _number(text: str) -> int | None:
+    """A number in a field as NCrontab reads it (``int.Parse``); None when not ASCII digits.
+
+    Raises:
+        ScheduleError: more than ``int.MaxValue``.
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 10 or int(digits) > 2**31 - 1:
+        raise ScheduleError(f"{digits[:12]}… is too large a number")
+    return int(digits)
 
 
 def resolve_setting_tokens(text: str, settings: Mapping[str, str]) -> str:

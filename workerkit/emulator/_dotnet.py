@@ -6,18 +6,21 @@ accept more (and sometimes less) than Python's. These functions answer the same 
 dotnet/runtime (src/libraries/System.Private.CoreLib/src/System): ``Guid.TryParseGuid`` and
 its ``TryParseExact{N,D,B,P,X}`` (Guid.cs), ``Number.TryParseNumber`` with the
 ``NumberStyles`` each caller passes (Number.Parsing.cs), ``Enum.TryParse`` (Enum.cs) and
-``bool.TryParse`` (Boolean.cs), with the invariant culture's symbols. Comparisons that .NET
+``bool.TryParse`` (Boolean.cs), with the invariant culture's symbols; and ``new Regex`` as
+far as Python's `re` can follow it (`dotnet_regex`). Comparisons that .NET
 makes with ``StringComparison.OrdinalIgnoreCase`` use `fold`.
 """
 
 from __future__ import annotations
 
 import decimal
+import re
 from collections.abc import Sequence
 from typing import Final
 
 __all__ = [
     "DECIMAL_MAX",
+    "dotnet_regex",
     "fold",
     "is_bool",
     "is_decimal",
@@ -246,3 +249,24 @@ def _guid_x(text: str) -> bool:
         if not ok or (index >= 3 and value > 0xFF):
             return False
     return True
+
+
+# -- regular expressions ----------------------------------------------------------------------
+def dotnet_regex(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """A .NET regular expression compiled by Python's `re`: ``(?<name>…)`` and
+    ``(?'name'…)`` groups, ``\\k<name>`` back references and ``\\z`` rewritten into Python's
+    spelling.
+
+    Raises:
+        re.error: `re` cannot compile it, including a pattern nested too deeply for its
+            parser or with a repetition count beyond its limit (which would otherwise be a
+            RecursionError or an OverflowError).
+    """
+    pattern = re.sub(r"(?<!\\)\(\?<(?![=!])([A-Za-z_]\w*)>", r"(?P<\1>", pattern)
+    pattern = re.sub(r"(?<!\\)\(\?'([A-Za-z_]\w*)'", r"(?P<\1>", pattern)
+    pattern = re.sub(r"\\k<([A-Za-z_]\w*)>", r"(?P=\1)", pattern)
+    pattern = re.sub(r"(?<!\\)((?:\\\\)*)\\z", r"\1\\Z", pattern)
+    try:
+        return re.compile(pattern, flags)
+    except (RecursionError, OverflowError) as exc:
+        raise re.error(f"{type(exc).__name__}: {exc}") from None

@@ -17,7 +17,7 @@ Azure/azure-functions-host; Core Tools in src/Cli/func/Common/AppSettingsFile.cs
   wherever whitespace may be, strings and property names in single or double quotes,
   unquoted property names (letters, digits, ``_``, ``$``), trailing commas, an empty array
   slot (``[1,,2]``, read as null), line breaks inside strings, ``NaN``, ``Infinity``,
-  ``-Infinity``, ``undefined`` (null), hexadecimal (``0x1F``) and leading-zero octal
+  ``-Infinity``, ``undefined`` (null), 64-bit hexadecimal (``0x1F``) and leading-zero octal
   integers, numbers like ``.5`` and ``1.``; the last of duplicate property names wins;
   containers nest at most 64 deep (``JsonReader.MaxDepth``'s default since 13.0.1).
   Not read: Newtonsoft's JavaScript constructors (``new Date(…)``), which no configuration
@@ -82,8 +82,8 @@ _CHUNK: Final = {'"': re.compile(r'[^"\\]*'), "'": re.compile(r"[^'\\]*")}
 _LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 _NUMBER_TOKEN: Final = re.compile(r"[0-9A-Za-z.+\-]+")
 _WORD: Final = re.compile(r"[0-9A-Za-z_$]+")
-_HEX: Final = re.compile(r"-?0[xX][0-9a-fA-F]+")
-_OCTAL: Final = re.compile(r"0[0-9]+")
+_HEX: Final = re.compile(r"0[xX][0-9a-fA-F]+")
+_OCTAL: Final = re.compile(r"0[0-7]+")
 _INTEGER: Final = re.compile(r"-?[0-9]+")
 _FLOAT: Final = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _LITERALS: Final[dict[str, Any]] = {
@@ -515,12 +515,24 @@ class _Parser:
 
 
 def _number(token: str) -> int | float | None:
-    """A number token as Newtonsoft reads it (``ParseReadNumber``), or None."""
-    try:
+    """A number token as Newtonsoft reads it (``ParseReadNumber``), or None.
+
+    A token that starts with ``0`` and another character than ``.``, ``e`` or ``E`` is
+    hexadecimal (``0x``) or octal, read with ``Convert.ToInt64(token, 16 or 8)``: at most 64
+    bits, the top one the sign (``0xFFFFFFFFFFFFFFFF`` is -1); no minus sign (``-0x1F`` is
+    no number, ``-010`` is -10).
+    """
+    if len(token) > 1 and token[0] == "0" and token[1] not in ".eE":
         if _HEX.fullmatch(token):
-            return int(token, 16)
-        if _OCTAL.fullmatch(token):  # a leading zero: octal (09 is an error, as in .NET)
-            return int(token, 8) if set(token) <= set("01234567") else None
+            value = int(token[2:], 16)
+        elif _OCTAL.fullmatch(token):
+            value = int(token, 8)
+        else:
+            return None  # 09, 0x, 00.5: FormatException
+        if value >= 1 << 64:
+            return None  # OverflowException
+        return value - (1 << 64) if value >= 1 << 63 else value
+    try:
         if _INTEGER.fullmatch(token):
             return int(token)
         if _FLOAT.fullmatch(token):

@@ -42,7 +42,6 @@ __all__ = [
     "LogFilter",
     "host_json_log_levels",
     "parse_level",
-    "rpc_process_category",
     "user_category",
     "worker_channel_category",
 ]
@@ -66,11 +65,6 @@ def user_category(function: str) -> str:
 def worker_channel_category(language: str, worker_id: str) -> str:
     """The category of a worker's System ``RpcLog``s."""
     return f"Worker.LanguageWorkerChannel.{language}.{worker_id}"
-
-
-def rpc_process_category(language: str, worker_id: str) -> str:
-    """The category of a worker's ``LanguageWorkerConsoleLog`` lines."""
-    return f"Worker.rpcWorkerProcess.{language}.{worker_id}"
 
 
 def parse_level(text: str) -> int | None:

@@ -167,6 +167,7 @@ class WorkerPool:
             self._indexed.set()
         self._any_ready = asyncio.Event()
         self._gave_up = asyncio.Event()
+        self._halted = asyncio.Event()  # set with `stopping`: wakes `ready_channel`
         self._first_ready: asyncio.Future[None] | None = None
         self._bucket = ErrorBucket(self.count)
         self._balancer = RoundRobin()
@@ -208,32 +209,32 @@ class WorkerPool:
             TimeoutError: none was ready in time.
             SupervisorError: the pool gave up, or is stopping.
         """
-        if self.stopping:
-            raise SupervisorError("the host is shutting down")
-        while not self.ready:
-            waiter = asyncio.create_task(self._any_ready.wait())
-            gave_up = asyncio.create_task(self._gave_up.wait())
-            try:
-                done, _ = await asyncio.wait(
-                    {waiter, gave_up}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                waiter.cancel()
-                gave_up.cancel()
-            if not done:
-                raise TimeoutError
-            if gave_up in done:
-                raise SupervisorError(self.failure or "the worker failed")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
             if self.stopping:
-                break
-        if self.stopping or not self.ready:
-            raise SupervisorError("the host is shutting down")
-        return self._balancer.pick(self.ready)
+                raise SupervisorError("the host is shutting down")
+            if self.ready:
+                return self._balancer.pick(self.ready)
+            if self._gave_up.is_set():
+                raise SupervisorError(self.failure or "the worker failed")
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise TimeoutError
+            # Woken by a worker becoming ready, the pool giving up, or the host stopping.
+            events = (self._any_ready, self._gave_up, self._halted)
+            waiters = [asyncio.create_task(event.wait()) for event in events]
+            try:
+                await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
 
     async def stop(self, grace: float) -> None:
         """End every worker (WorkerTerminate with `grace`, then kill, all at once) and the
         supervision; bounded. The caller kills whatever is left (`kill`)."""
         self.stopping = True
+        self._halted.set()
         self._any_ready.clear()
         ending = [c.end("the host is shutting down", grace=grace) for c in self.ready]
         self.ready = []
@@ -244,9 +245,17 @@ class WorkerPool:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5)
 
+    async def retire(self, channel: WorkerChannel, reason: str, grace: float) -> None:
+        """End a ready worker on purpose (its supervision then replaces it, not counting an
+        error); it takes no more invocations from now on, as the host disposes a channel
+        before it stops its process (``DisposeAndRestartWorkerChannel``)."""
+        self._unready(channel)
+        await channel.end(reason, grace=grace)
+
     def kill(self) -> None:
         """Kill every worker process started that still runs; never raises."""
         self.stopping = True
+        self._halted.set()
         for channel in list(self._launched.channels.values()):
             channel.ended_on_purpose = channel.ended_on_purpose or "killed"
             channel.kill()
@@ -359,14 +368,23 @@ class WorkerPool:
     def _became_ready(self, channel: WorkerChannel) -> None:
         self.ready.append(channel)
         self._any_ready.set()
+        if self.count > 1:  # which workers take calls, as they join the round robin
+            self.console.info(
+                f"Worker process pid {channel.process.pid} takes invocations"
+                f" ({len(self.ready)} of {self.count} ready)."
+            )
         if self._first_ready is not None and not self._first_ready.done():
             self._first_ready.set_result(None)
 
-    def _gone(self, channel: WorkerChannel) -> None:
+    def _unready(self, channel: WorkerChannel) -> None:
+        """`channel` takes no more invocations."""
         if channel in self.ready:
             self.ready.remove(channel)
         if not self.ready:
             self._any_ready.clear()
+
+    def _gone(self, channel: WorkerChannel) -> None:
+        self._unready(channel)
         self._launched.forget(channel.worker_id)
 
     def _budget_spent(self, message: str) -> None:
@@ -433,6 +451,8 @@ class WorkerPool:
             await asyncio.wait({exited, closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             closed.cancel()
+        # No more calls for it while it is seen off (the host disposes the channel on exit).
+        self._unready(channel)
         code = channel.process.returncode
         if code is None:
             code = await channel.wait_exit(EXIT_AFTER_STREAM)

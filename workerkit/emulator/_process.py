@@ -31,7 +31,7 @@ from typing import Final
 import betterproto2
 
 from workerkit._generated import AzureFunctionsRpcMessages as pb
-from workerkit.testing import HostConnection, TestHost
+from workerkit.testing import HostConnection, PendingInvocation, TestHost
 
 from ._app import AppError, FunctionSpec
 from ._channel import TERMINATE_GRACE, WorkerChannel, failure_text, span
@@ -255,9 +255,8 @@ class Supervisor:
         inputs, trigger_metadata = data(channel.capabilities)
         channel.executing[invocation_id] = function.name
         self._remember(invocation_id, function.name)
-        pending = None
-        try:
-            pending = await connection.start_invocation(
+        sending = asyncio.ensure_future(
+            connection.start_invocation(
                 function.function_id,
                 dict(inputs),
                 trigger_metadata=trigger_metadata,
@@ -265,16 +264,25 @@ class Supervisor:
                 trace_parent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-00",
                 retry_context=retry_context,
             )
-            remaining = None if timeout is None else max(timeout - (loop.time() - started), 0.001)
-            response = await pending.result(remaining)
+        )
+        sending.add_done_callback(_retrieved)
+
+        def left() -> float | None:
+            return None if timeout is None else max(timeout - (loop.time() - started), 0.001)
+
+        try:
+            # The send counts against the timeout too: a worker that stops reading its stream
+            # holds it back (flow control). It is shielded, as a message cut short would break
+            # the stream, and goes on after a timeout (the host queues its sends).
+            pending = await asyncio.wait_for(asyncio.shield(sending), left())
+            response = await pending.result(left())
         except TimeoutError:
             outcome.timed_out = True
             outcome.error = (
                 f"Timeout value of {span(timeout)} was exceeded by function:"
                 f" Functions.{function.name}"
             )
-            if pending is not None:
-                self._spawn(self._after_timeout(channel, invocation_id, pending.future))
+            self._spawn(self._after_timeout(channel, invocation_id, sending))
         except (ConnectionError, OSError) as exc:
             outcome.error = await self._lost_reason(channel, exc)
         else:
@@ -293,13 +301,14 @@ class Supervisor:
         self,
         channel: WorkerChannel,
         invocation_id: str,
-        response: asyncio.Future[pb.InvocationResponse],
+        sending: asyncio.Future[PendingInvocation],
     ) -> None:
         """What the host does after a function timeout: cancel the invocation, give it
         `TIMEOUT_GRACE` to be answered, and restart the worker only if it is still executing
         it then (src/WebJobs.Script.WebHost/WebScriptHostExceptionHandler.cs,
         OnTimeoutExceptionAsync; RpcFunctionInvocationDispatcher.cs,
-        RestartWorkerWithInvocationIdAsync). A worker that answers Cancelled in time is kept.
+        RestartWorkerWithInvocationIdAsync). A worker that answers Cancelled in time is kept;
+        one still not reading the invocation (`sending` not done) is restarted.
 
         The restart fails none of the worker's other invocations itself: it sends
         WorkerTerminate, and the worker may finish them within the grace period, the stream
@@ -313,15 +322,17 @@ class Supervisor:
             await channel.send_quietly(
                 "InvocationCancel", connection.cancel(invocation_id), TIMEOUT_GRACE
             )
-        with contextlib.suppress(TimeoutError, ConnectionError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(response), TIMEOUT_GRACE)
-        if response.done() or self._pool.stopping or channel not in self._pool.ready:
+        with contextlib.suppress(TimeoutError, ConnectionError, OSError, asyncio.CancelledError):
+            async with asyncio.timeout(TIMEOUT_GRACE):  # still being sent, or sent
+                pending = await asyncio.shield(sending)
+                await asyncio.shield(pending.future)
+        if _settled(sending) or self._pool.stopping or channel not in self._pool.ready:
             return
         self.console.warning(
             "A function timeout has occurred. Restarting worker process executing"
             f" invocationId '{invocation_id}'."
         )
-        await channel.end(f"invocation {invocation_id} timed out", grace=TERMINATE_GRACE)
+        await self._pool.retire(channel, f"invocation {invocation_id} timed out", TERMINATE_GRACE)
 
     async def _lost_reason(self, channel: WorkerChannel, exc: BaseException) -> str:
         code = await channel.wait_exit(2.0)
@@ -390,3 +401,19 @@ class Supervisor:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _retrieved(future: asyncio.Future[PendingInvocation]) -> None:
+    """Mark a send's failure as seen: the invocation reported it, or had timed out."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _settled(sending: asyncio.Future[PendingInvocation]) -> bool:
+    """Whether an invocation needs nothing more from its worker: it was never sent (the
+    stream is over), or it was and is answered (or its stream ended meanwhile)."""
+    if not sending.done():
+        return False
+    if sending.cancelled() or sending.exception() is not None:
+        return True
+    return sending.result().future.done()

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from workerkit._generated import AzureFunctionsRpcMessages as pb
 
 from ._config import parse_timespan
+from ._dotnet import parse_integer
 
 if TYPE_CHECKING:
     from ._console import Console
@@ -249,13 +250,17 @@ def _count(value: Any) -> int | None:
         return None
     if isinstance(value, bool):
         raise _conversion(value, "Int32", "maxRetryCount")
+    # Newtonsoft converts to Int32: a number or numeric string within its range.
+    number: int | None = None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        return int(value.strip())
-    raise _conversion(value, "Int32", "maxRetryCount")
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
+        number = parse_integer(value, 32)
+    if number is None or not -(2**31) <= number < 2**31:
+        raise _conversion(value, "Int32", "maxRetryCount")
+    return number
 
 
 def _interval(value: Any, name: str) -> float | None:

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from ._dotnet import fold, parse_enum
+from ._jsonfile import dotnet_string
 
 __all__ = [
     "BindingConfig",
@@ -101,12 +102,8 @@ def metadata_string(binding: Mapping[str, Any], key: str) -> str | None:
         BindingError: an object or an array.
     """
     value = binding_value(binding, key)
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, int | float):
-        return json.dumps(value).upper() if isinstance(value, float) else str(value)
+    if not isinstance(value, dict | list):
+        return dotnet_string(value)
     raise BindingError(
         f"Error parsing function.json: Invalid value specified for binding property '{key}' of"
         " type String."
