@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _pb2, hostprocs
+from benchmarks import _pb2, hostprocs, streaming
 from benchmarks.host import (
     BenchHost,
     Connection,
@@ -48,7 +48,11 @@ LOG_LINES = 10
 #: Not a worker played against the driver's host: the Python example through `workerkit
 #: host` with 1 and 2 worker processes (hostprocs.py).
 HOST_SCENARIO = "workerkit-host"
-DEFAULT_TARGETS = ("workerkit", "bare-grpclib", "bare-grpcio", "official", HOST_SCENARIO)
+#: Not a worker target either: HTTP streaming (HttpUri) beside the gRPC path (streaming.py).
+STREAMING_SCENARIO = "http-streaming"
+DEFAULT_TARGETS = (
+    "workerkit", "bare-grpclib", "bare-grpcio", "official", HOST_SCENARIO, STREAMING_SCENARIO,
+)  # fmt: skip
 ALL_TARGETS = (*DEFAULT_TARGETS, "workerkit-minimal", "workerkit-sync")
 
 
@@ -732,8 +736,9 @@ async def bench(args: argparse.Namespace) -> int:
         pb = _pb2.load(pb2_dir)
         names = [t.strip() for t in args.targets.split(",") if t.strip()]
         host_scenario = HOST_SCENARIO in names
+        streaming_scenario = STREAMING_SCENARIO in names
         targets, notes = make_targets(
-            [n for n in names if n != HOST_SCENARIO],
+            [n for n in names if n not in (HOST_SCENARIO, STREAMING_SCENARIO)],
             Path(official).resolve() if official else None,
             pb2_dir,
         )
@@ -752,12 +757,13 @@ async def bench(args: argparse.Namespace) -> int:
         for note in notes:
             report.emit("skipped", note=note)
             say(note)
-        if not targets and not host_scenario:
+        if not targets and not host_scenario and not streaming_scenario:
             say("nothing to measure")
             return 1
         if targets:
             await measure_workers(targets, plan, report, args.host_impl, pb)
         host_figures = await host_processes(plan, report) if host_scenario else None
+        stream_figures = await http_streaming(report, args.quick) if streaming_scenario else None
     summary = summarise(report, targets, plan)
     rows = ratios(report, summary)
     elapsed = time.perf_counter() - began
@@ -767,6 +773,8 @@ async def bench(args: argparse.Namespace) -> int:
         say(table(summary, plan, rows))
     if host_figures is not None:
         say(hostprocs.table(host_figures, report.of("ratio", label=hostprocs.RATIO_LABEL)[-1]))
+    if stream_figures:
+        say(streaming.table(stream_figures))
     for note in notes:
         say(note)
     busy = sorted({r["target"] for r in report.of("run") if r.get("host_cpu", 0) >= 0.8})
@@ -779,6 +787,7 @@ async def bench(args: argparse.Namespace) -> int:
         )
     say(f"{elapsed:.0f} s; load average now {loadavg():.2f} on {os.cpu_count()} CPUs")
     failed = any(r.get("errors") for r in report.of("run") + report.of("host_run"))
+    failed = failed or bool(report.of("stream_error"))
     return 1 if failed else 0
 
 
@@ -822,6 +831,23 @@ async def host_processes(plan: Plan, report: Report) -> dict[int, float | None] 
     )
     report.emit("ratio", **hostprocs.ratio_record(figures))
     return figures
+
+
+async def http_streaming(report: Report, quick: bool) -> dict[str, Any] | None:
+    """Proxied HTTP echo vs the gRPC path, a large streamed request body and the time to
+    first byte of a streamed response (streaming.py); None when it cannot run here."""
+    problem = streaming.available()
+    if problem is not None:
+        note = f"{STREAMING_SCENARIO}: skipped, {problem}"
+        report.emit("skipped", note=note)
+        say(note)
+        return None
+    try:
+        return await streaming.measure(report.emit, say, quick=quick)
+    except Exception as exc:  # a wrong answer or a failed worker: no figures, exit 1
+        report.emit("stream_error", error=f"{type(exc).__name__}: {exc}")
+        say(f"{STREAMING_SCENARIO}: failed: {type(exc).__name__}: {exc}")
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,3 +56,32 @@ def test_quick_run_against_bare_grpclib() -> None:
     ratios = [r for r in records if r["kind"] == "ratio"]
     assert ratios and all(r["verdict"] == "n/a" for r in ratios if r["numerator"] == "workerkit")
     assert "spawn → ready" in done.stderr and "ratios" in done.stderr
+
+
+def test_quick_run_of_the_http_streaming_scenarios() -> None:
+    """Proxied echo and the gRPC path of the same worker, a streamed request body, the time
+    to first byte: every record present, every answer checked by the driver (exit 0)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--targets", "http-streaming"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert not [r for r in records if r["kind"] == "stream_error"]
+    runs = [r for r in records if r["kind"] == "stream_run"]
+    assert {r["scenario"] for r in runs} == {"echo_grpc", "echo_proxied"}
+    for run in runs:
+        assert run["in_flight"] == 32
+        assert run["per_second"] > 0 and run["p50_ms"] <= run["p99_ms"]
+    (ratio,) = [r for r in records if r["kind"] == "ratio" and r["label"].startswith("proxied")]
+    assert (ratio["denominator"], ratio["verdict"]) == ("workerkit-grpc", "info")
+    assert ratio["ratio"] > 0
+    (body,) = [r for r in records if r["kind"] == "stream_body"]
+    assert body["body_mib"] == 64 and body["mb_s"] > 0
+    assert body["verdict"] in ("PASS", "FAIL") and body["target_mib"] == 64
+    (ttfb,) = [r for r in records if r["kind"] == "stream_ttfb"]
+    assert 0 < ttfb["ttfb_p50_ms"] <= ttfb["whole_p50_ms"]
+    assert "HTTP streaming" in done.stderr and "time to first byte" in done.stderr

@@ -65,7 +65,6 @@ def proxying(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEmulat
             "WK_CAPS": json.dumps({"HttpUri": "http://127.0.0.1:9/"}),
             "AzureWebJobsDisableHomepage": "TRUE",
         },
-        host={"functionTimeout": "00:10:00"},  # a request left waiting would hang the test
     )
     options = EmulatorOptions(app, write_worker(root), port=0, environ=os.environ)
     running = RunningEmulator(options).start()
@@ -166,16 +165,19 @@ def test_warmup_runs_the_warmup_function_once(host: RunningEmulator) -> None:
     assert len(host.invocation_ids("Warmup")) == 1  # answered without running it again
 
 
-# -- item 19 --------------------------------------------------------------------------------
-def test_a_worker_wanting_http_proxying_gets_a_prompt_500(proxying: RunningEmulator) -> None:
-    """The host forwards an HTTP request to the worker's HttpUri (DefaultHttpProxyService);
-    the emulator cannot, so it answers at once and says why instead of invoking the function
-    and leaving the request waiting for the function timeout (10 minutes here)."""
-    assert "The worker declared the HttpUri capability (http://127.0.0.1:9/)" in proxying.output
+# -- item 19, and issue 15 ------------------------------------------------------------------
+def test_a_worker_declaring_http_uri_gets_its_requests_forwarded(proxying: RunningEmulator) -> None:
+    """The host forwards an HTTP request to the worker's HttpUri (DefaultHttpProxyService):
+    nothing listens at 127.0.0.1:9, so after the host's 10 connect attempts
+    (RetryProxyHandler) the forwarding fails, and so does the invocation once the worker has
+    answered it (GrpcWorkerChannel.InvokeResponse awaits the forwarding): an empty 500."""
+    assert "serves HTTP at http://127.0.0.1:9/ (HttpUri)" in proxying.output
     reply = proxying.request("GET", "/api/echo", timeout=60)
     assert (reply.status, reply.body) == (500, b"")
-    proxying.wait_for("Function 'echo': the worker declared the HttpUri capability")
-    assert proxying.invocation_ids("echo") == []  # never sent to the worker
+    proxying.wait_for("could not connect to the worker's HttpUri http://127.0.0.1:9/ in 10")
+    (invocation_id,) = proxying.invocation_ids("echo")
+    proxying.wait_for(f"Executed 'Functions.echo' (Failed, Id={invocation_id}")
+    assert "Failed to proxy request with ForwarderError: Request" in proxying.output
     # other triggers are not proxied: they run as usual
     body = json.dumps({"input": "hello"}).encode()
     assert proxying.request("POST", "/admin/functions/queue", body).status == 202

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 import urllib.parse
 from http.client import HTTPConnection
 from pathlib import Path
 
+import pytest
 from conftest import EXAMPLES, arun, eventually
 from example_apps import (
     FAILURE,
@@ -21,6 +25,7 @@ from example_apps import (
 
 from workerkit import HttpRequest
 from workerkit._generated import AzureFunctionsRpcMessages as pb
+from workerkit._hostside.proxy import HttpProxyClient, proxied_http_input
 from workerkit.convert import decode_output
 from workerkit.testing import TestHost, binding, http_bindings
 
@@ -34,7 +39,8 @@ def test_the_sample_app_http_timer_queue_sync_async_and_named_outputs() -> None:
             worker, conn = await start(host, "python")
             loads = await load_app(conn, APP)
             assert {name: r.result.status for name, r in loads.items()} == {
-                "greet": SUCCESS, "hello": SUCCESS, "orders": SUCCESS, "tick": SUCCESS,
+                "countdown": SUCCESS, "greet": SUCCESS, "hello": SUCCESS, "orders": SUCCESS,
+                "tick": SUCCESS,
             }  # fmt: skip
 
             # HTTP, plain def, $return; the function's log line is attributed to the call.
@@ -274,3 +280,154 @@ def test_the_console_shows_what_clients_send_with_control_characters_escaped() -
     assert "/api/greet/\\x1b]0;pwned" in warning
     for control in ("\x1b", "\x07", "\r", "\u202e"):
         assert control not in printed
+
+
+# -- HTTP streaming (HttpUri, issue 15) ---------------------------------------------------------
+STREAMING = {"WORKERKIT_HTTP_STREAMING": "true"}
+
+
+def test_the_sample_app_through_the_hosts_proxy_with_a_countdown_line_by_line() -> None:
+    """With the setting in its environment the example reports HttpUri; the host's part is
+    played here: the InvocationRequest with the empty RpcHttp (route parameters only) and
+    the request forwarded to HttpUri with x-ms-invocation-id, in either order."""
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            worker, conn = await start(host, "python", env=STREAMING)
+            capabilities = conn.replies("worker_init_response")[0].capabilities
+            assert capabilities["HttpUri"].startswith("http://127.0.0.1:")
+            assert capabilities["RequiresRouteParameters"] == "true"
+            loads = await load_app(conn, APP)
+            assert all(r.result.status == SUCCESS for r in loads.values())
+            async with HttpProxyClient(capabilities["HttpUri"]) as proxy:
+                # hello, the invocation first: the function's log is still attributed.
+                pending = await conn.start_invocation(
+                    function_id("hello"), {"req": proxied_http_input()}
+                )
+                response = await proxy.forward(pending.invocation_id, "GET", "/api/hello?name=Ada")
+                assert (response.status, await response.read()) == (200, b"Hello, Ada!\n")
+                assert response.header("content-type") == "text/plain"
+                reply = await pending.result(30)
+                assert reply.result.status == SUCCESS
+                assert reply.return_value is None  # the response went over HTTP
+                assert log_messages(conn, reply.invocation_id) == ["greeting Ada"]
+
+                # hello, the request first, with a JSON body.
+                invocation_id = "7b5c8f0e-0000-4000-8000-000000000001"
+                forwarded = asyncio.ensure_future(
+                    proxy.forward(invocation_id, "POST", "/api/hello", body=b'{"name": "Grace"}')
+                )
+                pending = await conn.start_invocation(
+                    function_id("hello"), {"req": proxied_http_input()},
+                    invocation_id=invocation_id,
+                )  # fmt: skip
+                response = await forwarded
+                assert (response.status, await response.read()) == (200, b"Hello, Grace!\n")
+                assert (await pending.result(30)).result.status == SUCCESS
+
+                # countdown: each event is read before the next is expected.
+                pending = await conn.start_invocation(
+                    function_id("countdown"), {"req": proxied_http_input({"n": "5"})}
+                )
+                response = await proxy.forward(pending.invocation_id, "GET", "/api/countdown/5")
+                assert response.status == 200
+                assert response.header("content-type") == "text/event-stream"
+                assert response.header("transfer-encoding") == "chunked"
+                for k in range(5, 0, -1):
+                    assert await response.readline() == f"data: {k}\n".encode()
+                    assert await response.readline() == b"\n"
+                assert await response.read() == b""
+                assert (await pending.result(30)).result.status == SUCCESS
+
+                # 50 calls of hello, 10 in flight, each answered with its own name.
+                slots = asyncio.Semaphore(10)
+
+                async def hello(index: int) -> bytes:
+                    async with slots:
+                        pending = await conn.start_invocation(
+                            function_id("hello"), {"req": proxied_http_input()}
+                        )
+                        response = await proxy.forward(
+                            pending.invocation_id, "GET", f"/api/hello?name=n{index}"
+                        )
+                        body = await response.read()
+                        assert (await pending.result(30)).result.status == SUCCESS
+                        return body
+
+                bodies = await asyncio.gather(*(hello(i) for i in range(50)))
+                assert bodies == [f"Hello, n{i}!\n".encode() for i in range(50)]
+            await conn.terminate()
+            assert await worker.wait(60) == 0
+
+    arun(scenario())
+
+
+def test_without_the_setting_the_countdown_is_gathered_into_one_body() -> None:
+    async def scenario() -> None:
+        async with TestHost() as host:
+            env = {"WORKERKIT_HTTP_STREAMING": "false"}
+            worker, conn = await start(host, "python", env=env)
+            assert "HttpUri" not in conn.replies("worker_init_response")[0].capabilities
+            await load_app(conn, APP)
+            request = HttpRequest("GET", "http://x/api/countdown/3", params={"n": "3"})
+            reply = await conn.invoke(function_id("countdown"), {"req": request})
+            assert reply.result.status == SUCCESS, reply.result
+            response = decode_output(reply.return_value)
+            assert response.status_code == 200
+            assert response.headers["Content-Type"] == "text/event-stream"
+            assert response.text() == "data: 3\n\ndata: 2\n\ndata: 1\n\n"
+            await conn.terminate()
+            assert await worker.wait(60) == 0
+
+    arun(scenario())
+
+
+def test_the_setting_without_aiohttp_fails_init_saying_what_to_install(tmp_path: Path) -> None:
+    """A worker environment without aiohttp (an import of it fails, as when it is not
+    installed): init fails with a message that names the setting and the extra."""
+    (tmp_path / "aiohttp.py").write_text("raise ImportError('No module named aiohttp')\n")
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            env = {**os.environ, **STREAMING, "PYTHONPATH": str(tmp_path)}
+            worker = await host.spawn(
+                [sys.executable, "-u", str(EXAMPLES / "python" / "worker.py")], cwd=APP, env=env
+            )
+            conn = worker.connection
+            assert conn is not None
+            init = await conn.init(
+                function_app_directory=str(APP), worker_directory=str(EXAMPLES / "python")
+            )
+            assert init.result.status == FAILURE
+            message = init.result.exception.message
+            assert "WORKERKIT_HTTP_STREAMING" in message, message
+            assert "workerkit[http]" in message, message
+            await conn.terminate()
+            await worker.wait(60)
+
+    arun(scenario())
+
+
+def test_the_countdown_streams_through_workerkit_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With WORKERKIT_HTTP_STREAMING=true the example reports HttpUri and `workerkit host`
+    forwards to it: /api/countdown/5 comes as a chunked stream (no Content-Length: not
+    gathered into one body first), its events in order, and hello still answers."""
+    monkeypatch.setenv("WORKERKIT_HTTP_STREAMING", "true")
+    transcript: list[str] = []
+    with emulator(EXAMPLES / "python", APP, transcript=transcript) as url:
+        parts = urllib.parse.urlsplit(url)
+        conn = HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+        conn.request("GET", "/api/countdown/5")
+        reply = conn.getresponse()
+        assert reply.status == 200
+        assert reply.getheader("Content-Type", "").startswith("text/event-stream")
+        assert reply.getheader("Transfer-Encoding") == "chunked"
+        assert reply.getheader("Content-Length") is None
+        events = [reply.readline() for _ in range(10)]
+        assert events == [
+            line for k in range(5, 0, -1) for line in (f"data: {k}\n".encode(), b"\n")
+        ]
+        assert reply.read() == b""
+        conn.close()
+        assert http("GET", f"{url}/api/hello?name=Ada") == (200, b"Hello, Ada!\n")
+    assert any("HttpUri" in line for line in transcript), transcript

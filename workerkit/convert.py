@@ -514,6 +514,12 @@ def _encode_response(response: HttpResponse) -> "pb.RpcHttp":
         body_data = pb.TypedData(string=body)
     elif isinstance(body, bytearray | memoryview):
         body_data = pb.TypedData(bytes=bytes(body))
+    elif hasattr(body, "__aiter__") or hasattr(body, "__next__"):
+        raise ConversionError(
+            "cannot encode a streamed HttpResponse.body (an iterator of chunks) as TypedData:"
+            " the worker writes it through the host's proxy (WORKERKIT_HTTP_STREAMING=true)"
+            " or gathers it before encoding; give bytes or str here"
+        )
     else:
         raise ConversionError(
             f"cannot encode HttpResponse.body of type {type(body).__name__!r}: "

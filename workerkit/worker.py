@@ -172,6 +172,20 @@ class WorkerOptions:
     messages buffered towards the host before replies wait and log records are dropped.
     `loop_block_warning`: seconds an ``async def`` hook may block the event loop before the
     worker reports it with the function's name (0: never).
+
+    HTTP streaming through the host's proxy (the host forwards each HTTP-trigger request to
+    the worker's own HTTP server, ``HttpUri``; needs ``workerkit[http]``): `http_streaming`
+    True or False turns it on or off; None (the default) follows the app setting
+    ``WORKERKIT_HTTP_STREAMING=true`` in the environment the host gives the worker, at init
+    and again after an environment reload. `http_match_timeout`: seconds a proxied request
+    waits for its `InvocationRequest` (504 after that; time in which the worker does not
+    read from the host, its backlog full, is not counted) and an invocation for its proxied
+    request (a Failure after that); once both are there only the function's own limits apply.
+    60 s by default: the host starts forwarding before it sends the invocation, so they
+    normally meet within milliseconds, and the host's proxy itself gives up after 240 s of
+    silence. `http_body_prefetch`: request bodies with a Content-Length up to this many bytes
+    are read before ``on_invocation`` runs, so `HttpRequest.body` works as without
+    streaming; larger and chunked ones are streamed (`HttpRequest.stream`).
     """
 
     max_in_flight: int = field(default_factory=lambda: _env_int("WORKERKIT_MAX_IN_FLIGHT", 256))
@@ -182,6 +196,12 @@ class WorkerOptions:
     #: Warn (naming the function) when an async hook blocks the event loop this many
     #: seconds; 0 turns the watchdog off.
     loop_block_warning: float = 1.0
+    #: HTTP streaming: True/False, or None to follow ``WORKERKIT_HTTP_STREAMING``.
+    http_streaming: bool | None = None
+    #: Seconds a proxied request and its invocation wait for each other.
+    http_match_timeout: float = 60.0
+    #: Request bodies up to this many bytes (by Content-Length) are read before the hook.
+    http_body_prefetch: int = 1 << 20
 
     def __post_init__(self) -> None:
         for name in ("max_in_flight", "max_queued", "threads", "send_queue"):
@@ -195,6 +215,21 @@ class WorkerOptions:
         if not self.shutdown_grace >= 0:
             raise ValueError(
                 f"WorkerOptions.shutdown_grace must be >= 0, not {self.shutdown_grace}"
+            )
+        if self.http_streaming not in (None, True, False):
+            raise ValueError(
+                "WorkerOptions.http_streaming must be True, False or None (follow the"
+                f" WORKERKIT_HTTP_STREAMING setting), not {self.http_streaming!r}"
+            )
+        if isinstance(self.http_match_timeout, bool) or not self.http_match_timeout > 0:
+            raise ValueError(
+                "WorkerOptions.http_match_timeout must be a number of seconds > 0, not"
+                f" {self.http_match_timeout!r}"
+            )
+        prefetch = self.http_body_prefetch
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(
+                f"WorkerOptions.http_body_prefetch must be a whole number >= 0, not {prefetch!r}"
             )
 
 

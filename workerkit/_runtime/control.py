@@ -13,7 +13,11 @@ without a socket (tests/test_control.py):
 - invocations of a function wait while a load of it is under way (`Loading`/`Settled`);
 - a restarted worker, which the host never asks for metadata, indexes itself once, on its
   first load of a worker-indexed function, and every load waiting for that index shares it;
-- every request that expects a reply gets exactly one, a Failure when its hook raised.
+- every request that expects a reply gets exactly one, a Failure when its hook raised;
+- with HTTP streaming wanted (the worker's option, or the app setting in the environment at
+  init or after a reload), the worker's HTTP server is opened (`OpenProxy`) before init or
+  the reload is answered, which then reports its ``HttpUri``; once reported it stays (the
+  host never stops proxying to a worker that reported it).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from ..errors import SUCCESS, error_details, failure, success
 from .protocol import Catalog
 from .replies import (
     CAPABILITIES,
+    HTTP_PROXY_CAPABILITIES,
     WORKER_INDEXED,
     answer_unreadable,
     check_strings,
@@ -64,6 +69,7 @@ __all__ = [
     "Effect",
     "Loading",
     "LogLevels",
+    "OpenProxy",
     "Send",
     "Settled",
     "Stop",
@@ -128,7 +134,15 @@ class Stop:
     grace: float
 
 
-Effect = Send | Call | LogLevels | Loading | Settled | Stop
+@dataclass(frozen=True, slots=True)
+class OpenProxy:
+    """Open the worker's HTTP server for the host's proxy (HTTP streaming) and report its
+    URI, or the exception it failed with, with `Control.hook_done(token, ...)`."""
+
+    token: int
+
+
+Effect = Send | Call | LogLevels | Loading | Settled | Stop | OpenProxy
 #: What to do once a hook ended: ok (False: it raised), and its value or exception.
 Then = Callable[[bool, Any], list[Effect]]
 #: A load's end, for whoever asked for it: the exception it failed with, or None.
@@ -138,10 +152,20 @@ LoadDone = Callable[[BaseException | None], list[Effect]]
 class Control:
     """The control conversation of one session with the host."""
 
-    def __init__(self, worker: Worker, app_directory: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        app_directory: Callable[[], str],
+        http_streaming: Callable[[], bool] = lambda: False,
+    ) -> None:
         """`app_directory`: the function app's root, where a restarted worker indexes
-        itself (the host starts workers there: the session passes `os.getcwd`)."""
+        itself (the host starts workers there: the session passes `os.getcwd`).
+        `http_streaming`: whether HTTP streaming is wanted now (asked at init and after an
+        environment reload, once the environment is the host's)."""
         self.worker = worker
+        self._http_streaming = http_streaming
+        #: The worker's HTTP server for the host's proxy, once open and reported.
+        self.http_uri: str | None = None
         self._overridden = type(worker)._overridden_hooks
         self._app_directory = app_directory
         self.catalog = Catalog()
@@ -228,6 +252,9 @@ class Control:
 
     # -- handshake ---------------------------------------------------------------------------
     def _init(self, request_id: str, request: InitRequest) -> list[Effect]:
+        def answer(error: BaseException | None) -> list[Effect]:
+            return [Send(request_id, self._init_response(request_id, error)), *self._initialized()]
+
         def then(ok: bool, value: Any) -> list[Effect]:
             error = None if ok else value
             if ok and value is not None:
@@ -237,9 +264,38 @@ class Control:
                     error = exc
             if error is not None:
                 log.error("on_init failed: %s", error, exc_info=error)
-            return [Send(request_id, self._init_response(request_id, error)), *self._initialized()]
+                return answer(error)
+            return self._with_proxy(answer)
 
         return [LogLevels(request.log_categories), self._call("on_init", request, then)]
+
+    def _with_proxy(self, answer: Callable[[BaseException | None], list[Effect]]) -> list[Effect]:
+        """`answer` once the HTTP server is open, when streaming is wanted (with the error
+        it failed with, if it did), else at once."""
+        try:
+            wanted = self._http_streaming()
+        except Exception as exc:
+            return answer(exc)
+        if self.http_uri is not None and not wanted:
+            log.warning(
+                "HTTP streaming is off now, but the host keeps proxying HTTP requests to a"
+                " worker once it reported HttpUri: it stays on until the worker restarts"
+            )
+        if self.http_uri is not None or not wanted:
+            return answer(None)
+
+        def opened(ok: bool, value: Any) -> list[Effect]:
+            if not ok:
+                log.error("HTTP streaming: the worker's HTTP server did not start: %s", value)
+                return answer(value)
+            self.http_uri = value
+            self.capabilities.update(HTTP_PROXY_CAPABILITIES, HttpUri=value)
+            log.info("HTTP streaming on: the host forwards HTTP requests to %s", value)
+            return answer(None)
+
+        self._next_token += 1
+        self._calls[self._next_token] = opened
+        return [OpenProxy(self._next_token)]
 
     def _accept_init_result(self, result: Any) -> None:
         if not isinstance(result, InitResult):
@@ -469,11 +525,16 @@ class Control:
         directory = request.function_app_directory
 
         def then(ok: bool, value: Any) -> list[Effect]:
-            if ok:
-                status = success()
-            else:
+            if not ok:
                 log.error("environment reload failed: %s", value, exc_info=value)
-                status = failure(value, user=True, source="on_environment_reload")
+                return answer(failure(value, user=True, source="on_environment_reload"))
+            return self._with_proxy(
+                lambda error: answer(
+                    success() if error is None else failure(error, source="HttpUri")
+                )
+            )
+
+        def answer(status: pb.StatusResult) -> list[Effect]:
             metadata = None
             try:
                 metadata = pb.WorkerMetadata(**self.worker_metadata())

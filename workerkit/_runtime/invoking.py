@@ -4,11 +4,19 @@
 function's `on_invocation` through `Session.call`, encodes the response and sends it. The
 rules (refusals, one answer per request, cancel, backpressure) are `protocol.Ledger`'s; this
 module owns the tasks, the slots and the timers around them.
+
+With HTTP streaming on (`session.proxy`), an HTTP-trigger invocation whose `RpcHttp` is
+empty is a *proxied call*: before taking a slot it waits for its HTTP request
+(`httpproxy.Proxied`), the hook sees that request, the hook's HTTP response is written to
+it (a streamed body chunk by chunk, inside the invocation, so cancel and the host's timeout
+reach it), and the `InvocationResponse` follows, without the HTTP output. Without the
+proxy, a streamed response body is gathered first (`httpbody.gather`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import logging
@@ -18,15 +26,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._types import FunctionInfo, Invocation, InvocationResult, RetryContext, TraceContext
+from .._values import HttpRequest
 from .._wire.messages import RawInvocation, invocation_response, read_trace
 from .._wire.pb import pb
 from .._wire.values import LazyValues, decode_value, encode_chunks, typed_data
 from ..convert import ConversionError, HttpResponse
 from ..errors import InvocationCancelled, MessageTooLarge, cancelled, failure
+from .httpbody import gather, is_streamed
 from .logs import current_invocation_id
 from .protocol import Entry, Ledger
 
 if TYPE_CHECKING:
+    from .httpproxy import Proxied
     from .session import Session
 
 log = logging.getLogger("workerkit")
@@ -51,6 +62,10 @@ class Running(Entry):
     invocation: Invocation | None = None
     #: Answers Cancelled once `CANCEL_GRACE` has passed after a cancel (`cancel_overdue`).
     overdue: asyncio.TimerHandle | None = None
+    #: A proxied HTTP call (HTTP streaming): its request's side; None for the others.
+    proxied: Proxied | None = None
+    #: Whether it was decided if this is a proxied call (it waits for its function's load).
+    routed: bool = False
 
 
 class Invocations:
@@ -80,6 +95,9 @@ class Invocations:
         refusal = self.ledger.admit(running)
         if refusal is not None:
             log.error("refused invocation %r: %s", invocation_id, refusal)
+            proxy = self.session.proxy
+            if proxy is not None and self.ledger.get(invocation_id) is None:
+                proxy.refused(invocation_id, refusal)  # its request, if any, is answered
             self.session._reply(
                 request_id,
                 invocation_response=pb.InvocationResponse(
@@ -87,17 +105,40 @@ class Invocations:
                 ),
             )
             return
+        if self.session.proxy is not None and request.function_id not in self.session._loading:
+            self._route(request, running)  # its request may be waiting already
         task = self.session._spawn(self._invoke(request, running))
         running.task = task
         self.tasks.add(task)
         task.add_done_callback(self._done)
         if self.ledger.task_started():
             self.session.transport.reading.clear()  # resumed by _invocation_done
+            if self.session.proxy is not None:
+                self.session.proxy.reading(False)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         if self.ledger.task_ended():
             self.session.transport.reading.set()
+            if self.session.proxy is not None:
+                self.session.proxy.reading(True)
+
+    def _route(self, request: RawInvocation, running: Running) -> None:
+        """Decide once whether `running` is a proxied call, and if so meet its request."""
+        proxy = self.session.proxy
+        if running.routed or proxy is None:
+            return
+        running.routed = True
+        function = self.session.catalog.resolve(request.function_id)
+        if isinstance(function, FunctionInfo) and _proxied_call(request, function):
+            running.proxied = proxy.expect(running.invocation_id)
+
+    def disconnected(self, invocation_id: str, reason: str) -> None:
+        """The client of proxied call `invocation_id` went away: cancel the call."""
+        running = self.ledger.get(invocation_id)
+        if isinstance(running, Running) and not running.answered:
+            log.info("invocation %s: %s; cancelling it", invocation_id, reason)
+            self.cancel(running)
 
     async def _invoke(self, request: RawInvocation, running: Running) -> None:
         invocation_id = request.invocation_id
@@ -107,9 +148,15 @@ class Invocations:
             try:
                 if running.cancel.is_set():  # cancelled before this task first ran
                     raise asyncio.CancelledError
-                await self.slots.acquire()
-                holding = True
-                response = await self._execute(request, running)
+                missing = await running.proxied.wait() if running.proxied else None
+                if missing is None:
+                    await self.slots.acquire()
+                    holding = True
+                    response = await self._execute(request, running)
+                else:  # its proxied request never came (or gave up)
+                    response = pb.InvocationResponse(
+                        invocation_id=invocation_id, result=failure(missing)
+                    )
             except asyncio.CancelledError:
                 if self.session._closed:  # the stream is gone: nobody to answer
                     raise
@@ -124,6 +171,9 @@ class Invocations:
                 self.ledger.release(running)
                 if running.overdue is not None:
                     running.overdue.cancel()
+                if running.proxied is not None:
+                    how = "was cancelled" if running.cancel.is_set() else "ended"
+                    running.proxied.ended(f"invocation {invocation_id} {how}")
             if not self.ledger.claim_answer(running):  # answered Cancelled: one reply only
                 name = running.invocation.function.name if running.invocation else "?"
                 log.info(
@@ -157,6 +207,10 @@ class Invocations:
         function = self.session.catalog.resolve(function_id)
         if isinstance(function, str):  # why there is none
             return pb.InvocationResponse(invocation_id=invocation_id, result=failure(function))
+        if not running.routed and self.session.proxy is not None:  # it came during a load
+            self._route(request, running)
+            if running.proxied is not None and (missing := await running.proxied.wait()):
+                return pb.InvocationResponse(invocation_id=invocation_id, result=failure(missing))
         try:
             invocation = _invocation(request, function, running.cancel)
         except ConversionError as exc:
@@ -164,14 +218,34 @@ class Invocations:
                 invocation_id=invocation_id,
                 result=failure(f"function {function.name}: {exc}"),
             )
-        running.invocation = invocation
+        proxied = running.proxied
         current_invocation_id.set(invocation_id)
+        encode = functools.partial(
+            _response if proxied is None else _split_response,
+            function,
+            request.request_id,
+            invocation_id,
+        )
+        if proxied is not None:
+            try:
+                invocation = await proxied.attach(invocation)
+            except Exception as exc:  # the client went away, or sent a malformed body
+                log.warning("invocation %s: its proxied request failed: %s", invocation_id, exc)
+                return pb.InvocationResponse(
+                    invocation_id=invocation_id,
+                    result=failure(f"the proxied HTTP request could not be read: {exc}"),
+                )
+        running.invocation = invocation
+        gone: str | None = None
         try:
-            response: bytes = await self.session.call(
-                "on_invocation",
-                invocation,
-                functools.partial(_response, function, request.request_id, invocation_id),
-            )
+            response: Any = await self.session.call("on_invocation", invocation, encode)
+            if proxied is not None:
+                response, http = response
+                gone = await proxied.respond(http, self._in_pool)
+            elif isinstance(response, _Gather):  # a streamed body, for the gRPC path
+                limit = self.session.args.max_message_length
+                result = await response.gathered(limit, self._in_pool)
+                response = await self._in_pool(functools.partial(encode, result))
         except (asyncio.CancelledError, InvocationCancelled) as exc:
             if running.cancel.is_set() or task_cancelled():
                 if isinstance(exc, asyncio.CancelledError):
@@ -194,6 +268,10 @@ class Invocations:
             return pb.InvocationResponse(
                 invocation_id=invocation_id, result=failure(exc, user=True, source=function.name)
             )
+        if gone is not None:
+            log.warning("function %s: %s", function.name, gone)
+            return pb.InvocationResponse(invocation_id=invocation_id, result=failure(gone))
+        assert isinstance(response, bytes)
         limit = self.session.args.max_message_length
         if len(response) > limit:
             too_big = MessageTooLarge(len(response), limit, f"the response of {invocation_id}")
@@ -223,6 +301,11 @@ class Invocations:
         if running.invocation is not None and "on_cancel" in self.session._overridden:
             self.session._spawn(self.session._quietly("on_cancel", running.invocation))
 
+    def _in_pool(self, call: Callable[[], Any]) -> Any:
+        """Run `call` in the hook thread pool with this task's context (its logs)."""
+        context = contextvars.copy_context()
+        return self.session._loop.run_in_executor(self.session._pool, context.run, call)
+
     def cancel_overdue(self, running: Running) -> None:
         """A cancelled invocation that has not ended `CANCEL_GRACE` later (an ``async def``
         that swallows CancelledError, say), or when the worker stops, is answered Cancelled
@@ -243,6 +326,8 @@ class Invocations:
         invocation_id = running.invocation_id
         invocation = running.invocation
         name = invocation.function.name if invocation is not None else "?"
+        if running.proxied is not None:
+            running.proxied.ended("it was answered Cancelled")
         log.warning(
             "function %r (invocation %s) still runs %g s after it was cancelled: answered"
             " Cancelled; it keeps running, and its slot of max_in_flight, until it returns."
@@ -338,9 +423,95 @@ def _metadata_value(data: memoryview) -> Any:
         return typed_data(data)
 
 
-def _response(function: FunctionInfo, request_id: str, invocation_id: str, result: Any) -> bytes:
+def _proxied_call(request: RawInvocation, function: FunctionInfo) -> bool:
+    """An HTTP-trigger invocation whose request the host forwards to the worker's server:
+    its `RpcHttp` is empty but for route parameters (a host that sends the whole request
+    there is answered the usual way)."""
+    trigger = function.trigger
+    if trigger is None or trigger.type.lower() != "httptrigger" or request.inputs is None:
+        return False
+    for name, data, shared in request.inputs:
+        if name == trigger.name:
+            try:
+                value = decode_value(data) if data is not None and not shared else None
+            except ConversionError:
+                return False
+            return isinstance(value, HttpRequest) and not value.method and not value.url
+    return False
+
+
+def _http_output(function: FunctionInfo) -> str | None:
+    """The name of the function's HTTP output binding, if it has one."""
+    names = [b.name for b in function.bindings.values() if b.type.lower() == "http" and b.is_output]
+    return names[0] if len(names) == 1 else None
+
+
+def _split_response(
+    function: FunctionInfo, request_id: str, invocation_id: str, result: Any
+) -> tuple[bytes, Any]:
+    """For a proxied call: the InvocationResponse without the HTTP output (the host takes
+    the response from the worker's server; other outputs go as usual), and the HTTP output's
+    value (None when it got none)."""
+    if isinstance(result, InvocationResult):
+        value, outputs = result.return_value, dict(result.outputs)
+    else:
+        value, outputs = result, {}
+    if "$return" in outputs and value is None:
+        value = outputs.pop("$return")
+    name = _http_output(function)
+    http = None
+    if name == "$return" or (name is not None and isinstance(value, HttpResponse)):
+        http, value = value, None
+    elif name is not None:
+        http = outputs.pop(name, None)
+    rest = InvocationResult(value, outputs)
+    return _encode(function, request_id, invocation_id, rest), http
+
+
+class _Gather:
+    """A result with a streamed HTTP response body, on the gRPC path: the body is gathered
+    on the event loop, then the result is encoded as usual."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+    async def gathered(self, limit: int, in_pool: Any) -> Any:
+        result = self.result
+        if isinstance(result, HttpResponse):
+            return await gather(result, limit, in_pool)
+        assert isinstance(result, InvocationResult)
+        value = result.return_value
+        if isinstance(value, HttpResponse) and is_streamed(value.body):
+            value = await gather(value, limit, in_pool)
+        outputs = dict(result.outputs)
+        for name, output in outputs.items():
+            if isinstance(output, HttpResponse) and is_streamed(output.body):
+                outputs[name] = await gather(output, limit, in_pool)
+        return InvocationResult(value, outputs)
+
+
+def _has_streamed_body(result: Any) -> bool:
+    if isinstance(result, HttpResponse):
+        return is_streamed(result.body)
+    if isinstance(result, InvocationResult):
+        values = [result.return_value, *result.outputs.values()]
+        return any(isinstance(v, HttpResponse) and is_streamed(v.body) for v in values)
+    return False
+
+
+def _response(
+    function: FunctionInfo, request_id: str, invocation_id: str, result: Any
+) -> bytes | _Gather:
     """The InvocationResponse, encoded, for what `on_invocation` returned; raises (a user
-    error: the invocation fails) when the result cannot be sent."""
+    error: the invocation fails) when the result cannot be sent. A streamed HTTP body is
+    handed back (`_Gather`) to be collected on the event loop first."""
+    if _has_streamed_body(result):
+        return _Gather(result)
+    return _encode(function, request_id, invocation_id, result)
+
+
+def _encode(function: FunctionInfo, request_id: str, invocation_id: str, result: Any) -> bytes:
+    """`_response` for a result without streamed bodies."""
     if isinstance(result, InvocationResult):
         value, outputs = result.return_value, dict(result.outputs)
     else:

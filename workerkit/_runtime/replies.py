@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,8 +22,8 @@ WORKER_INDEXED = "worker_indexed"
 
 #: What workerkit implements, advertised on every init (the host reads a capability as on
 #: when its value is non-empty). Not advertised:
-#: SupportsLoadResponseCollection (the host's handling is broken for N > 1), shared memory
-#: and HttpUri (not implemented).
+#: SupportsLoadResponseCollection (the host's handling is broken for N > 1) and shared
+#: memory; HttpUri only with HTTP streaming on (`HTTP_PROXY_CAPABILITIES`).
 CAPABILITIES: Mapping[str, str] = {
     "RpcHttpBodyOnly": "true",
     "RawHttpBodyBytes": "true",
@@ -36,6 +37,35 @@ CAPABILITIES: Mapping[str, str] = {
     "HandlesWorkerWarmupMessage": "true",
     "EnableUserCodeException": "true",
 }
+#: Added to the capabilities, with ``HttpUri`` (the worker's HTTP server), when HTTP
+#: streaming is on: the host then forwards each HTTP-trigger request there and sends the
+#: InvocationRequest with an `RpcHttp` that holds only the route parameters. The proxied
+#: request cannot carry those (the worker does not know the function's route template),
+#: and trigger metadata would mix them with query parameters of the same name.
+HTTP_PROXY_CAPABILITIES: Mapping[str, str] = {"RequiresRouteParameters": "true"}
+#: The app setting (an environment variable of the worker) that turns HTTP streaming on.
+HTTP_STREAMING_SETTING = "WORKERKIT_HTTP_STREAMING"
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off", ""})
+
+
+def wants_http_streaming(option: bool | None, environ: Mapping[str, str]) -> bool:
+    """HTTP streaming on? `option` (`WorkerOptions.http_streaming`) when set, else the app
+    setting in `environ`; a value that is neither true nor false is logged and means off."""
+    if option is not None:
+        return option
+    value = environ.get(HTTP_STREAMING_SETTING, "").strip()
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() not in _FALSE:
+        logging.getLogger("workerkit").warning(
+            "%s=%r is neither true nor false: HTTP streaming stays off",
+            HTTP_STREAMING_SETTING,
+            value,
+        )
+    return False
+
+
 #: Requests that expect a reply, by content field number (for messages about them).
 _M = schema  # the content fields of StreamingMessage, by number
 _REQUEST_NAMES = {

@@ -6,7 +6,9 @@ the I/O-free state machine, whose effects (replies, hooks to run, loads under wa
 shutdown) the session carries out, feeding each hook's outcome back. Status, cancel and
 terminate are handled there and then, so they never wait behind user code. Hooks go through
 `Session.call`, which awaits ``async def`` hooks and runs plain ones in the thread pool with
-the caller's context.
+the caller's context. With HTTP streaming on, `httpproxy.Proxy` (imported only then) is the
+worker's HTTP server for the host's proxy, opened when `Control` asks (`OpenProxy`) and
+closed when the session ends.
 """
 
 from __future__ import annotations
@@ -25,16 +27,18 @@ from .._wire.messages import HostRequest, RawInvocation, start_stream
 from .._wire.pb import pb
 from ..cli import HostArgs
 from ..errors import failure
-from .control import Call, Control, Effect, Loading, LogLevels, Send, Settled, Stop
+from .control import Call, Control, Effect, Loading, LogLevels, OpenProxy, Send, Settled, Stop
 from .invoking import Invocations, cancelled_by_us, captured
 from .logs import LogRoute, current_route
 from .logs import handler as log_handler
+from .replies import wants_http_streaming
 from .transport import Transport, Unreadable
 from .watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
     from .._generated.AzureFunctionsRpcMessages import StreamingMessage as Message
     from ..worker import Worker, WorkerOptions
+    from .httpproxy import Proxy
 
 log = logging.getLogger("workerkit")
 
@@ -57,7 +61,11 @@ class Session:
         cls = type(worker)
         self._async_hooks = cls._async_hooks
         self._overridden = cls._overridden_hooks
-        self.control = Control(worker, os.getcwd)
+        self.control = Control(
+            worker, os.getcwd, lambda: wants_http_streaming(options.http_streaming, os.environ)
+        )
+        #: The HTTP server for the host's proxy, once HTTP streaming is on.
+        self.proxy: Proxy | None = None
         self.catalog = self.control.catalog
         #: Functions with a load under way: their invocations wait for the event.
         self._loading: dict[str, asyncio.Event] = {}
@@ -98,6 +106,8 @@ class Session:
                 if self.exit_code not in (0, RESTART_EXIT_CODE):
                     log.error("worker stopping: %s", reason)
                 await self._abandon()
+                if self.proxy is not None:
+                    await self.proxy.close()
             finally:  # even when cancelled again while abandoning
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 log_handler.detach(self._log_route)
@@ -283,6 +293,8 @@ class Session:
                 self._log_route.apply_host_levels(effect.categories)
             elif type(effect) is Stop:
                 self.request_shutdown(effect.reason, effect.grace)
+            elif type(effect) is OpenProxy:
+                self._spawn(self._open_proxy(effect.token))
             else:  # pragma: no cover - a new effect without a case here
                 raise AssertionError(f"unknown effect {effect!r}")
 
@@ -301,6 +313,25 @@ class Session:
         else:
             effects = self.control.hook_done(call.token, True, value)
         self._apply(effects)
+
+    async def _open_proxy(self, token: int) -> None:
+        """Open the HTTP server for the host's proxy (once) and report its URI to Control."""
+        value: object
+        try:
+            if self.proxy is None:
+                from .httpproxy import Proxy  # aiohttp: only with streaming on
+
+                proxy = Proxy(
+                    wait=self.options.http_match_timeout,
+                    prefetch=self.options.http_body_prefetch,
+                    disconnected=self.invocations.disconnected,
+                )
+                await proxy.start()
+                self.proxy = proxy
+            ok, value = True, self.proxy.uri
+        except Exception as exc:
+            ok, value = False, exc
+        self._apply(self.control.hook_done(token, ok, value))
 
     async def _quietly(self, hook: str, arg: Any) -> None:
         try:

@@ -373,6 +373,7 @@ def _http_response(response: HttpResponse) -> Chunks:
     if isinstance(body, str):
         parts += wrapped(TAG_RPC_HTTP_BODY, [text_field(TAG_TYPED_DATA_STRING, body)])
     else:
+        assert isinstance(body, bytes)  # by its type, checked above
         parts += wrapped(TAG_RPC_HTTP_BODY, [TAG_TYPED_DATA_BYTES, varint_bytes(len(body)), body])
     parts.append(text_field(TAG_RPC_HTTP_STATUS_CODE, str(status)))
     if response.enable_content_negotiation:

@@ -1,7 +1,8 @@
 """``workerkit conformance``: check any language worker against the host's protocol.
 
     workerkit conformance [--app APP_DIR] [--cases CASES_FILE] [--worker-indexing] [--json]
-                          [--strict] [--init-timeout S] [--timeout S] ... -- COMMAND [ARGS...]
+                          [--strict] [--init-timeout S] [--timeout S] [--http-wait S] ...
+                          -- COMMAND [ARGS...]
 
 The worker can be written in any language and with any library: it is launched as the
 Functions host launches it under ``func start``, ``COMMAND ARGS...`` plus the host's
@@ -45,6 +46,17 @@ load:NAME             each function loads with Success (disabled ones last, as t
 restart-load          ``--worker-indexing``: a fresh process, never asked for metadata, loads
                       the same function ids (the host asks only the first process)
 case:NAME             ``--cases`` only: each case from the cases file (below)
+http-proxy:*          a worker that reports ``HttpUri`` only (HTTP streaming: the host forwards
+                      each HTTP request to that address, with ``x-ms-invocation-id``, and still
+                      sends the InvocationRequest, with an empty RpcHttp). ``request-first``
+                      and ``invocation-first``: the first HTTP case (else a GET of the first
+                      HTTP function), its request forwarded before the InvocationRequest (the
+                      host's order), then after it; both answered. ``streamed``: the first
+                      case with ``"streamed": true``, its body in pieces, some before the end
+                      of the response. ``unmatched``: a forwarded request whose invocation
+                      never comes is answered (5xx; 504 says it best), and an invocation
+                      whose request never comes fails, each within ``--http-wait`` (75 s;
+                      workerkit gives up after 60 s)
 unknown-function      an invocation of a function id never loaded gets a Failure
                       InvocationResponse, and the worker lives on
 cancel-unknown        InvocationCancel for an id never sent is harmless: the worker still answers
@@ -58,6 +70,13 @@ stream-end            (a separate process) when the host ends the stream the wor
                       process). Status 0: a warning (to the host neither an error nor a
                       restart request: no new worker is started)
 ===================== ==========================================================================
+
+To a worker that reports ``HttpUri`` the HTTP cases are forwarded as the host forwards them
+(only to 127.0.0.1, ::1 or localhost; a refused connection is retried as the host retries
+it), and ``expect.http`` is checked against the worker's own HTTP answer; a case whose
+invocation fails while its HTTP answer says 2xx gets a warning (the host then cuts the
+client's response). environment-reload makes one such call when the worker reports
+``HttpUri`` only after the reload.
 
 `status`, `cancel-unknown` and `terminate` need the capability that makes the host send that
 message (``WorkerStatus``, ``HandlesInvocationCancelMessage``, ``HandlesWorkerTerminateMessage``);
@@ -131,7 +150,9 @@ the HTTP response the host would write for it, `workerkit.emulator` rules): ``st
 ``body`` (``{"$bytes": "<base64>"}`` is compared byte for byte; a string or
 ``{"$string": ...}`` with the body as UTF-8 text, which it must be; another JSON value or
 ``{"$json": ...}`` with the body parsed as JSON), ``body_contains`` (UTF-8 text the body's
-bytes contain), ``headers`` (the listed ones, names case-insensitive). Expected values are
+bytes contain), ``headers`` (the listed ones, names case-insensitive), ``streamed`` (true: the
+body must arrive in pieces, some before the end of the response; only a worker that reports
+``HttpUri`` can, so for others the case is skipped). Expected values are
 plain JSON compared with the decoded output (a string also matches the same text as bytes) or
 typed as above, which also pins the TypedData kind (``{"$http": {...}}`` takes what ``http``
 takes). What the host would reject (``collection_*`` outputs, an http response without

@@ -57,6 +57,8 @@ class HttpExpectation:
     body: Any = MISSING
     body_contains: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: The body must arrive in pieces, some before the end of the response (HttpUri only).
+    streamed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,10 +195,13 @@ def _parse_expect(raw: Any, where: str) -> Expectation:
 
 def parse_http_expectation(raw: Any, where: str) -> HttpExpectation:
     raw = _object(raw, where)
-    _only_keys(raw, {"status", "body", "body_contains", "headers"}, where)
+    _only_keys(raw, {"status", "body", "body_contains", "headers", "streamed"}, where)
     status = raw.get("status")
     if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
         raise CasesError(f"{where}.status must be a whole number such as 200")
+    streamed = raw.get("streamed", False)
+    if not isinstance(streamed, bool):
+        raise CasesError(f"{where}.streamed must be true or false")
     contains = raw.get("body_contains")
     if contains is not None and not isinstance(contains, str):
         raise CasesError(f"{where}.body_contains must be a string")
@@ -207,6 +212,7 @@ def parse_http_expectation(raw: Any, where: str) -> HttpExpectation:
         body=raw.get("body", MISSING),
         body_contains=contains,
         headers=_strings(raw.get("headers", {}), f"{where}.headers"),
+        streamed=streamed,
     )
 
 
@@ -300,6 +306,21 @@ def typed_body(expected: Any, where: str) -> tuple[str, Any]:
         f'{where}: an HTTP body is a string, JSON, {{"$bytes": ...}}, {{"$string": ...}} '
         f'or {{"$json": ...}}, not {kind}'
     )
+
+
+def http_request(raw: Any, where: str) -> IncomingRequest | None:
+    """The HTTP request a case's trigger value describes (a plain value or ``{"$http":
+    ...}``), or None when it is another kind of value.
+
+    Raises:
+        CasesError: it does not describe a valid request.
+    """
+    kind = typed_kind(raw, where)
+    if kind == "$http":
+        return _parse_http_input(raw[kind], where)
+    if kind is None and isinstance(raw, str | dict):
+        return _parse_http_input(raw, where)
+    return None
 
 
 def _parse_http_input(raw: Any, where: str) -> IncomingRequest:

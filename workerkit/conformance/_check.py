@@ -11,9 +11,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..emulator._httpuri import HTTP_URI
 from ..testing import TestHost
-from . import _control, _functions, _invocations
-from ._cases import Case
+from . import _control, _functions, _invocations, _proxycalls
+from ._cases import Case, has_capability
 from ._environment import launch_environment
 from ._report import ConformanceOptions, Outcome, Report, ScenarioResult
 from ._runner import Needs, Runner, Step
@@ -202,6 +203,13 @@ def _function_phase(runner: Runner) -> list[_Planned]:
     if runner.worker_indexing and runner.functions:
         steps.append(("restart-load", _functions.restart_load, "own"))
     steps += [(f"case:{case.name}", _invocations.case_step(case), "ready") for case in runner.cases]
+    if has_capability(runner.capabilities, HTTP_URI):  # not run for other workers
+        steps += [
+            ("http-proxy:request-first", _proxycalls.request_first, "ready"),
+            ("http-proxy:invocation-first", _proxycalls.invocation_first, "ready"),
+            ("http-proxy:streamed", _proxycalls.streamed, "ready"),
+            ("http-proxy:unmatched", _proxycalls.unmatched, "ready"),
+        ]
     return steps
 
 

@@ -42,6 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         ("--init-timeout", "init_timeout", "WorkerInitRequest to its response, like the host"),
         ("--timeout", "timeout", "any other reply"),
         ("--grace", "grace", "WorkerTerminate grace period; also exit after stream end"),
+        ("--http-wait", "http_wait", "HttpUri: a forwarded request or invocation left unpaired"),
     ):
         parser.add_argument(
             flag,
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             init_timeout=args.init_timeout,
             timeout=args.timeout,
             grace=args.grace,
+            http_wait=args.http_wait,
         )
         cases = load_cases(args.cases) if args.cases else []
         if cases and not args.app and not args.worker_indexing:

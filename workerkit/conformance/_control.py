@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import betterproto2
 
 from .._generated import AzureFunctionsRpcMessages as pb
 from ._cases import has_capability
+from ._proxycalls import after_reload
 from ._report import Outcome
 from ._runner import (
     Failed,
@@ -28,6 +29,9 @@ from ._runner import (
     failure_text,
     one_line,
 )
+
+if TYPE_CHECKING:
+    from ..emulator import FunctionSpec
 
 #: The capabilities without which the host never sends a control message: WorkerStatusRequest,
 #: WorkerTerminate (it kills the process instead) and InvocationCancel.
@@ -155,7 +159,11 @@ async def environment_reload(runner: Runner, worker: LaunchedWorker) -> Verdict:
     if capabilities != runner.capabilities and runner.capabilities:
         changed = sorted(set(capabilities.items()) ^ set(runner.capabilities.items()))
         detail += f"; capabilities then differ from init's: {', '.join(k for k, _ in changed)}"
-    count = await _load_after_reload(runner, worker)
+    functions = await _load_after_reload(runner, worker)
+    count = len(functions)
+    proxied = await after_reload(runner, worker, capabilities, functions)
+    if proxied:
+        detail += f"; then {proxied}"
     if runner.worker_indexing:
         detail += f"; then reported and loaded {count} function(s)"
         if not count:
@@ -165,9 +173,9 @@ async def environment_reload(runner: Runner, worker: LaunchedWorker) -> Verdict:
     return Outcome.PASS, detail
 
 
-async def _load_after_reload(runner: Runner, worker: LaunchedWorker) -> int:
+async def _load_after_reload(runner: Runner, worker: LaunchedWorker) -> list[FunctionSpec]:
     """What the host does after a reload: metadata (worker indexing), then the loads. Raise
-    `Failed` when a function does not load; return how many loaded."""
+    `Failed` when a function does not load; return the functions loaded."""
     from ..emulator import discover_functions, functions_from_metadata
 
     functions = list(runner.functions or ())
@@ -196,7 +204,7 @@ async def _load_after_reload(runner: Runner, worker: LaunchedWorker) -> int:
             f"after the reload (which moved the worker from the placeholder app to "
             f"{runner.cwd}), " + "; ".join(failures)
         )
-    return len(functions)
+    return functions
 
 
 async def status(runner: Runner, worker: LaunchedWorker) -> Verdict:

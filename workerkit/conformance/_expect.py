@@ -5,7 +5,7 @@ response. The format is documented in `workerkit.conformance`."""
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import betterproto2
 
@@ -19,6 +19,9 @@ from ._cases import (
     typed_kind,
     typed_value,
 )
+
+if TYPE_CHECKING:
+    from ._httpclient import HttpAnswer
 
 
 def kind_of(data: pb.TypedData | None) -> str:
@@ -196,3 +199,28 @@ def _shown(body: bytes, limit: int = 80) -> str:
         return short(body.decode("utf-8"), limit)
     except UnicodeDecodeError:
         return short(body, limit)
+
+
+def answer_problem(answer: HttpAnswer, expected: HttpExpectation, where: str) -> str | None:
+    """Compare the worker's own HTTP answer to a forwarded request (``HttpUri``) with
+    `expected`: None when it matches, else what differs."""
+    problems = []
+    if expected.status is not None and answer.status != expected.status:
+        problems.append(f"status {answer.status}, expected {expected.status}")
+    if expected.body is not MISSING:
+        problem = body_problem(answer.body, expected.body, where)
+        problems += [problem] if problem else []
+    contains = expected.body_contains
+    if contains is not None and contains.encode() not in answer.body:
+        problems.append(f"body {_shown(answer.body)} lacks {contains!r}")
+    for name, value in expected.headers.items():
+        got = answer.header(name)
+        if got != value:
+            shown = "missing" if got is None else repr(got)
+            problems.append(f"header {name} {shown}, expected {value!r}")
+    if expected.streamed and not answer.early:
+        problems.append(
+            f"the body came whole with the end of the response ({answer.pieces} piece(s)),"
+            " not streamed"
+        )
+    return f"{where}: " + "; ".join(problems) if problems else None

@@ -4,17 +4,47 @@ loaded, and an InvocationCancel for an invocation never sent.
 
 Each is a `Step` of `._runner`. The host's side: ``ToRpcInvocationRequest`` in
 Azure/azure-functions-host ``src/WebJobs.Script.Grpc/Extensions/
-ScriptInvocationContextExtensions.cs``; responses are read by ``GrpcWorkerChannel.cs``."""
+ScriptInvocationContextExtensions.cs``; responses are read by ``GrpcWorkerChannel.cs``.
+
+To a worker that reports ``HttpUri`` an HTTP case's request is forwarded (`proxied_call`), as
+the host's proxy forwards it (``DefaultHttpProxyService``; the headers are `workerkit.emulator`'s
+rules), and its ``expect.http`` is checked against the worker's own HTTP answer."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .._generated import AzureFunctionsRpcMessages as pb
-from ._cases import MISSING, TRIGGER_INPUT, Case, CasesError, has_capability, input_data
-from ._expect import describe, http_problem, kind_of, output_problems, short, value_problem
+from ..emulator._httpuri import (
+    HTTP_URI,
+    HttpTarget,
+    HttpUriError,
+    forwarded_headers,
+    parse_http_uri,
+)
+from ._cases import (
+    MISSING,
+    TRIGGER_INPUT,
+    Case,
+    CasesError,
+    has_capability,
+    http_request,
+    input_data,
+)
+from ._expect import (
+    answer_problem,
+    describe,
+    http_problem,
+    kind_of,
+    output_problems,
+    short,
+    value_problem,
+)
+from ._httpclient import HttpAnswer, HttpAnswerError, connect, read_answer, request_bytes
 from ._report import Outcome
 from ._runner import (
     Failed,
@@ -28,6 +58,10 @@ from ._runner import (
     one_line,
     status_name,
 )
+
+if TYPE_CHECKING:
+    from ..emulator._rpchttp import IncomingRequest
+    from ..testing import PendingInvocation
 
 
 def case_step(case: Case) -> Step:
@@ -54,9 +88,29 @@ async def run_case(runner: Runner, worker: LaunchedWorker, case: Case) -> Verdic
         runner.capabilities, "HandlesInvocationCancelMessage"
     ):
         raise NotRun("skipped (not advertised: HandlesInvocationCancelMessage)")
+    target = proxy_target(runner) if spec.trigger_type.lower() == "httptrigger" else None
+    if target is None and case.expect.http is not None and case.expect.http.streamed:
+        raise NotRun(
+            "skipped: expects a streamed response (http.streamed), which only a worker that"
+            " reports HttpUri sends"
+        )
     function_metadata = spec.load_request().metadata
     bindings = dict(function_metadata.bindings) if function_metadata is not None else {}
     inputs, metadata = case_inputs(runner, case, bindings)
+    if target is not None:
+        request = case_request(case, bindings)
+        answer, reply = await proxied_call(
+            runner,
+            worker,
+            target,
+            spec.function_id,
+            request,
+            inputs,
+            metadata,
+            timeout=case.timeout,
+            cancel_after=case.cancel_after,
+        )
+        return judge(case, reply, bindings, answer)
     reply = await runner.invoke(
         worker,
         spec.function_id,
@@ -115,11 +169,140 @@ def case_inputs(
     return inputs, metadata
 
 
+def case_request(case: Case, bindings: Mapping[str, pb.BindingInfo]) -> IncomingRequest:
+    """The HTTP request the case's trigger value describes (to forward it).
+
+    Raises:
+        Failed: the trigger's value is not a request description.
+    """
+    triggers = [n for n, info in bindings.items() if info.type.lower() == "httptrigger"]
+    name = triggers[0] if triggers else TRIGGER_INPUT
+    raw = case.inputs.get(name, case.inputs.get(TRIGGER_INPUT))
+    try:
+        request = http_request(raw, f"inputs.{name}")
+    except CasesError as exc:
+        raise Failed(str(exc)) from None
+    if request is None:
+        raise Failed(
+            f"inputs.{name} must describe the HTTP request (a URL or an object): the worker"
+            " reports HttpUri, so the request itself is forwarded to it"
+        )
+    return request
+
+
+def proxy_target(runner: Runner) -> HttpTarget | None:
+    """Where the worker's ``HttpUri`` says to forward HTTP requests; None without one.
+
+    Raises:
+        Failed: an ``HttpUri`` the kit does not connect to (only this machine's loopback).
+    """
+    uri = runner.capabilities.get(HTTP_URI, "").strip()
+    if not uri:
+        return None
+    try:
+        return parse_http_uri(uri)
+    except HttpUriError as exc:
+        raise Failed(str(exc)) from None
+
+
+async def proxied_call(
+    runner: Runner,
+    worker: LaunchedWorker,
+    target: HttpTarget,
+    function_id: str,
+    request: IncomingRequest,
+    inputs: Mapping[str, pb.TypedData],
+    metadata: Mapping[str, pb.TypedData],
+    *,
+    request_first: bool = True,
+    timeout: float | None = None,
+    cancel_after: float | None = None,
+) -> tuple[HttpAnswer, pb.InvocationResponse]:
+    """One call as the host makes it for a worker that reports ``HttpUri``: `request`
+    forwarded with ``x-ms-invocation-id`` and the ``X-Forwarded-*`` headers, and the
+    ``InvocationRequest`` (`inputs`: its RpcHttp empty), the request first (the host's
+    order) unless `request_first` is false; then both answers. `cancel_after`: the client
+    goes away then (InvocationCancel, the connection closed).
+
+    Raises:
+        Failed: no connection, no answer in time, or one that is not HTTP.
+    """
+    timeout = timeout or runner.options.timeout
+    conn = worker.connection()
+    invocation_id = str(uuid.uuid4())
+    parts = urlsplit(request.url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers, _ = forwarded_headers(
+        request.headers,
+        invocation_id=invocation_id,
+        target=target,
+        client_address="127.0.0.1",
+        scheme=parts.scheme or "http",
+    )
+    wire = request_bytes(request.method, path, headers, request.body)
+
+    async def forward() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            reader, writer = await connect(target)
+        except OSError as exc:
+            raise Failed(
+                f"could not connect to the worker's HttpUri {target.uri} in 10 attempts, as"
+                f" the host tries ({exc.strerror or exc})"
+            ) from None
+        writer.write(wire)
+        await writer.drain()
+        return reader, writer
+
+    async def start() -> PendingInvocation:
+        return await conn.start_invocation(
+            function_id, dict(inputs), trigger_metadata=dict(metadata), invocation_id=invocation_id
+        )
+
+    if request_first:
+        reader, writer = await forward()
+        pending = await start()
+    else:
+        pending = await start()
+        reader, writer = await forward()
+    reading = asyncio.ensure_future(read_answer(reader, head=request.method == "HEAD"))
+    try:
+        if cancel_after is not None:
+            both: set[asyncio.Future[Any]] = {reading, pending.future}
+            await asyncio.wait(both, timeout=cancel_after)
+            if not (reading.done() and pending.future.done()):
+                await conn.cancel(invocation_id)
+                writer.close()
+        reply = await runner.expect(
+            worker,
+            pending.result(timeout),
+            kind="invocation_response",
+            key=invocation_id,
+            missing=f"no InvocationResponse within {timeout:g} s (the request was forwarded)",
+        )
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(reading), timeout)
+        except TimeoutError:
+            raise Failed(
+                f"no HTTP answer to the forwarded request within {timeout:g} s (the"
+                " InvocationResponse came; the host gives the answer up after 240 s of silence)"
+            ) from None
+        except HttpAnswerError as exc:
+            raise Failed(f"the worker's HTTP answer is not valid HTTP/1.1: {exc}") from None
+    finally:
+        reading.cancel()
+        writer.close()
+    return answer, reply
+
+
 def judge(
-    case: Case, reply: pb.InvocationResponse, bindings: Mapping[str, pb.BindingInfo]
+    case: Case,
+    reply: pb.InvocationResponse,
+    bindings: Mapping[str, pb.BindingInfo],
+    answer: HttpAnswer | None = None,
 ) -> Verdict:
-    """The verdict on `reply` to `case`: a failure lists every expectation it missed; what the
-    host would silently drop or change makes a warning."""
+    """The verdict on `reply` to `case` (and on the worker's own HTTP `answer` when the
+    request was forwarded): a failure lists every expectation it missed; what the host would
+    silently drop or change makes a warning."""
     result = checked_result(reply.result, "InvocationResponse")
     expect = case.expect
     got = status_name(result)
@@ -127,6 +310,11 @@ def judge(
         raise Failed(f"expected {expect.status}, got {one_line(failure_text(result))}")
     problems: list[str] = []
     notes: list[str] = []
+    if answer is not None:
+        if expect.http is not None:
+            problem = answer_problem(answer, expect.http, "http")
+            problems += [problem] if problem else []
+        problems += answer_notes(answer, got, notes)
     if expect.error is not None:
         message = result.exception.message if result.exception else ""
         if expect.error not in message:
@@ -140,7 +328,7 @@ def judge(
     for name, expected in expect.outputs.items():
         problem = value_problem(outputs.get(name), expected, f"outputs.{name}")
         problems += [problem] if problem else []
-    if expect.http is not None:
+    if expect.http is not None and answer is None:
         http_out = [
             n
             for n, info in bindings.items()
@@ -164,9 +352,31 @@ def judge(
     if notes:
         return Outcome.WARN, f"{got}, but: " + "; ".join(notes)
     answers = [f"{name} {describe(data)}" for name, data in outputs.items()]
-    if kind_of(reply.return_value):
+    if kind_of(reply.return_value) and answer is None:
         answers.insert(0, f"$return {describe(reply.return_value)}")
+    if answer is not None:
+        answers.insert(0, answer_summary(answer))
     return Outcome.PASS, f"{got}" + (f": {'; '.join(answers)}" if answers else "")
+
+
+def answer_summary(answer: HttpAnswer) -> str:
+    streamed = f", streamed in {answer.pieces} pieces" if answer.early else ""
+    return f"HTTP {answer.status} ({len(answer.body)} bytes{streamed})"
+
+
+def answer_notes(answer: HttpAnswer, got: str, notes: list[str]) -> list[str]:
+    """What is wrong with a forwarded request's answer given the invocation ended `got`
+    (returned); what the host would do about it is added to `notes`."""
+    if not answer.complete:
+        if got == "Success":
+            return ["the HTTP answer was cut off, though the invocation succeeded"]
+        return []
+    if got != "Success" and answer.status < 400:
+        notes.append(
+            f"the HTTP answer was {answer.status} but the invocation ended {got}: the host then"
+            " cuts the client's response (or answers 500 when no body was sent)"
+        )
+    return []
 
 
 async def unknown_function(runner: Runner, worker: LaunchedWorker) -> Verdict:

@@ -93,15 +93,19 @@ class ConformanceOptions:
     `start_timeout`: launch → StartStream (the host allows 60). `init_timeout`: WorkerInitRequest
     → response (the host's initializationTimeout, 10). `timeout`: any other reply.
     `grace`: WorkerTerminate's grace period, also the limit for exiting after the stream ends.
+    `http_wait`: for a worker that reports ``HttpUri``, how long it may take to give up a
+    forwarded request whose invocation never comes, and an invocation whose request never
+    comes (workerkit's own limit is 60 s, ``WorkerOptions.http_match_timeout``).
     """
 
     start_timeout: float = 30.0
     init_timeout: float = 10.0
     timeout: float = 10.0
     grace: float = 5.0
+    http_wait: float = 75.0
 
     def __post_init__(self) -> None:
-        for name in ("start_timeout", "init_timeout", "timeout", "grace"):
+        for name in ("start_timeout", "init_timeout", "timeout", "grace", "http_wait"):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)

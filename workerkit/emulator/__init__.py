@@ -14,8 +14,10 @@ file and the reason:
 
 `Emulator` (with `EmulatorOptions`) runs a function app against a worker subprocess: HTTP
 triggers on ``http://127.0.0.1:7071/api/...``, timers, and ``POST /admin/functions/<name>``
-for other triggers. It needs aiohttp (``pip install 'workerkit[host]'``), imported only when
-it starts; nothing here imports aiohttp.
+for other triggers; an HTTP request for a worker that reports ``HttpUri`` is forwarded to it
+and its response relayed as it comes (HTTP streaming, as the host's proxy does). It needs
+aiohttp (``pip install 'workerkit[host]'``), imported only when it starts; nothing here
+imports aiohttp.
 """
 
 from ._app import (

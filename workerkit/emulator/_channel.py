@@ -37,6 +37,7 @@ from workerkit.testing import HostConnection, StreamNotOpened, TestHost, WorkerP
 from ._app import AppError, FunctionSpec, discover_functions, functions_from_metadata
 from ._config import HOST_VERSION
 from ._console import Console
+from ._httpuri import HTTP_URI, HttpUriError, parse_http_uri
 from ._launch import WorkerConfig
 from ._startup import Line, StartupOutput, exited_before_stream
 
@@ -308,12 +309,25 @@ async def handshake(
 
 
 def _check_capabilities(channel: WorkerChannel) -> None:
-    uri = channel.capabilities.get("HttpUri")
+    """What the host makes of the capabilities at init.
+
+    Raises:
+        StartFailed: an ``HttpUri`` that is no absolute URI (``new Uri`` throws in
+            ``GrpcWorkerChannel.ApplyCapabilities``, a worker error).
+    """
+    uri = channel.capabilities.get(HTTP_URI)
     if uri:
-        channel.console.warning(
-            f"The worker declares HttpUri {uri!r}: HTTP proxying is not emulated; HTTP"
-            " triggers are sent as RpcHttp invocations."
-        )
+        try:
+            parse_http_uri(uri)
+        except HttpUriError as exc:
+            if exc.invalid:
+                raise StartFailed(f"{exc}: the host counts that as a worker error") from None
+            channel.console.error(f"{exc}. Its HTTP functions are answered 500, uninvoked.")
+        else:
+            channel.console.info(
+                f"Worker pid {channel.process.pid} serves HTTP at {uri} (HttpUri): HTTP requests"
+                " for it are forwarded there."
+            )
     if channel.capabilities.get("SupportsLoadResponseCollection"):
         # The host waits for one FunctionLoadResponseCollection per function but only the
         # last wait has a timeout; the single collection reply leaves the others pending

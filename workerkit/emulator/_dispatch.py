@@ -22,11 +22,10 @@ body, as the host's ExceptionMiddleware answers it; the console keeps the error.
 Every invocation runs under the function's retry policy, or the app's (`_retry`); the first
 attempt carries a ``RetryContext`` too.
 
-A worker that declares the ``HttpUri`` capability asks the host to forward each HTTP request
-to that address (HTTP proxying, src/WebJobs.Script.Grpc/Server/DefaultHttpProxyService.cs).
-The emulator does not forward requests: it answers such a request 500 at once, without
-invoking the function, and says why, rather than leave it waiting for a request that never
-comes until the function timeout.
+An HTTP request for a worker that reported the ``HttpUri`` capability is forwarded to that
+address (HTTP proxying, `_proxy`): the worker's own response goes to the client, and the
+invocation's outputs other than HTTP are logged as usual. Its retry policy cannot repeat it:
+the host fails every attempt after the first at once.
 
 A timer keeps the schedule status the host's schedule monitor records
 (Azure/azure-webjobs-sdk-extensions, src/WebJobs.Extensions/Extensions/Timers:
@@ -44,8 +43,8 @@ import asyncio
 import datetime
 import json
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
-from typing import Any, Final
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Final
 
 import betterproto2
 
@@ -55,6 +54,7 @@ from workerkit.convert import ConversionError, decode_output
 from ._app import FunctionSpec
 from ._console import Console
 from ._cron import CronSchedule, IntervalSchedule
+from ._httpuri import HTTP_URI, ForwardRefused
 from ._process import InputBuilder, InvocationOutcome, Supervisor
 from ._retry import RetryPolicy, run_with_retries, supports_retry, unsupported_warning
 from ._routes import Route
@@ -69,22 +69,13 @@ from ._rpchttp import (
 )
 from ._triggers import TriggerInputError, timer_payload, trigger_data
 
+if TYPE_CHECKING:
+    from ._proxy import ProxiedRequest
+
 __all__ = ["Dispatcher", "HttpFunction"]
 
 _API_REASON: Final = "This function was programmatically called via the host APIs."
 _SHOWN_VALUE: Final = 200
-#: The capability naming the address a worker wants HTTP requests forwarded to
-#: (RpcWorkerConstants.HttpUri).
-HTTP_URI: Final = "HttpUri"
-
-
-class _NotProxied(Exception):
-    """The worker wants its HTTP requests forwarded to its ``HttpUri``, which the emulator
-    cannot do."""
-
-    def __init__(self, uri: str) -> None:
-        super().__init__(uri)
-        self.uri = uri
 
 
 @dataclass
@@ -164,20 +155,17 @@ class Dispatcher:
 
     def started(self, functions: list[FunctionSpec]) -> None:
         """Say at start-up what the host would say about `functions`: a retry policy on a
-        trigger that does not support one (kept all the same), a worker asking for HTTP
-        proxying."""
+        trigger that does not support one (kept all the same)."""
         for spec in functions:
             trigger = spec.trigger_type
             if self.policy(spec) is not None and not supports_retry(trigger):
                 self.console.warning(unsupported_warning(spec.name))
-        uri = self._supervisor.capabilities.get(HTTP_URI)
-        if uri and any(f.trigger_type.lower() == "httptrigger" for f in functions):
-            self.console.warning(
-                f"The worker declared the {HTTP_URI} capability ({uri}): the host would forward"
-                " each HTTP request to that address (HTTP proxying), which workerkit host does"
-                " not do yet. Its HTTP functions are answered 500 at once, without being"
-                " invoked; run the app with func start to use HTTP proxying."
-            )
+
+    @property
+    def proxying(self) -> bool:
+        """Whether HTTP requests go to a worker's ``HttpUri`` (a ready worker reported one):
+        their bodies are then not read ahead."""
+        return bool(self._supervisor.capabilities.get(HTTP_URI))
 
     def policy(self, spec: FunctionSpec) -> RetryPolicy | None:
         """The retry policy `spec` runs under: its own, else the app's."""
@@ -190,11 +178,18 @@ class Dispatcher:
             await asyncio.wait(pending, timeout=timeout)
 
     # -- HTTP and the admin API --------------------------------------------------------------
-    async def invoke_http(self, target: HttpFunction, request: IncomingRequest) -> HttpOutput:
+    async def invoke_http(
+        self, target: HttpFunction, request: IncomingRequest, proxy: ProxiedRequest | None = None
+    ) -> HttpOutput:
         """Run an HTTP-triggered function for `request`; the response to write.
 
         A failed, timed-out or undeliverable invocation becomes an empty 500 (the details are
-        logged); no HTTP output value, an empty 204.
+        logged); no HTTP output value, an empty 204. With `proxy` (the request itself; its
+        body not read yet when `request` has none) a worker that reported ``HttpUri`` gets it
+        forwarded, and `ProxiedRequest.answer` is then the response written, if any.
+
+        Raises:
+            Rejected: `proxy`'s body is refused (its answer says why).
         """
         spec = target.spec
         trigger_name = str(target.trigger.get("name", "req"))
@@ -202,25 +197,22 @@ class Dispatcher:
         def data(
             capabilities: Mapping[str, str],
         ) -> tuple[list[tuple[str, pb.TypedData]], dict[str, pb.TypedData]]:
-            if capabilities.get(HTTP_URI):
-                raise _NotProxied(capabilities[HTTP_URI])
-            http = build_rpc_http(request, capabilities)
-            metadata = http_trigger_metadata(request, http, trigger_name, capabilities)
+            incoming = request
+            if proxy is not None and proxy.body is not None:
+                incoming = replace(request, body=proxy.body)
+            http = build_rpc_http(incoming, capabilities)
+            metadata = http_trigger_metadata(incoming, http, trigger_name, capabilities)
             return [(trigger_name, pb.TypedData(http=http)), *_other_inputs(spec)], metadata
 
         try:
-            uri = self._supervisor.capabilities.get(HTTP_URI)
-            if uri:
-                raise _NotProxied(uri)
-            attempt = await self._invoke(spec, data, _API_REASON)
-        except _NotProxied as exc:
-            self.console.error(
-                f"Function '{spec.name}': the worker declared the {HTTP_URI} capability"
-                f" ({exc.uri}), so the host would forward this request to that address (HTTP"
-                " proxying). workerkit host does not forward requests yet: it answered 500 at"
-                " once instead of invoking the function and leaving the request waiting until"
-                " the function timeout."
-            )
+            attempt: _Attempt | None = await self._invoke(spec, data, _API_REASON, proxy)
+        except ForwardRefused as exc:
+            self.console.error(f"Function '{spec.name}': {exc}")
+            attempt = None
+        if proxy is not None and proxy.forwarded:  # the worker answered the client itself
+            await proxy.finish(attempt is not None and attempt.error is None)
+            return HttpOutput(500)  # (when `proxy.answer` is None: nothing was sent)
+        if attempt is None:
             return HttpOutput(500)
         outcome, http_value, error = attempt.outcome, attempt.http_value, attempt.error
         if error is not None:
@@ -318,12 +310,18 @@ class Dispatcher:
     async def _run(self, spec: FunctionSpec, data: InputBuilder, reason: str) -> None:
         await self._invoke(spec, data, reason)
 
-    async def _invoke(self, spec: FunctionSpec, data: InputBuilder, reason: str) -> _Attempt:
+    async def _invoke(
+        self,
+        spec: FunctionSpec,
+        data: InputBuilder,
+        reason: str,
+        proxy: ProxiedRequest | None = None,
+    ) -> _Attempt:
         """Run `spec` under its retry policy; the last attempt."""
 
         async def attempt(context: pb.RetryContext | None) -> _Attempt:
             outcome = await self._supervisor.invoke(
-                spec, data, reason=reason, retry_context=context
+                spec, data, reason=reason, retry_context=context, proxy=proxy
             )
             http_value, error = self._report(outcome)
             return _Attempt(outcome, http_value, error)

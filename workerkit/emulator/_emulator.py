@@ -50,6 +50,7 @@ from ._rpchttp import HttpOutput, IncomingRequest
 
 if TYPE_CHECKING:
     from ._http import FrontDoor
+    from ._proxy import ProxiedRequest
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
@@ -252,7 +253,7 @@ class Emulator:
         shown_host = f"[{options.host}]" if ":" in options.host else options.host
         self.url = f"http://{shown_host}:{bound}"
         timers = self._start_timers()
-        self._dispatcher.started(self.functions)  # retry warnings, HttpUri
+        self._dispatcher.started(self.functions)  # retry warnings
         self._banner(http_functions, timers)
         exposed = exposure_warning(options.host, door.addresses)
         if exposed is not None:
@@ -443,11 +444,18 @@ class Emulator:
         assert self._dispatcher is not None, "start() first"
         return self._dispatcher
 
-    async def invoke_http(self, match_target: HttpFunction, request: IncomingRequest) -> HttpOutput:
+    async def invoke_http(
+        self,
+        match_target: HttpFunction,
+        request: IncomingRequest,
+        proxy: ProxiedRequest | None = None,
+    ) -> HttpOutput:
         """Run an HTTP-triggered function for `request`; the response to write (a failed,
-        timed-out or undeliverable invocation is a 500 with a short text body)."""
+        timed-out or undeliverable invocation is a 500 with a short text body). With `proxy`
+        (the request itself) a worker that reported ``HttpUri`` gets it forwarded
+        (`Dispatcher.invoke_http`)."""
         assert self._dispatcher is not None, "start() first"
-        return await self._dispatcher.invoke_http(match_target, request)
+        return await self._dispatcher.invoke_http(match_target, request, proxy)
 
     def admin_invoke(self, name: str, body: bytes) -> tuple[int, str]:
         """``POST /admin/functions/<name>``: start an invocation; (status, text) to answer.

@@ -5,6 +5,8 @@ request                             answer
 ==================================  ==========================================================
 ``<prefix>/<route>`` of a function  the function's response; 204 without one; 500, no body,
                                     when it fails or times out (the console has the error)
+  whose worker reported HttpUri     forwarded there, the worker's response relayed as it
+                                    comes (`_proxy`)
   with a disallowed method          404, no body (the route does not match: the host's
                                     routes constrain methods, so no 405)
   body over ``--max-body-size``     413 (before the body is read when Content-Length says so,
@@ -61,8 +63,6 @@ import ipaddress
 import logging
 import re
 import socket
-import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote
 
@@ -70,13 +70,15 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ._admin import answer_admin, home_page
+from ._connections import Counted, RateLimited, Refused, RequestQueue, fit_open_files
+from ._proxy import HttpProxy, ProxiedRequest, Rejected
 from ._rpchttp import HttpOutput, IncomingRequest
 
 if TYPE_CHECKING:
     from ._console import Console
     from ._emulator import Emulator
 
-__all__ = ["FrontDoor", "normalize_path"]
+__all__ = ["FrontDoor", "RateLimited", "normalize_path"]
 
 _CHUNK: Final = 65536
 #: Kestrel's defaults: MaxRequestLineSize, MaxRequestHeaderCount, MaxRequestHeadersTotalSize.
@@ -84,11 +86,6 @@ MAX_REQUEST_LINE: Final = 8192
 MAX_HEADERS: Final = 100
 MAX_HEADERS_TOTAL: Final = 32768
 _ENCODED_SLASH: Final = re.compile(r"(%2[fF])")
-#: File descriptors kept for everything but client connections: the worker's pipes and
-#: stream, the listening sockets, the console, the event loop.
-_RESERVED_FDS: Final = 64
-#: Seconds between two console lines about the same limit.
-_WARNING_INTERVAL: Final = 10.0
 #: The header the host adds to a 429 (ScriptConstants.AntaresScaleOutHeaderName).
 SCALE_OUT_HEADER: Final = "X-FUNCTION-SCALEOUT"
 
@@ -148,97 +145,6 @@ class _ConsoleLog(logging.Handler):
             self.handleError(record)
 
 
-class RateLimited:
-    """Writes a line at most once every `interval` seconds, saying how many occurrences it
-    stood for since the last line."""
-
-    def __init__(
-        self,
-        write: Callable[[str], None],
-        interval: float = _WARNING_INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._write = write
-        self._interval = interval
-        self._clock = clock
-        self._last: float | None = None
-        self._held = 0
-
-    def __call__(self, line: Callable[[int], str]) -> None:
-        """One occurrence; `line` builds the text from how many there were since the last."""
-        self._held += 1
-        now = self._clock()
-        if self._last is not None and now - self._last < self._interval:
-            return
-        self._last = now
-        held, self._held = self._held, 0
-        self._write(line(held))
-
-
-class _Counted(asyncio.Protocol):
-    """aiohttp's protocol for one connection, counted while the connection is open."""
-
-    def __init__(self, inner: asyncio.Protocol, release: Callable[[], None]) -> None:
-        self._inner = inner
-        self._release: Callable[[], None] | None = release
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        release, self._release = self._release, None
-        try:
-            self._inner.connection_lost(exc)
-        finally:
-            if release is not None:
-                release()
-
-
-class _Refused(asyncio.Protocol):
-    """A connection past the cap: closed as soon as it is made, nothing written."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
-
-
-class _RequestQueue:
-    """``maxConcurrentRequests`` running, ``maxOutstandingRequests`` running or waiting (None:
-    no limit); as the host's HttpRequestQueue, a dataflow block whose bounded capacity
-    counts the requests it runs."""
-
-    def __init__(self, concurrent: int | None, outstanding: int | None) -> None:
-        self._running = asyncio.Semaphore(concurrent) if concurrent is not None else None
-        self.outstanding_limit = outstanding
-        self.outstanding = 0
-
-    async def run(
-        self, request: web.Request, answer: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse | None:
-        """`answer` the request when its turn comes; None, at once, when the queue is full."""
-        if self.outstanding_limit is not None and self.outstanding >= self.outstanding_limit:
-            return None
-        self.outstanding += 1
-        try:
-            if self._running is None:
-                return await answer(request)
-            async with self._running:
-                return await answer(request)
-        finally:
-            self.outstanding -= 1
-
-
 class FrontDoor:
     """The aiohttp server in front of an `Emulator`.
 
@@ -267,7 +173,7 @@ class FrontDoor:
         self.header_timeout = header_timeout
         self.min_data_rate = min_data_rate
         self.data_rate_grace = data_rate_grace
-        self.max_connections, self._lowered = _fit_open_files(max_connections)
+        self.max_connections, self._lowered = fit_open_files(max_connections)
         self.connections = 0
         self.addresses: list[str] = []
         self._runner: web.AppRunner | None = None
@@ -280,9 +186,15 @@ class FrontDoor:
         concurrent = settings.max_concurrent_requests if settings is not None else None
         outstanding = settings.max_outstanding_requests if settings is not None else None
         self._queue = (
-            _RequestQueue(concurrent, outstanding)
+            RequestQueue(concurrent, outstanding)
             if concurrent is not None or outstanding is not None
             else None
+        )
+        self._proxy = HttpProxy(
+            emulator.console,
+            max_body_size=max_body_size,
+            min_data_rate=min_data_rate,
+            data_rate_grace=data_rate_grace,
         )
 
     async def start(self, host: str, port: int) -> int:
@@ -314,9 +226,9 @@ class FrontDoor:
         def connection() -> asyncio.Protocol:
             if self.connections >= self.max_connections:
                 self._refusals(self._refusal_line)
-                return _Refused()
+                return Refused()
             self.connections += 1
-            return _Counted(server(), self._released)
+            return Counted(server(), self._released)
 
         try:
             addresses = await _resolve(host)
@@ -370,6 +282,7 @@ class FrontDoor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(runner.cleanup(), 10.0)
         await self._close_listeners()
+        await self._proxy.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         queue = self._queue
@@ -397,6 +310,8 @@ class FrontDoor:
                 f"emulator error while handling {request.method} {request.path}: {exc!r}"
             )
             response = _text(500, "the emulator failed to handle this request (see its log)\n")
+        if response.prepared:  # relayed from a worker's HttpUri as it came (`_proxy`)
+            return response
         return await self._send(request, response)
 
     async def _send(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
@@ -462,26 +377,43 @@ class FrontDoor:
             if path == "/":  # the host's HomepageMiddleware, after the function routes
                 return home_page(emulator.dispatcher.environment)
             return web.Response(status=404)
-        body = await self._read_body(request)
-        if isinstance(body, web.Response):
-            return body
-        if body is not None and request.content_length is None:
-            emulator.console.warning(
-                f"{request.method} {request.path}: the body came without Content-Length"
-                " (chunked); the real host passes no body then, so neither does the emulator."
-            )
-            body = None
+        length = request.content_length
+        if length is not None and length > self.max_body_size:
+            return self._too_large(length)
         query = request.rel_url.raw_query_string
-        incoming = IncomingRequest(
+        protocol = request.transport.get_protocol() if request.transport is not None else None
+        proxy = ProxiedRequest(
+            self._proxy,
+            request,
+            path + (f"?{query}" if query else ""),
+            read_body=lambda: self._rpc_http_body(request),
+            lost=protocol.lost if isinstance(protocol, Counted) else None,
+        )
+        incoming = IncomingRequest(  # its body, read or not, is the proxy's
             method=request.method,
             url=f"{request.scheme}://{request.host}{path}" + (f"?{query}" if query else ""),
             headers=list(request.headers.items()),
             query=list(request.query.items()),
             params=found.params,
-            body=body,
         )
-        output = await emulator.invoke_http(found.entry.target, incoming)
-        return _response(output)
+        try:
+            if not emulator.dispatcher.proxying:  # read ahead, as before any worker is picked
+                await proxy.read()
+            output = await emulator.invoke_http(found.entry.target, incoming, proxy)
+        except Rejected as exc:
+            return exc.response
+        return proxy.answer if proxy.answer is not None else _response(output)
+
+    async def _rpc_http_body(self, request: web.Request) -> bytes | web.Response | None:
+        """The body as an RpcHttp gets it (a worker without ``HttpUri``)."""
+        body = await self._read_body(request)
+        if isinstance(body, bytes) and request.content_length is None:
+            self.emulator.console.warning(
+                f"{request.method} {request.path}: the body came without Content-Length"
+                " (chunked); the real host passes no body then, so neither does the emulator."
+            )
+            return None
+        return body
 
     async def _read_body(self, request: web.Request) -> bytes | web.Response | None:
         limit = self.max_body_size
@@ -545,21 +477,6 @@ class FrontDoor:
 def _is_admin(request: web.Request) -> bool:
     segments, _ = normalize_path(request.rel_url.raw_path)
     return bool(segments) and segments[0].lower() == "admin"
-
-
-def _fit_open_files(wanted: int) -> tuple[int, tuple[int, int] | None]:
-    """The connection cap, lowered when the open-file limit could not hold that many
-    connections besides what else the emulator keeps open; (cap, (wanted, the limit) when
-    lowered, else None). Past the limit accept() would fail and asyncio log tracebacks."""
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (ImportError, OSError, ValueError):  # no such limit here (Windows)
-        return wanted, None
-    if soft == resource.RLIM_INFINITY or soft - _RESERVED_FDS >= wanted:
-        return wanted, None
-    return max(soft - _RESERVED_FDS, 1), (wanted, soft)
 
 
 async def _resolve(host: str) -> list[str]:

@@ -10,6 +10,10 @@ a `WorkerPool` of ``processCount`` worker processes. The host's rules it follows
 - an invocation past the function timeout is cancelled (``InvocationCancel`` when the worker
   handles it); if it still has not answered 2 s later the worker running it is restarted (not
   counted as an error);
+- an HTTP request for a worker that reported ``HttpUri`` is forwarded to it (`_proxy`): the
+  forwarding starts just before the ``InvocationRequest`` is sent, the invocation ends once
+  both its response and the forwarding have, within the function timeout, which aborts the
+  forwarding too;
 - stopping drains invocations on every worker for ``processShutdownTimeout``, then sends each
   ``WorkerTerminate`` (5 s grace, when it handles it) and kills those still running.
 
@@ -26,7 +30,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import betterproto2
 
@@ -40,6 +44,9 @@ from ._launch import WorkerConfig
 from ._logfilter import user_category, worker_channel_category
 from ._peer import Launched
 from ._pool import SupervisorError, WorkerPool
+
+if TYPE_CHECKING:
+    from ._proxy import ProxiedRequest
 
 __all__ = [
     "InputBuilder",
@@ -217,13 +224,20 @@ class Supervisor:
         *,
         reason: str,
         retry_context: pb.RetryContext | None = None,
+        proxy: ProxiedRequest | None = None,
     ) -> InvocationOutcome:
         """Run one invocation on the worker and report how it ended (never raises for it).
 
         Waits for a ready worker (e.g. during a restart) within the function timeout, then
         calls `data` with that worker's capabilities for the inputs (trigger first) and the
         trigger metadata, so they are shaped for the worker that runs them. `retry_context`
-        goes with the request (a function with a retry policy, `_retry`).
+        goes with the request (a function with a retry policy, `_retry`). `proxy` is the HTTP
+        request of an HTTP function: forwarded when the worker reported ``HttpUri``, else
+        read whole first.
+
+        Raises:
+            ForwardRefused: `proxy` is not forwarded (`ProxiedRequest.prepare`); nothing sent.
+            Rejected: `proxy`'s body is refused; nothing sent.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -245,6 +259,7 @@ class Supervisor:
             return outcome
         connection = channel.connection
         assert connection is not None  # a ready channel has its stream
+        target = await proxy.prepare(channel.capabilities) if proxy is not None else None
         outcome.pid = channel.process.pid
         # With several worker processes, which one runs it (the host logs the worker id at
         # Trace level only: RpcFunctionInvocationDispatcher.InvokeAsync).
@@ -255,6 +270,8 @@ class Supervisor:
         inputs, trigger_metadata = data(channel.capabilities)
         channel.executing[invocation_id] = function.name
         self._remember(invocation_id, function.name)
+        # The host starts forwarding before it sends the invocation (SendInvocationRequest).
+        forwarding = proxy.start(target, invocation_id) if proxy and target else None
         sending = asyncio.ensure_future(
             connection.start_invocation(
                 function.function_id,
@@ -266,6 +283,8 @@ class Supervisor:
             )
         )
         sending.add_done_callback(_retrieved)
+        if proxy is not None and forwarding is not None:
+            proxy.when_gone(lambda: self._cancel_gone(channel, invocation_id))
 
         def left() -> float | None:
             return None if timeout is None else max(timeout - (loop.time() - started), 0.001)
@@ -276,6 +295,10 @@ class Supervisor:
             # the stream, and goes on after a timeout (the host queues its sends).
             pending = await asyncio.wait_for(asyncio.shield(sending), left())
             response = await pending.result(left())
+            # InvokeResponse awaits the forwarding (EnsureSuccessfulForwardingAsync).
+            forward_error = (
+                await asyncio.wait_for(asyncio.shield(forwarding), left()) if forwarding else None
+            )
         except TimeoutError:
             outcome.timed_out = True
             outcome.error = (
@@ -288,9 +311,13 @@ class Supervisor:
         else:
             outcome.response = response
             result = response.result
-            if result is None or result.status != pb.StatusResultStatus.Success:
+            if forward_error is not None:
+                outcome.error = f"Failed to proxy request with ForwarderError: {forward_error}"
+            elif result is None or result.status != pb.StatusResultStatus.Success:
                 outcome.error = failure_text(result)
         finally:
+            if proxy is not None:
+                proxy.abort()  # still forwarding: the invocation ended without it
             channel.executing.pop(invocation_id, None)
             if not channel.executing:
                 channel.idle.set()
@@ -333,6 +360,17 @@ class Supervisor:
             f" invocationId '{invocation_id}'."
         )
         await self._pool.retire(channel, f"invocation {invocation_id} timed out", TERMINATE_GRACE)
+
+    def _cancel_gone(self, channel: WorkerChannel, invocation_id: str) -> None:
+        """The client of a forwarded request went away: its token cancels the invocation
+        (``InvocationCancel`` to a worker that handles it)."""
+        connection = channel.connection
+        if channel.handles("HandlesInvocationCancelMessage") and connection is not None:
+            self._spawn(
+                channel.send_quietly(
+                    "InvocationCancel", connection.cancel(invocation_id), TIMEOUT_GRACE
+                )
+            )
 
     async def _lost_reason(self, channel: WorkerChannel, exc: BaseException) -> str:
         code = await channel.wait_exit(2.0)

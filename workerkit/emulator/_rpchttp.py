@@ -181,11 +181,24 @@ def _media_type(content_type: str | None) -> str:
 
 
 def build_rpc_http(request: IncomingRequest, capabilities: Mapping[str, str]) -> pb.RpcHttp:
-    """The `RpcHttp` the host sends for `request` to a worker with `capabilities`."""
+    """The `RpcHttp` the host sends for `request` to a worker with `capabilities`.
+
+    To a worker that reported ``HttpUri`` the request itself is forwarded (`_proxy`): the
+    `RpcHttp` is empty, but for the route parameters with ``RequiresRouteParameters``
+    (``ToRpcHttp``'s first two branches).
+    """
     nullable = bool(capabilities.get("UseNullableValueDictionaryForHttp"))
+    params = {k: v for k, v in request.params.items() if v is not None}
+    if capabilities.get("HttpUri"):
+        proxied = pb.RpcHttp()
+        if capabilities.get("RequiresRouteParameters"):
+            if nullable:
+                proxied.nullable_params = {k: NullableString(value=v) for k, v in params.items()}
+            else:
+                proxied.params = params
+        return proxied
     headers = _joined(request.headers, lower=True)
     query = _joined(request.query, lower=False)
-    params = {k: v for k, v in request.params.items() if v is not None}
     http = pb.RpcHttp(method=request.method, url=request.url)
     if nullable:
         http.nullable_headers = {k: NullableString(value=v) for k, v in headers.items()}

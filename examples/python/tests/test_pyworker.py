@@ -127,3 +127,20 @@ def test_tick_timer_logs_the_next_run() -> None:
             ]
 
     asyncio.run(scenario())
+
+
+def test_countdown_streams_server_sent_events() -> None:
+    """Without WORKERKIT_HTTP_STREAMING the events are gathered into one body (with it, the
+    worker's own HTTP server sends each as it comes: see the README)."""
+
+    async def scenario() -> None:
+        async with worker() as conn:
+            countdown = await load(conn, "countdown", http_bindings())
+            request = HttpRequest("GET", "http://localhost/api/countdown/3", params={"n": "3"})
+            result = await conn.call(countdown, {"req": request})
+            assert result.ok, result.error
+            assert result.http is not None and result.http.status_code == 200
+            assert result.http.headers["Content-Type"] == "text/event-stream"
+            assert result.http.text() == "data: 3\n\ndata: 2\n\ndata: 1\n\n"
+
+    asyncio.run(scenario())
