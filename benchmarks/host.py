@@ -275,7 +275,9 @@ class Connection:
         metadata.directory = str(function.directory)
         metadata.script_file = str(function.script_file)
         metadata.entry_point = function.entry_point
-        metadata.language = "python"
+        # The host names the worker's language; the Node.js worker's apps are JavaScript.
+        node = function.script_file.suffix in (".js", ".mjs", ".cjs")
+        metadata.language = "node" if node else "python"
         metadata.properties["FunctionId"] = function.function_id
         directions = {"in": 0, "out": 1, "inout": 2}
         for spec in function.bindings:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _pb2, hostprocs, streaming
+from benchmarks import _pb2, hostprocs, node, sharedmem, streaming, tracing
 from benchmarks.host import (
     BenchHost,
     Connection,
@@ -50,8 +50,13 @@ LOG_LINES = 10
 HOST_SCENARIO = "workerkit-host"
 #: Not a worker target either: HTTP streaming (HttpUri) beside the gRPC path (streaming.py).
 STREAMING_SCENARIO = "http-streaming"
+#: Nor this: the echo worker with and without opentelemetry importable (tracing.py).
+TRACING_SCENARIO = "tracing"
+#: Nor this: a blob echoed through shared-memory map files (sharedmem.py).
+SHAREDMEM_SCENARIO = "shared-memory"
 DEFAULT_TARGETS = (
-    "workerkit", "bare-grpclib", "bare-grpcio", "official", HOST_SCENARIO, STREAMING_SCENARIO,
+    "workerkit", "bare-grpclib", "bare-grpcio", "official", "node", HOST_SCENARIO,
+    STREAMING_SCENARIO, TRACING_SCENARIO, SHAREDMEM_SCENARIO,
 )  # fmt: skip
 ALL_TARGETS = (*DEFAULT_TARGETS, "workerkit-minimal", "workerkit-sync")
 
@@ -223,7 +228,7 @@ def official_version(directory: Path) -> str:
 
 
 def make_targets(
-    names: Sequence[str], official: Path | None, pb2_dir: Path
+    names: Sequence[str], official: Path | None, pb2_dir: Path, node_worker: Path | None = None
 ) -> tuple[list[Target], list[str]]:
     """The targets that can run here, and notes on those that cannot."""
     python = sys.executable
@@ -311,6 +316,28 @@ def make_targets(
                     },
                 )
             )
+        elif name == "node":
+            if node_worker is None:
+                notes.append(
+                    f"node: skipped, no prepared worker given (--node-worker DIR or {node.ENV}; "
+                    "see benchmarks/README.md)"
+                )
+                continue
+            problem = node.problem(node_worker)
+            if problem is not None:
+                notes.append(f"node: skipped, {node_worker} is not usable: {problem}")
+                continue
+            targets.append(
+                Target(
+                    name,
+                    f"official Node.js worker {node.version(node_worker)} ({node_worker}), "
+                    "classic function.json + index.js (v3 model)",
+                    node.command(node_worker),
+                    node.APP,
+                    node_worker,
+                    node.env(),
+                )
+            )
         else:
             raise SystemExit(f"unknown target {name!r} (known: {', '.join(ALL_TARGETS)})")
     return targets, notes
@@ -357,6 +384,10 @@ async def cold_start(
                     **{k: round(v, 2) for k, v in times.items()},
                     rss_at_ready_kib=memory["VmRSS"],
                 )
+        # The floor: the interpreter alone, as the workerkit targets get it (issue 18).
+        floor_ms = await node.floor_launch(EXAMPLE_APP, _base_env(EXAMPLE_APP, HERE))
+        if launch >= 0:
+            report.emit("cold_floor", what=node.FLOOR, launch=launch, exit_ms=round(floor_ms, 2))
 
 
 def record_memory(report: Report, target: str, pid: int, phase: str) -> None:
@@ -579,7 +610,7 @@ def summarise(report: Report, targets: Sequence[Target], plan: Plan) -> dict[str
 RATIOS: tuple[tuple[str, str, str, str, float | None, bool], ...] = (
     ("throughput @32 vs baseline 1", "workerkit", "bare-grpclib", "echo32_per_s", 0.8, True),
     ("p50 @1 vs baseline 1", "workerkit", "bare-grpclib", "echo1_p50_ms", 1.25, False),
-    ("cold start (ready) vs official", "workerkit", "official", "ready_ms", 0.85, False),
+    ("cold start (ready) vs official", "workerkit", "official", "ready_ms", 0.5, False),
     ("idle RSS vs official", "workerkit", "official", "rss_idle_mib", 1.0, False),
     ("16 MiB body copies vs baseline 2", "workerkit", "bare-grpcio", "copies16", 1.0, False),
     ("throughput @32 vs official", "workerkit", "official", "echo32_per_s", None, True),
@@ -618,7 +649,7 @@ RATIOS: tuple[tuple[str, str, str, str, float | None, bool], ...] = (
 
 def ratios(report: Report, summary: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
     rows = []
-    for label, top, bottom, figure, bound, higher in RATIOS:
+    for label, top, bottom, figure, bound, higher in (*RATIOS, *node.RATIOS):
         a = summary.get(top, {}).get(figure)
         b = summary.get(bottom, {}).get(figure)
         if a is None or b is None or not b:
@@ -730,6 +761,7 @@ async def bench(args: argparse.Namespace) -> int:
         plan = Plan(**{**plan.__dict__, "invocations": args.invocations})
     report = Report()
     official = args.official_worker or os.environ.get(OFFICIAL_ENV) or None
+    node_worker = args.node_worker or os.environ.get(node.ENV) or None
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="workerkit-bench-pb2-") as tmp:
         pb2_dir = _pb2.compile_into(Path(tmp))
@@ -737,10 +769,14 @@ async def bench(args: argparse.Namespace) -> int:
         names = [t.strip() for t in args.targets.split(",") if t.strip()]
         host_scenario = HOST_SCENARIO in names
         streaming_scenario = STREAMING_SCENARIO in names
+        tracing_scenario = TRACING_SCENARIO in names
+        sharedmem_scenario = SHAREDMEM_SCENARIO in names
+        scenarios = (HOST_SCENARIO, STREAMING_SCENARIO, TRACING_SCENARIO, SHAREDMEM_SCENARIO)
         targets, notes = make_targets(
-            [n for n in names if n not in (HOST_SCENARIO, STREAMING_SCENARIO)],
+            [n for n in names if n not in scenarios],
             Path(official).resolve() if official else None,
             pb2_dir,
+            Path(node_worker).resolve() if node_worker else None,
         )
         report.emit(
             "machine", **machine(), quick=args.quick, host_impl=args.host_impl, plan=plan.__dict__
@@ -757,24 +793,32 @@ async def bench(args: argparse.Namespace) -> int:
         for note in notes:
             report.emit("skipped", note=note)
             say(note)
-        if not targets and not host_scenario and not streaming_scenario:
+        if not targets and not any(n in scenarios for n in names):
             say("nothing to measure")
             return 1
         if targets:
             await measure_workers(targets, plan, report, args.host_impl, pb)
         host_figures = await host_processes(plan, report) if host_scenario else None
         stream_figures = await http_streaming(report, args.quick) if streaming_scenario else None
+        trace_figures = await tracing_overhead(report, args.quick) if tracing_scenario else None
+        shm_figures = await shared_memory(report, args.quick) if sharedmem_scenario else None
     summary = summarise(report, targets, plan)
-    rows = ratios(report, summary)
+    floor = _median(report.of("cold_floor"), "exit_ms")
+    rows = ratios(report, {**summary, node.FLOOR: {"ready_ms": floor}})
     elapsed = time.perf_counter() - began
     report.emit("done", seconds=round(elapsed, 1), loadavg_1min=loadavg())
     say("")
     if targets:
         say(table(summary, plan, rows))
+        say(f"cold-start floor, spawn → exit of {node.FLOOR}: {_fmt(floor)} ms (median)")
     if host_figures is not None:
         say(hostprocs.table(host_figures, report.of("ratio", label=hostprocs.RATIO_LABEL)[-1]))
     if stream_figures:
         say(streaming.table(stream_figures))
+    if trace_figures:
+        say(tracing.table(trace_figures))
+    if shm_figures:
+        say(sharedmem.table(shm_figures))
     for note in notes:
         say(note)
     busy = sorted({r["target"] for r in report.of("run") if r.get("host_cpu", 0) >= 0.8})
@@ -787,7 +831,8 @@ async def bench(args: argparse.Namespace) -> int:
         )
     say(f"{elapsed:.0f} s; load average now {loadavg():.2f} on {os.cpu_count()} CPUs")
     failed = any(r.get("errors") for r in report.of("run") + report.of("host_run"))
-    failed = failed or bool(report.of("stream_error"))
+    failed = failed or bool(report.of("stream_error")) or bool(report.of("trace_error"))
+    failed = failed or bool(report.of("sharedmem_error"))
     return 1 if failed else 0
 
 
@@ -850,6 +895,41 @@ async def http_streaming(report: Report, quick: bool) -> dict[str, Any] | None:
         return None
 
 
+async def shared_memory(report: Report, quick: bool) -> dict[str, Any] | None:
+    """A blob echoed through shared-memory map files, 1, 16 and 64 MiB, beside the gRPC
+    path's 16 MiB figure from this run (sharedmem.py); None when it cannot run here."""
+    problem = sharedmem.available()
+    if problem is not None:
+        note = f"{SHAREDMEM_SCENARIO}: skipped, {problem}"
+        report.emit("skipped", note=note)
+        say(note)
+        return None
+    grpc = _median(report.of("run", target="workerkit", scenario="payload_16MiB"), "mb_per_second")
+    try:
+        return await sharedmem.measure(report.emit, say, quick=quick, grpc_mb_s=grpc)
+    except Exception as exc:  # a wrong answer or a failed worker: no figures, exit 1
+        report.emit("sharedmem_error", error=f"{type(exc).__name__}: {exc}")
+        say(f"{SHAREDMEM_SCENARIO}: failed: {type(exc).__name__}: {exc}")
+        return None
+
+
+async def tracing_overhead(report: Report, quick: bool) -> dict[str, Any] | None:
+    """The echo worker with opentelemetry-api installed (no SDK) vs without it, and the
+    ratio with its 5 % target (tracing.py); None when it cannot run here."""
+    problem = tracing.available()
+    if problem is not None:
+        note = f"{TRACING_SCENARIO}: skipped, {problem}"
+        report.emit("skipped", note=note)
+        say(note)
+        return None
+    try:
+        return await tracing.measure(report.emit, say, quick=quick)
+    except Exception as exc:  # a wrong answer or a failed worker: no figures, exit 1
+        report.emit("trace_error", error=f"{type(exc).__name__}: {exc}")
+        say(f"{TRACING_SCENARIO}: failed: {type(exc).__name__}: {exc}")
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
@@ -866,6 +946,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--official-worker",
         metavar="DIR",
         help=f"a prepared azure-functions-python-worker 4.34 checkout (default: ${OFFICIAL_ENV})",
+    )
+    parser.add_argument(
+        "--node-worker",
+        metavar="DIR",
+        help=f"a built Azure/azure-functions-nodejs-worker checkout (default: ${node.ENV})",
     )
     parser.add_argument("--invocations", type=int, help="invocations per echo run")
     parser.add_argument(

@@ -114,6 +114,7 @@ SCHEMA_MESSAGES = (
     # invocations and logs
     "InvocationRequest",
     "ParameterBinding",
+    "RpcSharedMemory",
     "RpcTraceContext",
     "InvocationResponse",
     "RpcLog",

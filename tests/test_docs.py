@@ -93,6 +93,7 @@ class Recorder(Worker):
             contextvars.copy_context().run, current_invocation_id.get
         )
         if invocation.function.name == "waits":
+            seen["waiting"] = current_invocation_id.get()  # everything above is recorded
             await asyncio.sleep(3600)  # until cancelled
 
     async def on_cancel(self, invocation: Invocation) -> None:
@@ -135,7 +136,7 @@ def test_current_invocation_id_is_set_where_the_guide_says() -> None:
             assert current_invocation_id.get() == ""  # outside invocations
             await conn.load("w", "waits", bindings={"msg": binding("queueTrigger")})
             pending = await conn.start_invocation("w", {"msg": "x"}, invocation_id="inv-2")
-            await until(lambda: worker.seen["hook"] == "inv-2")
+            await until(lambda: worker.seen.get("waiting") == "inv-2")
             await conn.cancel("inv-2")
             assert (await pending.result()).result.status == pb.StatusResultStatus.Cancelled
             await until(lambda: "on_cancel" in worker.seen)

@@ -188,15 +188,17 @@ def test_without_required_route_parameters_the_rpc_http_stays_empty(
     assert seen["path_qs"] == "/api/items/7/more"
 
 
-def test_a_client_sent_invocation_id_is_kept_as_the_host_keeps_it(
+def test_a_client_sent_invocation_id_is_replaced_as_the_host_replaces_it(
     proxied: RunningEmulator,
 ) -> None:
-    """DefaultHttpProxyService adds x-ms-invocation-id with Headers.TryAdd: a client's own
-    header stays, and the console says the worker cannot pair the request then."""
-    reply = proxied.request("PUT", "/api/echo", b"", {"x-ms-invocation-id": "mine"})
-    assert reply.status == 504  # the worker's: no invocation "mine" came (the body whole)
-    proxied.wait_for("carries its own x-ms-invocation-id ('mine')")
-    proxied.wait_for("its forwarded request never came")  # the invocation's Failure
+    """DefaultHttpProxyService sets x-ms-invocation-id, "override existing header if present"
+    (src/WebJobs.Script/Http/DefaultHttpProxyService.cs, commit 1057af80): a client's own
+    header does not keep the worker from pairing the request with its invocation."""
+    reply = proxied.request("PUT", "/api/echo", b"ping", {"x-ms-invocation-id": "mine"})
+    assert reply.status == 200
+    seen = json.loads(reply.body)
+    ids = [value for name, value in seen["headers"] if name.lower() == "x-ms-invocation-id"]
+    assert ids == [seen["invocation_id"]] and seen["body"] == "ping"
 
 
 # -- streaming -------------------------------------------------------------------------------
@@ -563,7 +565,7 @@ def test_other_http_uris_are_refused(uri: str, invalid: bool) -> None:
     assert caught.value.invalid is invalid
 
 
-def test_forwarded_headers_keep_a_clients_own_invocation_id() -> None:
+def test_forwarded_headers_replace_a_clients_own_invocation_id() -> None:
     target = parse_http_uri("http://127.0.0.1:5555/")
     headers, own = forwarded_headers(
         [("Host", "h:1"), ("X-MS-Invocation-Id", "mine"), ("Expect", "100-continue")],
@@ -575,7 +577,7 @@ def test_forwarded_headers_keep_a_clients_own_invocation_id() -> None:
     assert own == "mine"
     assert headers == [
         ("Host", "127.0.0.1:5555"),
-        ("X-MS-Invocation-Id", "mine"),
+        ("x-ms-invocation-id", "real"),
         ("X-Forwarded-For", "::1"),
         ("X-Forwarded-Host", "h:1"),
         ("X-Forwarded-Proto", "http"),
@@ -632,7 +634,7 @@ def test_forwarded_headers_follow_the_hosts_rules_for_any_client_headers(
 ) -> None:
     """Whatever the client sends: no hop-by-hop header, Forwarded or Expect goes on; Host is
     the worker's, once; X-Forwarded-For/-Proto once (and -Host once when the client sent a
-    non-empty Host), the host's values; x-ms-invocation-id ours unless the client sent its own."""
+    non-empty Host), the host's values; x-ms-invocation-id ours, once, whatever the client sent."""
     target = parse_http_uri("http://localhost:7000/")
     headers, own = forwarded_headers(
         client, invocation_id="ours", target=target, client_address=address, scheme="http"
@@ -648,7 +650,7 @@ def test_forwarded_headers_follow_the_hosts_rules_for_any_client_headers(
     assert [v for n, v in headers if n.lower() == "x-forwarded-host"] == [h for h in hosts[:1] if h]
     ids = [v for n, v in client if n.lower() == "x-ms-invocation-id"]
     assert own == (ids[0] if ids else None)
-    assert [v for n, v in headers if n.lower() == "x-ms-invocation-id"] == (ids or ["ours"])
+    assert [v for n, v in headers if n.lower() == "x-ms-invocation-id"] == ["ours"]
 
 
 URIS = st.text(max_size=40) | st.builds(

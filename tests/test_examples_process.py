@@ -273,3 +273,57 @@ def test_end_to_end_through_workerkit_host_with_real_http() -> None:
         status, body = http("GET", f"{url}/api/hello?name={urllib.parse.quote(name)}")
         assert (status, body.decode()) == (200, f"Hello, {name}!\n")
         assert http("GET", f"{url}/api/hello")[0] == 400
+
+
+def live_descendants(pid: int) -> list[int]:
+    """The processes below `pid` that are not zombies."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(name))
+    found, parents = [], [pid]
+    while parents:
+        below = children.get(parents.pop(), [])
+        found += below
+        parents += below
+    return found
+
+
+def commandline(pid: int) -> str:
+    try:
+        text = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return f"{pid} (gone)"
+    return text.replace(b"\0", b" ").decode(errors="replace")
+
+
+def test_a_call_cancelled_while_its_process_starts_leaves_nothing_running(tmp_path: Path) -> None:
+    # The cancel comes right behind the call, so it lands at any point of the start: while
+    # the script (which starts a child at once) runs but its pipes are not connected yet
+    # (asyncio alone would kill only the script then), or while the script forks its child
+    # (a child born after the look at /proc and before the script's kill is found by the
+    # next look). Either way its child would outlive the call.
+    app = make_app(tmp_path / "app")
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            worker, conn = await start(host, "process", app=app)
+            await load_tests(conn, app)
+            for _ in range(8):
+                pending = await conn.start_invocation("sleepy", {"msg": "x"})
+                await conn.cancel(pending.invocation_id)
+                assert (await pending.result(60)).result.status in (CANCELLED, FAILURE)
+            try:
+                await until(lambda: not live_descendants(worker.process.pid))
+            except AssertionError:
+                left = live_descendants(worker.process.pid)
+                raise AssertionError(f"left running: {[commandline(p) for p in left]}") from None
+            reply = await conn.invoke("echo", {"msg": "still here"})
+            assert decode_output(reply.return_value)["inputs"] == {"msg": "still here"}
+
+    arun(scenario())

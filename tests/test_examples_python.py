@@ -40,7 +40,7 @@ def test_the_sample_app_http_timer_queue_sync_async_and_named_outputs() -> None:
             loads = await load_app(conn, APP)
             assert {name: r.result.status for name, r in loads.items()} == {
                 "countdown": SUCCESS, "greet": SUCCESS, "hello": SUCCESS, "orders": SUCCESS,
-                "tick": SUCCESS,
+                "tick": SUCCESS, "traced": SUCCESS,
             }  # fmt: skip
 
             # HTTP, plain def, $return; the function's log line is attributed to the call.

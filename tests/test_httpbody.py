@@ -134,7 +134,7 @@ def test_shapes_of_what_a_function_returns() -> None:
     assert typed.headers == [("content-type", "application/json")]
     framed = shape(HttpResponse(headers={"Content-Length": "9", "Transfer-Encoding": "x"}))
     assert [name for name, _ in framed.headers] == ["Content-Type"]  # framing is the server's
-    assert shape({"a": [1]}).body == b'{"a":[1]}'
+    assert shape({"a": [1]}).body == b'{\n  "a": [\n    1\n  ]\n}'  # indented, as the host
     with pytest.raises(ConversionError, match=r"status_code must be an int in 200\.\.599"):
         shape(HttpResponse(status_code=102))
     with pytest.raises(ConversionError, match="cannot send a set"):

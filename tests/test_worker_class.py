@@ -520,6 +520,24 @@ def test_worker_options_read_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert WorkerOptions(max_in_flight=9, threads=1).max_in_flight == 9
 
 
+@pytest.mark.parametrize("text", ["", "0", "-1", "nan", "inf", "soon"])
+def test_the_http_match_timeout_setting_must_be_seconds(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    monkeypatch.setenv("WORKERKIT_HTTP_MATCH_TIMEOUT", text)
+    if not text:
+        assert WorkerOptions().http_match_timeout == 60.0
+        return
+    with pytest.raises(ValueError, match="WORKERKIT_HTTP_MATCH_TIMEOUT"):
+        WorkerOptions()
+
+
+def test_the_http_match_timeout_follows_its_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKERKIT_HTTP_MATCH_TIMEOUT", " 2.5 ")
+    assert WorkerOptions().http_match_timeout == 2.5
+    assert WorkerOptions(http_match_timeout=9).http_match_timeout == 9
+
+
 def test_worker_options_environment_read_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORKERKIT_THREADS", "5")
     assert WorkerOptions().threads == 5

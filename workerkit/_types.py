@@ -155,11 +155,14 @@ class FunctionInfo:
 
 @dataclass(frozen=True, slots=True)
 class TraceContext:
-    """W3C trace context of the host activity that caused an invocation."""
+    """W3C trace context of the host activity that caused an invocation (with
+    ``workerkit[otel]`` also the current OpenTelemetry context of the invocation's hook).
+    `baggage` is the host's OpenTelemetry baggage (empty from hosts that do not send it)."""
 
     trace_parent: str = ""
     trace_state: str = ""
     attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    baggage: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
 
 @dataclass(frozen=True, slots=True)

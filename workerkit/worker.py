@@ -157,6 +157,19 @@ def _env_int(name: str, default: int) -> int:
     return value
 
 
+def _env_seconds(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"environment variable {name}={text} must be a number of seconds > 0")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     """Tuning knobs, each with a safe default.
@@ -181,11 +194,12 @@ class WorkerOptions:
     waits for its `InvocationRequest` (504 after that; time in which the worker does not
     read from the host, its backlog full, is not counted) and an invocation for its proxied
     request (a Failure after that); once both are there only the function's own limits apply.
-    60 s by default: the host starts forwarding before it sends the invocation, so they
-    normally meet within milliseconds, and the host's proxy itself gives up after 240 s of
-    silence. `http_body_prefetch`: request bodies with a Content-Length up to this many bytes
-    are read before ``on_invocation`` runs, so `HttpRequest.body` works as without
-    streaming; larger and chunked ones are streamed (`HttpRequest.stream`).
+    ``WORKERKIT_HTTP_MATCH_TIMEOUT`` or 60 s by default: the host starts forwarding before it
+    sends the invocation, so they normally meet within milliseconds, and the host's proxy
+    itself gives up after 240 s of silence. `http_body_prefetch`: request bodies with a
+    Content-Length up to this many bytes are read before ``on_invocation`` runs, so
+    `HttpRequest.body` works as without streaming; larger and chunked ones are streamed
+    (`HttpRequest.stream`).
     """
 
     max_in_flight: int = field(default_factory=lambda: _env_int("WORKERKIT_MAX_IN_FLIGHT", 256))
@@ -199,9 +213,15 @@ class WorkerOptions:
     #: HTTP streaming: True/False, or None to follow ``WORKERKIT_HTTP_STREAMING``.
     http_streaming: bool | None = None
     #: Seconds a proxied request and its invocation wait for each other.
-    http_match_timeout: float = 60.0
+    http_match_timeout: float = field(
+        default_factory=lambda: _env_seconds("WORKERKIT_HTTP_MATCH_TIMEOUT", 60.0)
+    )
     #: Request bodies up to this many bytes (by Content-Length) are read before the hook.
     http_body_prefetch: int = 1 << 20
+    #: Report ``WorkerOpenTelemetryEnabled`` (the app exports its own telemetry): True/False,
+    #: or None to follow ``WORKERKIT_ENABLE_OPENTELEMETRY``. With ``workerkit[otel]``
+    #: installed, hooks run in the host's trace either way.
+    opentelemetry: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_in_flight", "max_queued", "threads", "send_queue"):
@@ -220,6 +240,11 @@ class WorkerOptions:
             raise ValueError(
                 "WorkerOptions.http_streaming must be True, False or None (follow the"
                 f" WORKERKIT_HTTP_STREAMING setting), not {self.http_streaming!r}"
+            )
+        if self.opentelemetry not in (None, True, False):
+            raise ValueError(
+                "WorkerOptions.opentelemetry must be True, False or None (follow the"
+                f" WORKERKIT_ENABLE_OPENTELEMETRY setting), not {self.opentelemetry!r}"
             )
         if isinstance(self.http_match_timeout, bool) or not self.http_match_timeout > 0:
             raise ValueError(

@@ -191,8 +191,8 @@ class ProcessWorker(workerkit.Worker):
     ) -> tuple[asyncio.SubprocessTransport, _Run]:
         """Start the function's process, in a process group of its own."""
         self.spawning += 1
-        try:
-            transport, run = await asyncio.get_running_loop().subprocess_exec(
+        spawn = asyncio.ensure_future(
+            asyncio.get_running_loop().subprocess_exec(
                 lambda: _Run(command.log),
                 *command.argv,
                 cwd=command.cwd,
@@ -202,6 +202,18 @@ class ProcessWorker(workerkit.Worker):
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
             )
+        )
+        try:
+            # Shielded: the process runs (and may start others) before its pipes are
+            # connected. Cancelled then, asyncio would kill only the leader and leave its
+            # children running; so wait for the start to finish, then stop them all.
+            transport, run = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                transport, run = await spawn
+                self._stop(invocation_id, transport.get_pid())
+                run.exited.add_done_callback(lambda _: transport.close())
+            raise
         finally:
             self.spawning -= 1
         leader = transport.get_pid()
@@ -218,18 +230,27 @@ class ProcessWorker(workerkit.Worker):
                 os.killpg(leader, signal.SIGKILL)
             return 0
         mark = invocation_id.encode()
-        tree = _descendants()
-        found = 0
-        for proc in tree:
-            owner = _mark(proc.pid)
-            # Its environment names the invocation, or it cleared its environment but stayed
-            # in the invocation's process group. (A process of another invocation that got
-            # the same group number later carries that one's mark.) Zombies are dead already.
-            if owner == mark or (owner is None and proc.pgid == leader and not proc.zombie):
-                _kill(proc)
-                found += 1
-        self._reap(tree)
-        return found
+        killed: set[tuple[int, int]] = set()  # (pid, start): SIGKILL takes a moment to land
+        # Until a look finds none left: a process may fork between the look at /proc and
+        # its kill, and its new child is only seen by the next look (SIGKILL then stops the
+        # parent for good, so each round can only find what the previous one missed).
+        for _ in range(_KILL_ROUNDS):
+            tree = _descendants()
+            before = len(killed)
+            for proc in tree:
+                if proc.zombie or (proc.pid, proc.start) in killed:  # dead, or dying
+                    continue
+                owner = _mark(proc.pid)
+                # Its environment names the invocation, or it cleared its environment but
+                # stayed in the invocation's process group. (A process of another invocation
+                # that got the same group number later carries that one's mark.)
+                if owner == mark or (owner is None and proc.pgid == leader):
+                    _kill(proc)
+                    killed.add((proc.pid, proc.start))
+            self._reap(tree)
+            if len(killed) == before:
+                break
+        return len(killed)
 
     def _reap(self, tree: list[_Proc]) -> None:
         """Wait for the adopted orphans that have exited: nobody else will. Never for a
@@ -393,6 +414,10 @@ class _Proc:
     pgid: int
     zombie: bool
     start: int  # clock ticks after boot: with the pid, it names one process for good
+
+
+#: Looks at /proc per stop; more than two means a process tree forking as fast as it dies.
+_KILL_ROUNDS = 16
 
 
 def _become_subreaper() -> bool:

@@ -49,6 +49,13 @@ def _typed(value: Any) -> pb.TypedData:
     return value if isinstance(value, pb.TypedData) else encode_input(value)
 
 
+def _parameter(name: str, value: Any) -> pb.ParameterBinding:
+    """An input: a value, or a reference to a shared memory map (`pb.RpcSharedMemory`)."""
+    if isinstance(value, pb.RpcSharedMemory):
+        return pb.ParameterBinding(name=name, rpc_shared_memory=value)
+    return pb.ParameterBinding(name=name, data=_typed(value))
+
+
 class PendingInvocation:
     """An invocation sent to the worker; await it for the `InvocationResponse`."""
 
@@ -360,23 +367,22 @@ class HostConnection:
         invocation_id: str | None = None,
         trace_parent: str = "",
         retry_context: pb.RetryContext | None = None,
+        trace_context: pb.RpcTraceContext | None = None,
     ) -> PendingInvocation:
         """Send an `InvocationRequest` without waiting for its response.
 
-        Input values are Python values converted as the host would (`convert.encode_input`)
-        or ready-made `TypedData`; `retry_context` is sent as given (the host sends one on
-        every attempt of a function with a retry policy).
+        Input values are Python values converted as the host would (`convert.encode_input`),
+        ready-made `TypedData`, or `RpcSharedMemory` references to map files;
+        `retry_context` is sent as given (the host sends one on every attempt of a function
+        with a retry policy); `trace_context`, when given, instead of one of `trace_parent`.
         """
         invocation_id = invocation_id or str(uuid.uuid4())
         request = pb.InvocationRequest(
             invocation_id=invocation_id,
             function_id=function_id,
-            input_data=[
-                pb.ParameterBinding(name=name, data=_typed(value))
-                for name, value in (inputs or {}).items()
-            ],
+            input_data=[_parameter(name, value) for name, value in (inputs or {}).items()],
             trigger_metadata={k: _typed(v) for k, v in (trigger_metadata or {}).items()},
-            trace_context=pb.RpcTraceContext(trace_parent=trace_parent),
+            trace_context=trace_context or pb.RpcTraceContext(trace_parent=trace_parent),
             retry_context=retry_context,
         )
         future = await self._send_expecting(

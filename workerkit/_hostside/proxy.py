@@ -49,6 +49,10 @@ CONNECT_ATTEMPTS = 10
 _FIRST_DELAY, _MAX_DELAY = 0.05, 0.25
 #: Seconds without progress after which the host's proxy gives a request up.
 ACTIVITY_TIMEOUT = 240.0
+#: Client headers the proxy does not pass on (it sends its own under these names).
+_REPLACED = frozenset(
+    {"host", INVOCATION_ID_HEADER, "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
+)
 
 
 def proxied_http_input(params: Mapping[str, str] | None = None) -> pb.TypedData:
@@ -159,7 +163,9 @@ class HttpProxyClient:
                 or the connection failed.
         """
         items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
-        sent = [(k, v) for k, v in items if k.lower() != "host"]
+        # The host replaces the client's x-ms-invocation-id (DefaultHttpProxyService.cs sets
+        # it with the indexer) and YARP its X-Forwarded-* (their default action is Set).
+        sent = [(k, v) for k, v in items if k.lower() not in _REPLACED]
         host = next((v for k, v in items if k.lower() == "host"), client_host)
         sent += [
             (INVOCATION_ID_HEADER, invocation_id),

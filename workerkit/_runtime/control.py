@@ -1,7 +1,7 @@
 """Everything the host asks of a worker except invocations, as a state machine free of I/O.
 
 `Control` takes the host's control messages (init, metadata, loads, environment reload,
-warmup, status, terminate, shared-memory close, frames that could not be read) and the
+warmup, status, terminate, frames that could not be read) and the
 outcomes of the hooks it asked for, and answers each with a list of *effects*: a message to
 send, a hook to run, a process-wide change to make, a shutdown. It never sends, awaits,
 starts a thread or touches the process; `session.Session` carries out the effects and
@@ -54,7 +54,6 @@ from .replies import (
     check_strings,
     hook_status,
     machine,
-    no_maps_closed,
     rpc_metadata,
 )
 
@@ -157,13 +156,20 @@ class Control:
         worker: Worker,
         app_directory: Callable[[], str],
         http_streaming: Callable[[], bool] = lambda: False,
+        telemetry: Callable[[], Mapping[str, str]] = dict,
+        shared_memory: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
         """`app_directory`: the function app's root, where a restarted worker indexes
         itself (the host starts workers there: the session passes `os.getcwd`).
         `http_streaming`: whether HTTP streaming is wanted now (asked at init and after an
-        environment reload, once the environment is the host's)."""
+        environment reload, once the environment is the host's); `telemetry`, likewise, the
+        capabilities OpenTelemetry adds (tracing.py; once reported they stay, as at the host);
+        `shared_memory`, likewise, those of shared-memory data transfer (sharedmem.py)."""
         self.worker = worker
-        self._http_streaming = http_streaming
+        self._http_streaming, self._telemetry = http_streaming, telemetry
+        self._shared_memory = shared_memory
+        #: The capabilities the host's init request gave (``FunctionDataCache``, ...).
+        self.host_capabilities: Mapping[str, str] = {}
         #: The worker's HTTP server for the host's proxy, once open and reported.
         self.http_uri: str | None = None
         self._overridden = type(worker)._overridden_hooks
@@ -189,7 +195,6 @@ class Control:
             "worker_terminate": self._terminate,
             "function_environment_reload_request": self._environment_reload,
             "worker_warmup_request": self._warmup,
-            "close_shared_memory_resources_request": self._close_shared_memory,
             "file_change_event_request": self._file_change,
         }
 
@@ -267,12 +272,16 @@ class Control:
                 return answer(error)
             return self._with_proxy(answer)
 
+        self.host_capabilities = request.capabilities
         return [LogLevels(request.log_categories), self._call("on_init", request, then)]
 
     def _with_proxy(self, answer: Callable[[BaseException | None], list[Effect]]) -> list[Effect]:
         """`answer` once the HTTP server is open, when streaming is wanted (with the error
         it failed with, if it did), else at once."""
         try:
+            self.capabilities.update(self._telemetry())
+            for key, value in self._shared_memory().items():  # unless on_init chose
+                self.capabilities.setdefault(key, value)
             wanted = self._http_streaming()
         except Exception as exc:
             return answer(exc)
@@ -578,15 +587,6 @@ class Control:
         grace = request.grace_period
         seconds = grace.total_seconds() if grace is not None else DEFAULT_TERMINATE_GRACE
         return [Stop("the host sent WorkerTerminate", seconds)]
-
-    def _close_shared_memory(
-        self, request_id: str, request: pb.CloseSharedMemoryResourcesRequest
-    ) -> list[Effect]:
-        message = pb.StreamingMessage(
-            request_id=request_id,
-            close_shared_memory_resources_response=no_maps_closed(request.map_names),
-        )
-        return [Send(request_id, message)]
 
     def _file_change(self, request_id: str, request: pb.FileChangeEventRequest) -> list[Effect]:
         log.info("file change reported by the host: %s %s", request.type, request.full_path)

@@ -14,25 +14,28 @@ import email.utils
 import json
 import re
 import urllib.parse
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 from .._values import ConversionError, HttpCookie, HttpResponse, ResponseBody
+from ..convert import _encode_cookie, _parse_status
 
 __all__ = ["Shaped", "chunks", "gather", "is_streamed", "set_cookie", "shape"]
 
 #: Headers the server sets from the body it writes: a function's own would break framing.
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
-#: A cookie name: an HTTP token.
+#: A header or cookie name: an HTTP token (RFC 9110).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: Runs a blocking call in the worker's thread pool (for plain iterators).
 InPool = Callable[[Callable[[], Any]], Awaitable[Any]]
 
 
 def is_streamed(body: object) -> bool:
-    """Whether an `HttpResponse.body` is an iterator of chunks (not bytes or str)."""
-    return not isinstance(body, bytes | str | bytearray | memoryview)
+    """Whether an `HttpResponse.body` is an iterator of chunks (an async iterator or an
+    iterator). Anything else is sent whole, or refused there with a message naming its type
+    (None, a list, a number: mistakes, not streams)."""
+    return hasattr(body, "__aiter__") or hasattr(body, "__next__")
 
 
 class Shaped:
@@ -48,10 +51,12 @@ class Shaped:
 
 
 def shape(value: Any) -> Shaped:
-    """The response for an HTTP output value: an `HttpResponse` as given (a str body as
-    UTF-8, ``text/plain`` unless it names a content type; bytes as
-    ``application/octet-stream``); None (no value) 204; a str as text; bytes as
-    octet-stream; any other value as JSON.
+    """The response for an HTTP output value, as the host writes it from the gRPC path (so
+    a hook answers the same with streaming on or off): an `HttpResponse` as given (a str
+    body as UTF-8, ``text/plain`` unless it names a content type; bytes as
+    ``application/octet-stream``); None (no value) 204; bytes as octet-stream; a number as
+    text; a str as text unless it parses as JSON, then as that JSON; JSON as described in
+    `_from_json`.
 
     Raises:
         ConversionError: an invalid status, header or cookie, or a value that is not JSON.
@@ -60,18 +65,58 @@ def shape(value: Any) -> Shaped:
         return Shaped(204, [], b"")
     if isinstance(value, HttpResponse):
         return _from_response(value)
-    if isinstance(value, str):
-        return Shaped(200, [("Content-Type", "text/plain; charset=utf-8")], value.encode())
     if isinstance(value, bytes | bytearray | memoryview):
         return Shaped(200, [("Content-Type", "application/octet-stream")], bytes(value))
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return Shaped(200, [("Content-Type", "text/plain; charset=utf-8")], str(value).encode())
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):
+            return Shaped(200, [("Content-Type", "text/plain; charset=utf-8")], value.encode())
+        return _from_json(parsed)
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        json.dumps(value, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ConversionError(
             f"cannot send a {type(value).__name__} as the HTTP response: {exc}; return an"
             " HttpResponse"
         ) from None
-    return Shaped(200, [("Content-Type", "application/json; charset=utf-8")], text.encode())
+    return _from_json(value)
+
+
+def _from_json(value: Any) -> Shaped:
+    """A JSON value, as the host writes one (``HttpBinding.cs`` in Azure/azure-functions-host,
+    ``CreateResult`` and ``ParseResponseObject``): an object with a ``body`` key (any case)
+    describes the response (``statusCode``, else ``status``; ``headers``; a str body as
+    text, another as JSON); anything else is written as indented JSON."""
+    if isinstance(value, dict):
+        lowered = {str(k).lower(): v for k, v in value.items()}
+        if "body" in lowered:
+            raw = lowered.get("statuscode", lowered.get("status"))
+            status = 200
+            if isinstance(raw, int) and not isinstance(raw, bool):
+                status = raw
+            elif isinstance(raw, str):
+                status = _parse_status(raw)
+            given = lowered.get("headers")
+            headers = {
+                str(k): "" if v is None else str(v)
+                for k, v in (given.items() if isinstance(given, dict) else ())
+                if v or str(k).lower() != "content-type"  # an empty one: the default
+            }
+            body = lowered["body"]
+            if not isinstance(body, str):
+                body = _indented(body)
+                if not any(k.lower() == "content-type" for k in headers):
+                    headers["Content-Type"] = "application/json; charset=utf-8"
+            return _from_response(HttpResponse(status_code=status, body=body, headers=headers))
+    return Shaped(200, [("Content-Type", "application/json; charset=utf-8")], _indented(value))
+
+
+def _indented(value: Any) -> bytes:
+    """JSON as the host re-serializes it (Newtonsoft's indented form, two spaces)."""
+    return json.dumps(value, indent=2, ensure_ascii=False).encode()
 
 
 def _from_response(response: HttpResponse) -> Shaped:
@@ -98,7 +143,9 @@ def _from_response(response: HttpResponse) -> Shaped:
     for name, text in response.headers.items():
         if not isinstance(name, str) or not isinstance(text, str):
             raise ConversionError(f"HttpResponse.headers must map str to str: {name!r}: {text!r}")
-        if not name.strip() or any(c in name + text for c in "\r\n\0") or ":" in name:
+        # A name must be an HTTP token: the host's HTTP client cannot parse a response with
+        # another (it answers 502 and fails the invocation), and its own server refuses one.
+        if not _TOKEN.fullmatch(name) or any(c in text for c in "\r\n\0"):
             raise ConversionError(f"HttpResponse header {name!r} has an invalid name or value")
         lowered = name.lower()
         if lowered in _FRAMING or lowered in seen:
@@ -120,6 +167,7 @@ def set_cookie(cookie: HttpCookie) -> str:
     """
     if not isinstance(cookie, HttpCookie):
         raise ConversionError(f"HttpResponse.cookies items must be HttpCookie, not {cookie!r}")
+    _encode_cookie(cookie)  # what the gRPC path refuses (max_age, same_site, ...) is refused here
     name, value = cookie.name, cookie.value
     if not isinstance(name, str) or not _TOKEN.fullmatch(name) or not isinstance(value, str):
         raise ConversionError(
@@ -171,7 +219,7 @@ async def chunks(body: ResponseBody, in_pool: InPool) -> AsyncGenerator[bytes, N
             if close is not None:
                 await close()
         return
-    assert isinstance(body, Iterator)
+    assert hasattr(body, "__next__")  # `is_streamed`
     done = object()
     while True:
         chunk = await in_pool(lambda: next(body, done))

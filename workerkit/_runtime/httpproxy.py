@@ -81,7 +81,13 @@ class _Pending:
         if not self._continued:
             self._continued = True
             expect = self.request.headers.get("Expect", "")
-            if expect.lower() == "100-continue" and self.request.version >= (1, 1):
+            # The interim response only before the final one: once that began (a streamed
+            # response that reads the body as it goes), it would land inside its body.
+            if (
+                expect.lower() == "100-continue"
+                and self.request.version >= (1, 1)
+                and self.response is None
+            ):
                 await self.request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._reader = asyncio.current_task()
         try:

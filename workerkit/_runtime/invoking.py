@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._types import FunctionInfo, Invocation, InvocationResult, RetryContext, TraceContext
 from .._values import HttpRequest
-from .._wire.messages import RawInvocation, invocation_response, read_trace
+from .._wire.messages import RawInvocation, invocation_response
 from .._wire.pb import pb
 from .._wire.values import LazyValues, decode_value, encode_chunks, typed_data
 from ..convert import ConversionError, HttpResponse
@@ -35,6 +35,9 @@ from ..errors import InvocationCancelled, MessageTooLarge, cancelled, failure
 from .httpbody import gather, is_streamed
 from .logs import current_invocation_id
 from .protocol import Entry, Ledger
+from .sharedmem import SharedInput, encode_outputs, raw_input, read_inputs
+from .tracing import load as load_tracing
+from .tracing import read_trace_context
 
 if TYPE_CHECKING:
     from .httpproxy import Proxied
@@ -77,6 +80,8 @@ class Invocations:
         self.ledger = Ledger(options.max_in_flight + options.max_queued)
         self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(options.max_in_flight)
+        #: OpenTelemetry (tracing.py), when installed: the host's trace around each hook.
+        self.tracing = load_tracing()
 
     def running(self) -> list[Running]:
         """The open invocations (all entries of the ledger are `Running`s)."""
@@ -174,7 +179,10 @@ class Invocations:
                 if running.proxied is not None:
                     how = "was cancelled" if running.cancel.is_set() else "ended"
                     running.proxied.ended(f"invocation {invocation_id} {how}")
-            if not self.ledger.claim_answer(running):  # answered Cancelled: one reply only
+            answering = self.ledger.claim_answer(running)
+            if not answering or not isinstance(response, bytes):
+                self.session.shared.discard(invocation_id)  # its output maps, if any
+            if not answering:  # answered Cancelled: one reply only
                 name = running.invocation.function.name if running.invocation else "?"
                 log.info(
                     "function %r (invocation %s) ended after it was answered Cancelled;"
@@ -212,7 +220,8 @@ class Invocations:
             if running.proxied is not None and (missing := await running.proxied.wait()):
                 return pb.InvocationResponse(invocation_id=invocation_id, result=failure(missing))
         try:
-            invocation = _invocation(request, function, running.cancel)
+            shared = await read_inputs(request, self._in_pool) if request.shared else None
+            invocation = _invocation(request, function, running.cancel, shared)
         except ConversionError as exc:
             return pb.InvocationResponse(
                 invocation_id=invocation_id,
@@ -225,6 +234,7 @@ class Invocations:
             function,
             request.request_id,
             invocation_id,
+            maps=self.session.shared.writer(invocation_id),
         )
         if proxied is not None:
             try:
@@ -238,7 +248,9 @@ class Invocations:
         running.invocation = invocation
         gone: str | None = None
         try:
-            response: Any = await self.session.call("on_invocation", invocation, encode)
+            hook = self.session.call("on_invocation", invocation, encode)
+            tracing = self.tracing
+            response: Any = await (hook if tracing is None else tracing.around(invocation, hook))
             if proxied is not None:
                 response, http = response
                 gone = await proxied.respond(http, self._in_pool)
@@ -376,23 +388,29 @@ def captured(
 
 
 def _invocation(
-    request: RawInvocation, function: FunctionInfo, cancel: threading.Event
+    request: RawInvocation,
+    function: FunctionInfo,
+    cancel: threading.Event,
+    shared: dict[int, SharedInput | None] | None = None,
 ) -> Invocation:
+    """The `Invocation` the hook sees; `shared`: the inputs read from maps (`read_inputs`)."""
     inputs: dict[str, Any] = {}
-    raw: dict[str, memoryview] = {}
+    raw: dict[str, Any] = {}  # raw TypedData bytes, or a SharedInput
     assert request.inputs is not None and request.metadata is not None
-    for name, data, shared in request.inputs:
-        if shared:
-            raise ConversionError(
-                f"input {name!r} came through shared memory, which this worker does not support"
-            )
+    for position, (name, data, in_map) in enumerate(request.inputs):
+        if in_map:
+            value = shared.get(position) if shared else None
+            inputs[name] = value.value if value is not None else None
+            if value is not None:
+                raw[name] = value
+            continue
         if data is not None:
             raw[name] = data
         try:
             inputs[name] = decode_value(data)
         except ConversionError as exc:
             raise ConversionError(f"cannot read input {name!r}: {exc}") from None
-    trace = TraceContext(*read_trace(request.trace)) if request.trace is not None else _NO_TRACE
+    trace = read_trace_context(request.trace) if request.trace is not None else _NO_TRACE
     retry = None
     if request.retry is not None:
         context = pb.RetryContext.parse(bytes(request.retry))
@@ -405,7 +423,7 @@ def _invocation(
         invocation_id=request.invocation_id,
         function=function,
         inputs=inputs,
-        raw_inputs=LazyValues(raw, typed_data),
+        raw_inputs=LazyValues(raw, raw_input),
         trigger_metadata=LazyValues(request.metadata, _metadata_value),
         trace_context=trace,
         retry_context=retry,
@@ -414,6 +432,8 @@ def _invocation(
 
 
 _NO_TRACE = TraceContext()
+#: Puts a large output into a shared memory map (`SharedMemory.writer`); None: inline only.
+Writer = Callable[[Any], bytes | None] | None
 
 
 def _metadata_value(data: memoryview) -> Any:
@@ -447,7 +467,7 @@ def _http_output(function: FunctionInfo) -> str | None:
 
 
 def _split_response(
-    function: FunctionInfo, request_id: str, invocation_id: str, result: Any
+    function: FunctionInfo, request_id: str, invocation_id: str, result: Any, *, maps: Writer = None
 ) -> tuple[bytes, Any]:
     """For a proxied call: the InvocationResponse without the HTTP output (the host takes
     the response from the worker's server; other outputs go as usual), and the HTTP output's
@@ -465,7 +485,7 @@ def _split_response(
     elif name is not None:
         http = outputs.pop(name, None)
     rest = InvocationResult(value, outputs)
-    return _encode(function, request_id, invocation_id, rest), http
+    return _encode(function, request_id, invocation_id, rest, maps=maps), http
 
 
 class _Gather:
@@ -500,17 +520,20 @@ def _has_streamed_body(result: Any) -> bool:
 
 
 def _response(
-    function: FunctionInfo, request_id: str, invocation_id: str, result: Any
+    function: FunctionInfo, request_id: str, invocation_id: str, result: Any, *, maps: Writer = None
 ) -> bytes | _Gather:
     """The InvocationResponse, encoded, for what `on_invocation` returned; raises (a user
     error: the invocation fails) when the result cannot be sent. A streamed HTTP body is
-    handed back (`_Gather`) to be collected on the event loop first."""
+    handed back (`_Gather`) to be collected on the event loop first. `maps`
+    (`SharedMemory.writer`) puts large outputs in shared memory, when it is on."""
     if _has_streamed_body(result):
         return _Gather(result)
-    return _encode(function, request_id, invocation_id, result)
+    return _encode(function, request_id, invocation_id, result, maps=maps)
 
 
-def _encode(function: FunctionInfo, request_id: str, invocation_id: str, result: Any) -> bytes:
+def _encode(
+    function: FunctionInfo, request_id: str, invocation_id: str, result: Any, *, maps: Writer = None
+) -> bytes:
     """`_response` for a result without streamed bodies."""
     if isinstance(result, InvocationResult):
         value, outputs = result.return_value, dict(result.outputs)
@@ -545,11 +568,13 @@ def _encode(function: FunctionInfo, request_id: str, invocation_id: str, result:
                 f"{function.name} (its output bindings: {declared})"
             )
     try:
+        inline, shared = encode_outputs(outputs, maps)
         return invocation_response(
             request_id,
             invocation_id,
             None if value is None else encode_chunks(value),
-            [(name, encode_chunks(data)) for name, data in outputs.items()],
+            inline,
+            shared,
         )
     except ConversionError as exc:
         raise ConversionError(

@@ -27,11 +27,14 @@ from .._wire.messages import HostRequest, RawInvocation, start_stream
 from .._wire.pb import pb
 from ..cli import HostArgs
 from ..errors import failure
+from . import tracing
 from .control import Call, Control, Effect, Loading, LogLevels, OpenProxy, Send, Settled, Stop
 from .invoking import Invocations, cancelled_by_us, captured
 from .logs import LogRoute, current_route
 from .logs import handler as log_handler
 from .replies import wants_http_streaming
+from .sharedmem import CAPABILITY, FUNCTION_DATA_CACHE, SharedMemory
+from .sharedmem import capabilities as shared_memory_capabilities
 from .transport import Transport, Unreadable
 from .watchdog import LoopWatchdog
 
@@ -62,7 +65,16 @@ class Session:
         self._async_hooks = cls._async_hooks
         self._overridden = cls._overridden_hooks
         self.control = Control(
-            worker, os.getcwd, lambda: wants_http_streaming(options.http_streaming, os.environ)
+            worker,
+            os.getcwd,
+            lambda: wants_http_streaming(options.http_streaming, os.environ),
+            lambda: tracing.settings(self.invocations.tracing, options.opentelemetry, os.environ),
+            lambda: shared_memory_capabilities(os.environ),
+        )
+        #: The maps of large outputs (shared-memory data transfer), until the host closes them.
+        self.shared = SharedMemory(
+            lambda: bool(self.control.capabilities.get(CAPABILITY)),
+            lambda: self.control.host_capabilities.get(FUNCTION_DATA_CACHE, "").lower() == "true",
         )
         #: The HTTP server for the host's proxy, once HTTP streaming is on.
         self.proxy: Proxy | None = None
@@ -110,6 +122,7 @@ class Session:
                     await self.proxy.close()
             finally:  # even when cancelled again while abandoning
                 self._pool.shutdown(wait=False, cancel_futures=True)
+                self.shared.close_all()  # output maps the host never closed
                 log_handler.detach(self._log_route)
                 current_route.reset(route_token)
         return self.exit_code
@@ -248,6 +261,10 @@ class Session:
         if kind == "invocation_cancel":
             assert isinstance(body, pb.InvocationCancel)
             self.invocations.cancel_request(message.request_id, body)
+        elif kind == "close_shared_memory_resources_request":  # deletes files: not Control's
+            assert isinstance(body, pb.CloseSharedMemoryResourcesRequest)
+            reply = self.shared.close(body.map_names)
+            self._reply(message.request_id, close_shared_memory_resources_response=reply)
         elif self.control.handles(kind):
             self._apply(self.control.receive(kind, message.request_id, body))
         elif kind:

@@ -79,6 +79,7 @@ from .schema import (
     TAG_INVOCATION_RESPONSE_RETURN_VALUE,
     TAG_PARAMETER_BINDING_DATA,
     TAG_PARAMETER_BINDING_NAME,
+    TAG_PARAMETER_BINDING_RPC_SHARED_MEMORY,
     TAG_RPC_EXCEPTION_IS_USER_EXCEPTION,
     TAG_RPC_EXCEPTION_MESSAGE,
     TAG_RPC_EXCEPTION_SOURCE,
@@ -161,6 +162,9 @@ class RawInvocation:
     metadata: dict[str, memoryview] | None = None
     trace: memoryview | None = None
     retry: memoryview | None = None
+    #: The raw `RpcSharedMemory` of each input that came through shared memory, by its
+    #: position in `inputs` (None: none did).
+    shared: dict[int, memoryview] | None = None
 
 
 def read_invocation(request_id: str, data: Buffer) -> RawInvocation:
@@ -175,17 +179,20 @@ def read_invocation(request_id: str, data: Buffer) -> RawInvocation:
         elif number == INVOCATION_REQUEST_FUNCTION_ID:
             raw.function_id = read_text(value)
         elif number == INVOCATION_REQUEST_INPUT_DATA:
-            name, typed, shared = "", None, False
+            name, typed, reference = "", None, None
             for inner, inner_type, item in fields(value):
                 if inner_type != 2:
                     continue
                 if inner == PARAMETER_BINDING_NAME:
                     name = read_text(item)
                 elif inner == PARAMETER_BINDING_DATA:
-                    typed = item
+                    typed, reference = item, None  # a oneof: the last member wins
                 elif inner == PARAMETER_BINDING_RPC_SHARED_MEMORY:
-                    shared = True
-            raw.inputs.append((name, typed, shared))
+                    typed, reference = None, item
+            if reference is not None:
+                raw.shared = raw.shared or {}
+                raw.shared[len(raw.inputs)] = reference
+            raw.inputs.append((name, typed, reference is not None))
         elif number == INVOCATION_REQUEST_TRIGGER_METADATA:
             key, typed = read_entry(value)
             raw.metadata[key] = typed if typed is not None else memoryview(b"")
@@ -225,8 +232,10 @@ def invocation_response(
     invocation_id: str,
     return_value: Chunks | None,
     outputs: list[tuple[str, Chunks]],
+    shared_outputs: list[tuple[str, bytes]] | None = None,
 ) -> bytes:
-    """A successful `StreamingMessage{invocation_response}`, from encoded values."""
+    """A successful `StreamingMessage{invocation_response}`, from encoded values;
+    `shared_outputs` are outputs passed in shared memory, each an encoded `RpcSharedMemory`."""
     parts: Chunks = [text_field(TAG_INVOCATION_RESPONSE_INVOCATION_ID, invocation_id)]
     for name, data in outputs:
         parts += wrapped(
@@ -235,6 +244,14 @@ def invocation_response(
                 text_field(TAG_PARAMETER_BINDING_NAME, name),
                 *wrapped(TAG_PARAMETER_BINDING_DATA, data),
             ],
+        )
+    for name, reference in shared_outputs or ():
+        parts.append(
+            field(
+                TAG_INVOCATION_RESPONSE_OUTPUT_DATA,
+                text_field(TAG_PARAMETER_BINDING_NAME, name)
+                + field(TAG_PARAMETER_BINDING_RPC_SHARED_MEMORY, reference),
+            )
         )
     parts.append(_SUCCESS_RESULT)
     if return_value is not None:

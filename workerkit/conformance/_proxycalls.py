@@ -60,7 +60,7 @@ _ORIGIN = "http://localhost:7071"
 def _target(runner: Runner) -> HttpTarget:
     target = proxy_target(runner)
     if target is None:
-        raise NotRun("skipped (not reported: HttpUri)")
+        raise NotRun("skipped: the worker does not report HttpUri")
     return target
 
 

@@ -67,6 +67,7 @@ from ._rpchttp import (
     http_trigger_metadata,
     response_from_output,
 )
+from ._tracing import current_trace_id, request_trace
 from ._triggers import TriggerInputError, timer_payload, trigger_data
 
 if TYPE_CHECKING:
@@ -205,7 +206,8 @@ class Dispatcher:
             return [(trigger_name, pb.TypedData(http=http)), *_other_inputs(spec)], metadata
 
         try:
-            attempt: _Attempt | None = await self._invoke(spec, data, _API_REASON, proxy)
+            with request_trace(request.headers):  # the request's trace, or a new one
+                attempt: _Attempt | None = await self._invoke(spec, data, _API_REASON, proxy)
         except ForwardRefused as exc:
             self.console.error(f"Function '{spec.name}': {exc}")
             attempt = None
@@ -326,14 +328,15 @@ class Dispatcher:
             http_value, error = self._report(outcome)
             return _Attempt(outcome, http_value, error)
 
-        return await run_with_retries(
-            self.policy(spec),
-            attempt,
-            _exception,
-            function=spec.name,
-            console=self.console,
-            stop=self._stop,
-        )
+        with request_trace():  # every attempt in one trace
+            return await run_with_retries(
+                self.policy(spec),
+                attempt,
+                _exception,
+                function=spec.name,
+                console=self.console,
+                stop=self._stop,
+            )
 
     def _report(self, outcome: InvocationOutcome) -> tuple[pb.TypedData | None, str | None]:
         """Log how an invocation ended and its outputs; (HTTP output value, error)."""
@@ -347,17 +350,18 @@ class Dispatcher:
             except ConversionError as exc:
                 error = f"the host cannot take this output: {exc}"
         millis = int(outcome.duration * 1000)
+        trace = f", TraceId={current_trace_id()}" if current_trace_id() else ""
         if error is None:
             for line in lines:
                 self.console.info(line)
             self.console.info(
                 f"Executed 'Functions.{spec.name}' (Succeeded, Id={outcome.invocation_id},"
-                f" Duration={millis}ms)"
+                f" Duration={millis}ms{trace})"
             )
         else:
             self.console.error(
                 f"Executed 'Functions.{spec.name}' (Failed, Id={outcome.invocation_id},"
-                f" Duration={millis}ms)\n{error}"
+                f" Duration={millis}ms{trace})\n{error}"
             )
         return http_value, error
 
@@ -493,7 +497,8 @@ def _outputs(
     Raises:
         ConversionError: an output of a kind the host rejects (a collection or model binding
             data: the host's ``ToObject`` in GrpcMessageConversionExtensions.cs has no case
-            for them), or one sent through shared memory.
+            for them), or a shared memory reference left unread (`Supervisor` reads them
+            from their maps).
     """
     bindings = {str(b.get("name")): b for b in spec.bindings}
     outputs = {
@@ -506,7 +511,7 @@ def _outputs(
     for binding in response.output_data:
         if binding.rpc_shared_memory is not None:
             raise ConversionError(
-                f"output {binding.name!r} uses shared memory, which is not emulated"
+                f"output {binding.name!r} refers to a shared memory map that was not read"
             )
         values.append((binding.name, binding.data if binding.data is not None else pb.TypedData()))
     if response.return_value is not None:

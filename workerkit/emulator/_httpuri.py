@@ -17,8 +17,11 @@ src/ReverseProxy/Transforms/ForwardedTransformExtensions.cs):
   host replaces: ``X-Forwarded-For`` (the client's address), ``X-Forwarded-Host`` (the
   ``Host`` the client sent), ``X-Forwarded-Proto`` (its scheme); ``X-Forwarded-Prefix``
   only with a path base, which the host has not;
-- ``x-ms-invocation-id`` (``ScriptConstants.HttpProxyCorrelationHeader``), added with
-  ``Headers.TryAdd``: a client that sends that header itself keeps its own value;
+- ``x-ms-invocation-id`` (``ScriptConstants.HttpProxyCorrelationHeader``), set to the
+  invocation's id, replacing one the client sent (``httpRequest.Headers[...] = ...``,
+  "override existing header if present", in src/WebJobs.Script/Http/DefaultHttpProxyService.cs
+  since commit 1057af80; host 4.1037 used ``Headers.TryAdd`` and kept the client's, so such a
+  request could never be paired with its invocation);
 - the response: the worker's status and headers, hop-by-hop ones left out.
 
 workerkit host connects only to this machine's loopback addresses: an ``HttpUri`` naming
@@ -169,6 +172,11 @@ def _is_ipv6(host: str) -> bool:
         return False
 
 
+#: Not passed on: the front door has answered ``Expect`` itself, and the invocation id is
+#: the host's own.
+_SET_BY_THE_HOST: Final = frozenset({"expect", INVOCATION_ID_HEADER})
+
+
 def forwarded_headers(
     client: Sequence[tuple[str, str]],
     *,
@@ -178,8 +186,8 @@ def forwarded_headers(
     scheme: str,
 ) -> tuple[list[tuple[str, str]], str | None]:
     """The headers of a forwarded request (module docstring), in the client's order, then the
-    host's; and the client's own ``x-ms-invocation-id`` when it sent one (then kept, as the
-    host's ``TryAdd`` keeps it), else None.
+    host's; and the client's own ``x-ms-invocation-id`` when it sent one (replaced by the
+    invocation's, as the host replaces it), else None.
 
     ``Expect`` is not forwarded: the front door has answered ``100-continue`` itself. (The
     host's client would wait a second for the worker's ``100 Continue`` and send the body
@@ -194,12 +202,11 @@ def forwarded_headers(
             original_host = value
         if folded == INVOCATION_ID_HEADER and own_id is None:
             own_id = value
-        if folded in HOP_BY_HOP or folded in _REPLACED or folded == "expect":
+        if folded in HOP_BY_HOP or folded in _REPLACED or folded in _SET_BY_THE_HOST:
             continue
         headers.append((name, value))
     headers.insert(0, ("Host", target.authority))
-    if own_id is None:
-        headers.append((INVOCATION_ID_HEADER, invocation_id))
+    headers.append((INVOCATION_ID_HEADER, invocation_id))
     if client_address:
         headers.append(("X-Forwarded-For", client_address))
     if original_host:

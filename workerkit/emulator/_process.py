@@ -15,10 +15,12 @@ a `WorkerPool` of ``processCount`` worker processes. The host's rules it follows
   both its response and the forwarding have, within the function timeout, which aborts the
   forwarding too;
 - stopping drains invocations on every worker for ``processShutdownTimeout``, then sends each
-  ``WorkerTerminate`` (5 s grace, when it handles it) and kills those still running.
+  ``WorkerTerminate`` (5 s grace, when it handles it) and kills those still running;
+- with shared-memory data transfer on, large inputs go through map files and outputs come
+  back through the worker's (`_sharedmem`).
 
 Whatever happens, stopping kills every worker this supervisor started that still runs, with
-its process group (each worker leads its own).
+its process group (each worker leads its own), and deletes the map files left.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Final
 import betterproto2
 
 from workerkit._generated import AzureFunctionsRpcMessages as pb
+from workerkit._sharedmap import SharedMapError
 from workerkit.testing import HostConnection, PendingInvocation, TestHost
 
 from ._app import AppError, FunctionSpec
@@ -44,6 +47,8 @@ from ._launch import WorkerConfig
 from ._logfilter import user_category, worker_channel_category
 from ._peer import Launched
 from ._pool import SupervisorError, WorkerPool
+from ._sharedmem import HostSharedMemory
+from ._tracing import invocation_context
 
 if TYPE_CHECKING:
     from ._proxy import ProxiedRequest
@@ -136,6 +141,8 @@ class Supervisor:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._recent: collections.OrderedDict[str, str] = collections.OrderedDict()
+        #: Large inputs and outputs through map files (`_sharedmem`).
+        self.shared_memory = HostSharedMemory(self.environment, console)
 
     @property
     def functions(self) -> list[FunctionSpec]:
@@ -160,6 +167,7 @@ class Supervisor:
         Raises:
             SupervisorError: no worker could be brought up within the error budget.
         """
+        self.shared_memory.start()
         await self._host.start()
         await self._pool.start()
 
@@ -213,8 +221,10 @@ class Supervisor:
 
     def kill(self) -> None:
         """Kill every worker process this supervisor started that still runs (a second
-        Ctrl-C, and the last step of `stop`); never raises."""
+        Ctrl-C, and the last step of `stop`), and delete the shared memory maps left;
+        never raises."""
         self._pool.kill()
+        self.shared_memory.sweep()
 
     # -- invocations -------------------------------------------------------------------------
     async def invoke(
@@ -268,6 +278,10 @@ class Supervisor:
             f"Executing 'Functions.{function.name}' (Reason='{reason}', Id={invocation_id})" + where
         )
         inputs, trigger_metadata = data(channel.capabilities)
+        shared = self.shared_memory.enabled(channel.capabilities)
+        values: Mapping[str, object] = dict(inputs)
+        if shared:
+            values = await self.shared_memory.put_inputs(invocation_id, function.bindings, inputs)
         channel.executing[invocation_id] = function.name
         self._remember(invocation_id, function.name)
         # The host starts forwarding before it sends the invocation (SendInvocationRequest).
@@ -275,10 +289,10 @@ class Supervisor:
         sending = asyncio.ensure_future(
             connection.start_invocation(
                 function.function_id,
-                dict(inputs),
+                values,
                 trigger_metadata=trigger_metadata,
                 invocation_id=invocation_id,
-                trace_parent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-00",
+                trace_context=invocation_context(),  # the call's trace (_tracing)
                 retry_context=retry_context,
             )
         )
@@ -315,7 +329,20 @@ class Supervisor:
                 outcome.error = f"Failed to proxy request with ForwarderError: {forward_error}"
             elif result is None or result.status != pb.StatusResultStatus.Success:
                 outcome.error = failure_text(result)
+            else:  # outputs in the worker's maps are read on success only (GetBindingDataAsync)
+                try:
+                    outcome.response = await self.shared_memory.read_outputs(response)
+                except SharedMapError as exc:
+                    outcome.error = f"Cannot read an output from shared memory: {exc}"
+            # TryCloseSharedMemoryResources: the inputs' maps freed, the worker's closed.
+            self.shared_memory.free_inputs(invocation_id)
+            if shared:
+                self.shared_memory.close_outputs(response, connection)
         finally:
+            if outcome.timed_out:  # the worker may still read them
+                self.shared_memory.free_when_answered(invocation_id, sending, connection)
+            else:
+                self.shared_memory.free_inputs(invocation_id)
             if proxy is not None:
                 proxy.abort()  # still forwarding: the invocation ended without it
             channel.executing.pop(invocation_id, None)

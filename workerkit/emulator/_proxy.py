@@ -92,6 +92,21 @@ class _BodyBroken(Exception):
     """The client's request body could not be forwarded (the message says why)."""
 
 
+class _Relayed(web.StreamResponse):
+    """The client's response to a forwarded request: the worker's status and headers as they
+    are. aiohttp gives a response with a body and no ``Content-Type`` one of its own
+    (``application/octet-stream``); the host's proxy adds none (YARP's
+    ``HttpTransformer.TransformResponseAsync`` copies the worker's headers, Kestrel adds
+    only ``Date`` and ``Server``), so a worker's page without one is not turned into a
+    download."""
+
+    async def _prepare_headers(self) -> None:
+        typed = "Content-Type" in self.headers
+        await super()._prepare_headers()
+        if not typed:
+            self.headers.popall("Content-Type", None)
+
+
 class HttpProxy:
     """The emulator's HTTP client towards its workers (one connection pool) and the limits
     a forwarded call keeps to. Needs a running event loop from the first call on.
@@ -296,19 +311,13 @@ class ProxiedRequest:
     async def _exchange(self, target: HttpTarget, invocation_id: str) -> str | None:
         proxy = self._proxy
         request = self.request
-        headers, own_id = forwarded_headers(
+        headers, _ = forwarded_headers(
             list(request.headers.items()),
             invocation_id=invocation_id,
             target=target,
             client_address=request.remote,
             scheme=request.scheme,
         )
-        if own_id is not None and own_id != invocation_id:
-            proxy.console.warning(
-                f"{request.method} {request.path}: the request carries its own"
-                f" x-ms-invocation-id ({own_id!r}), which the host keeps (Headers.TryAdd), so"
-                f" the worker cannot pair it with its invocation {invocation_id}."
-            )
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(proxy.activity_timeout) as activity:
@@ -411,7 +420,7 @@ class ProxiedRequest:
     ) -> str | None:
         """Copy the worker's response to the client: the head with the first body bytes, each
         chunk as it comes; the end is left to `finish`."""
-        out = web.StreamResponse(status=response.status, reason=response.reason)
+        out = _Relayed(status=response.status, reason=response.reason)
         for name, value in response_headers(response.headers.items()):
             out.headers.add(name, value)
         self._response = out
