@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 # after ten failures, about three minutes, instead of holding CI for a quarter of an hour.
 OTHER_PYTHONS ?= auto
 OTHER_PYTEST_ARGS ?= -m "not reliability" --maxfail=10
+# How many of those run at once (.ci/other-pythons); 1 runs them one after the other.
+OTHER_PYTHONS_JOBS ?= 2
 
 .PHONY: test lint typecheck pytest coverage reliability pythons other-python proto demo bench clean
 
@@ -57,17 +59,9 @@ pythons: $(STAMP)
 	if [ -z "$$found" ]; then \
 	  echo "pythons: no CPython >= 3.11 other than the default $$default found"; exit 0; \
 	fi; \
-	echo "pythons: found" $$(printf '%s (%s)\n' $$found)'; each runs pytest $(OTHER_PYTEST_ARGS)'; \
-	set -- $$found; failed=; tested=; \
-	while [ $$# -ge 2 ]; do \
-	  version=$$1; executable=$$2; shift 2; start=$$(date +%s); \
-	  venv=.venv-$${version%.*}; $$venv/bin/python -c '' 2>/dev/null || rm -rf $$venv; \
-	  if $(MAKE) --no-print-directory other-python OTHER=$$executable V=$${version%.*}; \
-	  then result=passed; else result=FAILED; failed="$$failed $$version"; fi; \
-	  tested="$$tested, $$version $$result in $$(( $$(date +%s) - start )) s"; \
-	done; \
-	echo "pythons: default $$default (full suite); others:$${tested#,}"; \
-	if [ -n "$$failed" ]; then echo "pythons: FAILED on$$failed"; exit 1; fi
+	echo "pythons: found" $$(printf '%s (%s)\n' $$found)'; each runs pytest $(OTHER_PYTEST_ARGS),' \
+	  '$(OTHER_PYTHONS_JOBS) at a time; the default' $$default 'ran the full suite'; \
+	bash .ci/other-pythons "$(MAKE)" $(OTHER_PYTHONS_JOBS) $$found
 
 # One interpreter: `make other-python OTHER=EXECUTABLE V=3.N` tests it in .venv-3.N.
 other-python: .venv-$(V)/.installed

@@ -1,7 +1,7 @@
 """The benchmark driver still runs: its quickest mode against the bare grpclib baseline.
 
-Asserts the shape of the output (JSON lines, summary, ratios, the skip note for an absent
-official worker), never speed.
+Asserts the shape of the output (JSON lines, summary, ratios, the skip notes for absent
+official Python and Node.js workers), never speed.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ import sys
 
 from conftest import ROOT
 
+QUICK = [sys.executable, "-m", "benchmarks.run", "--quick"]
 EXPECTED_SCENARIOS = {"echo", "echolog", "payload_1MiB", "payload_16MiB"}
 
 
 def test_quick_run_against_bare_grpclib() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "WORKERKIT_OFFICIAL_WORKER"}
+    absent = ("WORKERKIT_OFFICIAL_WORKER", "WORKERKIT_NODE_WORKER")
+    env = {k: v for k, v in os.environ.items() if k not in absent}
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--targets", "bare-grpclib,official"],
+        [*QUICK, "--targets", "bare-grpclib,official,node"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -32,8 +34,8 @@ def test_quick_run_against_bare_grpclib() -> None:
     assert {"machine", "target", "cold_launch", "memory", "run", "summary", "ratio"} <= kinds
     assert records[-1]["kind"] == "done"
 
-    (skipped,) = [r for r in records if r["kind"] == "skipped"]
-    assert skipped["note"].startswith("official: skipped")
+    skipped = sorted(r["note"].split(":")[0] for r in records if r["kind"] == "skipped")
+    assert skipped == ["node", "official"]
     assert [r["target"] for r in records if r["kind"] == "target"] == ["bare-grpclib"]
 
     launches = [r for r in records if r["kind"] == "cold_launch"]
