@@ -77,6 +77,25 @@ def _plan(quick: bool) -> tuple[list[tuple[int, int]], int]:
     return [(1 * MIB, 40), (16 * MIB, 8), (64 * MIB, 3)], 3
 
 
+def _difference(sent: bytes, back: bytes, page: int = 4096) -> str:
+    """How `back` differs from `sent`, by 4 KiB page: enough to tell a short write (a tail of
+    zeros), a stale page or another map's content apart."""
+    same = min(len(sent), len(back))
+    pages = [
+        start
+        for start in range(0, same, page)
+        if sent[start : min(start + page, same)] != back[start : min(start + page, same)]
+    ]
+    text = f"{len(sent)} bytes sent, {len(back)} back"
+    if not pages:
+        return text + f"; equal over the first {same}"
+    zeros = all(not any(back[start : start + page]) for start in pages)
+    return (
+        text + f"; {len(pages)} of {-(-same // page)} pages differ, the first at byte"
+        f" {pages[0]}, the last at {pages[-1]}" + ("; those are all zeros" if zeros else "")
+    )
+
+
 class _Side:
     """The worker process."""
 
@@ -116,12 +135,7 @@ class _Side:
             echoed = bytes(view)
         await self.conn.close_shared_memory([output.name])
         if echoed != payload:
-            same = min(len(echoed), len(payload))
-            first = next((i for i in range(same) if echoed[i] != payload[i]), same)
-            raise RuntimeError(
-                f"shared: a wrong echo of {len(payload)} bytes ({len(echoed)} back, first"
-                f" difference at {first})"
-            )
+            raise RuntimeError(f"shared: a wrong echo: {_difference(payload, echoed)}")
         return elapsed
 
 

@@ -87,3 +87,29 @@ def test_quick_run_of_the_http_streaming_scenarios() -> None:
     (ttfb,) = [r for r in records if r["kind"] == "stream_ttfb"]
     assert 0 < ttfb["ttfb_p50_ms"] <= ttfb["whole_p50_ms"]
     assert "HTTP streaming" in done.stderr and "time to first byte" in done.stderr
+
+
+def test_quick_run_of_the_shared_memory_scenario() -> None:
+    """1, 16 and 64 MiB blobs echoed through map files, each echo checked byte for byte by
+    the driver (a wrong one ends the run with an error): exit 0 and a record per size."""
+    done = subprocess.run(
+        [*QUICK, "--targets", "shared-memory"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert not [r for r in records if r["kind"] == "sharedmem_error"]
+    runs = [r for r in records if r["kind"] == "sharedmem_run"]
+    assert {r["mib"] for r in runs} == {1, 16, 64}
+    assert all(r["mb_s"] > 0 and r["calls"] >= 1 for r in runs)
+    (speed,) = [
+        r
+        for r in records
+        if r["kind"] == "ratio" and r["figure"] == "payload16_mb_s" and r["denominator"] is None
+    ]
+    assert speed["ratio"] > 0 and speed["verdict"] in ("PASS", "FAIL")
+    assert records[-1]["kind"] == "done"
+    assert "shared memory (sharedmem_worker.py" in done.stderr

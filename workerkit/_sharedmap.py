@@ -8,10 +8,14 @@ Azure/azure-functions-host, `src/WebJobs.Script/Workers/SharedMemoryDataTransfer
 
 - Where (`SharedMemoryConstants.cs`, `MemoryMappedFileAccessorUnix.cs`): each directory named
   by ``FUNCTIONS_UNIX_SHARED_MEMORY_DIRECTORIES`` (comma-separated), else ``/dev/shm``, plus the
-  suffix ``AzureFunctions``. A map is the file ``<dir>/AzureFunctions/<escaped name>``; the
-  name is escaped as .NET's ``Uri.EscapeDataString`` does (a GUID is left as it is). Opening
-  looks through the directories in order; creating takes the first whose file system has more
-  than the file's size plus 1 MiB free, creating ``AzureFunctions/`` if missing.
+  suffix ``AzureFunctions``. A map is the file ``<dir>/AzureFunctions/<name>``: the host
+  joins the name to the folder as it is (``Path.Combine``) and only ever makes GUIDs. Here a
+  name is percent-escaped first (``/`` becomes ``%2F``; a GUID is left as it is), so a name
+  from the other side (``../../etc/passwd``) can never reach a file outside the folders;
+  ``""``, ``.``, ``..`` and names too long for a file name are refused. Opening looks
+  through the directories in order and follows no symbolic link; creating takes the first
+  whose file system has more than the file's size plus 1 MiB free, creating
+  ``AzureFunctions/`` if missing.
 - Layout (`MemoryMappedFileAccessor.cs`, `SharedMemoryMap.cs`): byte 0 is the "initialized"
   flag (1 once the creator took the file; a creator refuses a file whose flag is already set);
   bytes 1-8 hold the content length as a little-endian signed 64-bit integer; the content
@@ -24,7 +28,12 @@ Azure/azure-functions-host, `src/WebJobs.Script/Workers/SharedMemoryDataTransfer
 Reading maps the file and hands out a `memoryview` over the content, so a caller copies the
 bytes once, straight from the map (``bytes(view)``, ``str(view, "utf-8")``). A view pins the
 mapping: release every view before `MapReader.close` (a ``with`` block of `open_map` does
-both). Every malformed map is a `SharedMapError` subclass saying what is wrong with which map.
+both). A mapping is only safe while nobody truncates the file (touching a page past its end
+is SIGBUS, which kills the process): `read_bytes` reads with ``pread`` instead, so a file cut
+short is an error; use it for maps whose writer is not trusted. Every malformed map is a
+`SharedMapError` subclass saying what is wrong with which map; reads and writes go on after
+a short transfer (a signal, a file system that returns less), so one never yields bytes
+that are not the map's.
 
 Errors::
 
@@ -39,6 +48,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -138,11 +148,20 @@ def ensure_directories(folders: Sequence[Path] | None = None) -> list[Path]:
     return usable
 
 
+#: The longest file name Linux file systems take, in bytes (NAME_MAX).
+_NAME_MAX = 255
+
+
 def _file_name(name: str) -> str:
-    """The file name of map `name`, escaped like .NET's ``Uri.EscapeDataString``."""
+    """The file name of map `name`: percent-escaped, so it is one name inside the folder."""
     if not name or name in (".", ".."):
         raise SharedMapError(f"invalid shared memory map name {name!r}")
-    return quote(name, safe="")
+    escaped = quote(name, safe="")
+    if len(escaped) > _NAME_MAX:
+        raise SharedMapError(
+            f"invalid shared memory map name {name[:40]!r}...: longer than a file name can be"
+        )
+    return escaped
 
 
 def map_path(name: str, folders: Sequence[Path] | None = None) -> Path:
@@ -156,8 +175,13 @@ def map_path(name: str, folders: Sequence[Path] | None = None) -> Path:
     file_name = _file_name(name)
     for folder in searched:
         path = folder / file_name
-        if path.is_file():
-            return path
+        try:
+            if stat.S_ISREG(path.lstat().st_mode):  # a symbolic link is no map
+                return path
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            raise SharedMapError(f"cannot look for shared memory map {name!r}: {exc}") from exc
     where = ", ".join(str(folder) for folder in searched)
     raise MapNotFoundError(f"shared memory map {name!r} not found in {where}")
 
@@ -245,15 +269,35 @@ def _check_header(name: str, size: int, header: bytes | mmap.mmap) -> int:
 
 def _open_file(name: str, path: Path) -> int:
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError as exc:  # deleted since map_path saw it
         raise MapNotFoundError(f"shared memory map {name!r} not found: {exc}") from exc
     except OSError as exc:
         raise SharedMapError(f"cannot open shared memory map {name!r}: {exc}") from exc
 
 
-#: The most one `pread` returns on Linux (larger reads go through the map).
-_PREAD_MAX = 0x7FFFF000
+def _pread_exact(name: str, fd: int, count: int, position: int) -> bytes:
+    """`count` bytes at `position` of `fd`, however many ``pread`` calls that takes (one
+    returns at most ~2 GiB, and fewer bytes than asked on a signal on some file systems).
+
+    Raises:
+        MapFormatError: the file ends first (it was cut short meanwhile).
+        OSError: from ``pread``.
+    """
+    first = os.pread(fd, count, position)  # the usual case: all of it, no second copy
+    if len(first) == count:
+        return first
+    data = bytearray(count)
+    view = memoryview(data)
+    view[: len(first)] = first
+    done = len(first)
+    while done < count:
+        got = os.preadv(fd, [view[done:]], position + done)
+        if got == 0:
+            raise MapFormatError(f"shared memory map {name!r} ended after {done} bytes")
+        done += got
+    view.release()
+    return bytes(data)  # (a second copy, only after a short read)
 
 
 def read_bytes(name: str, offset: int, count: int, folders: Sequence[Path] | None = None) -> bytes:
@@ -261,28 +305,23 @@ def read_bytes(name: str, offset: int, count: int, folders: Sequence[Path] | Non
 
     The same checks as `open_map` and `MapReader.view`, but read with ``pread`` into the new
     `bytes` rather than through a mapping: one copy either way, without the page faults of
-    mapping the file (about twice as fast for a few MiB). No handle stays open.
+    mapping the file (a little faster for a few MiB), and a file cut short meanwhile is an
+    error rather than SIGBUS. No handle stays open.
 
     Raises:
         MapNotFoundError, MapFormatError, MapRangeError, SharedMapError: as `open_map` and
             `MapReader.view`.
     """
-    if count > _PREAD_MAX:
-        with read_map(name, offset, count, folders) as view:
-            return bytes(view)
     path = map_path(name, folders)
     fd = _open_file(name, path)
     try:
         length = _check_header(name, os.fstat(fd).st_size, os.pread(fd, HEADER_BYTES, 0))
         _check_range(name, length, offset, count)
-        data = os.pread(fd, count, HEADER_BYTES + offset)
+        return _pread_exact(name, fd, count, HEADER_BYTES + offset)
     except OSError as exc:
         raise SharedMapError(f"cannot read shared memory map {name!r}: {exc}") from exc
     finally:
         os.close(fd)
-    if len(data) != count:  # the file shrank meanwhile
-        raise MapFormatError(f"shared memory map {name!r} ended after {len(data)} bytes")
-    return data
 
 
 def _check_range(name: str, length: int, offset: int, count: int) -> None:
@@ -481,8 +520,8 @@ def _create(
         if mapped:
             mapping = mmap.mmap(fd, length + HEADER_BYTES)
             HEADER.pack_into(mapping, 0, True, length)
-        else:
-            os.pwrite(fd, HEADER.pack(True, length), 0)
+        elif os.pwrite(fd, HEADER.pack(True, length), 0) != HEADER_BYTES:
+            raise OSError(f"the {HEADER_BYTES}-byte header was written short")
     except BaseException as exc:
         if mapping is not None:
             mapping.close()
@@ -512,10 +551,10 @@ def write_map(
     view = memoryview(data).cast("B")
     created = _create(view.nbytes, folders, name, mapped=False)
     try:
-        fd = os.open(created.path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(created.path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             written = 0
-            while written < view.nbytes:  # pwrite writes at most ~2 GiB at a time
+            while written < view.nbytes:  # at most ~2 GiB a call, and less on a signal
                 written += os.pwrite(fd, view[written:], HEADER_BYTES + written)
         finally:
             os.close(fd)

@@ -41,9 +41,10 @@ _DATA_TYPES: dict[int, DataType] = {0: "undefined", 1: "string", 2: "binary", 3:
 # Names the host accepts: a function's starts with a letter, then letters, digits, '_' or '-';
 # a binding's is letters and digits only, or "$return"; 128 characters at most. The host's
 # checks: src/WebJobs.Script/Utility.cs and src/WebJobs.Script/Host/
-# WorkerFunctionMetadataProvider.cs in Azure/azure-functions-host.
-_FUNCTION_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,127}$", re.IGNORECASE)
-_BINDING_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9]{0,127}$")
+# WorkerFunctionMetadataProvider.cs in Azure/azure-functions-host. Compiled on first use (re's
+# cache), not at start-up.
+_FUNCTION_NAME = r"^[a-z][a-z0-9_\-]{0,127}$"  # case-insensitive
+_BINDING_NAME = r"^[a-zA-Z][a-zA-Z0-9]{0,127}$"
 #: Namespace of the deterministic function ids `FunctionMetadata` derives from names.
 FUNCTION_ID_NAMESPACE = uuid.UUID("3f0c6a4e-8d57-4b55-9a55-7c1f0b5e2a10")
 
@@ -316,7 +317,7 @@ class FunctionMetadata:
     def problems(self) -> list[str]:
         """What the host would reject in this metadata (empty when valid)."""
         found: list[str] = []
-        if not _FUNCTION_NAME.match(self.name) or self.name.lower() == "host":
+        if not re.match(_FUNCTION_NAME, self.name, re.IGNORECASE) or self.name.lower() == "host":
             found.append(
                 f"function name {self.name!r} must match [a-zA-Z][a-zA-Z0-9_-]{{0,127}}"
                 " and not be 'host'"
@@ -329,7 +330,9 @@ class FunctionMetadata:
             name = binding.get("name")
             kind = binding.get("type")
             direction = binding.get("direction")
-            if not isinstance(name, str) or not (name == "$return" or _BINDING_NAME.match(name)):
+            if not isinstance(name, str) or not (
+                name == "$return" or re.match(_BINDING_NAME, name)
+            ):
                 found.append(f"binding name {name!r} must be alphanumeric (no '_') or '$return'")
             elif name.lower() in seen:
                 found.append(f"binding name {name!r} is used twice")

@@ -20,9 +20,7 @@ same and exits 0. Either only when the arguments are not a complete host command
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -171,6 +169,8 @@ def started_by_host(script: str) -> str:
         notes.append("APP_DIR: the function app directory (with host.json).")
     if not os.path.isfile(os.path.join(worker_dir, "worker.config.json")):
         notes.append(f"`workerkit host` needs a worker.config.json naming {name} next to it.")
+    import importlib.util  # here: a worker run by hand only
+
     if importlib.util.find_spec("aiohttp") is None:
         notes.append("`workerkit host` needs aiohttp: pip install 'workerkit[host]'.")
     lines += ["", *notes] if notes else []
@@ -196,6 +196,8 @@ def _shown(path: str) -> str:
         relative = os.path.relpath(path)
     except (ValueError, OSError):  # another drive (Windows); no working directory
         relative = path
+    import shlex  # here: only messages need it, not start-up
+
     return shlex.quote(min(relative, path, key=len))
 
 

@@ -474,13 +474,32 @@ def _run_loop(main: "Coroutine[Any, Any, int]") -> tuple[int, list[asyncio.Task[
     catch-all ``except BaseException``: asyncio.run waits for those for ever, and for the
     default executor's threads, `asyncio.to_thread`, for ever on 3.11 and 300 s later).
     Keep the tasks referenced: collecting one runs its handlers again."""
-    loop = asyncio.new_event_loop()
+    loop = _new_loop()
     try:
         asyncio.set_event_loop(loop)
         code = loop.run_until_complete(main)
     finally:  # also when `main` raised: its tasks are cancelled all the same
         unfinished = _wind_down(loop)
     return code, unfinished
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """asyncio's event loop, or uvloop's with ``WORKERKIT_UVLOOP=1`` when uvloop is
+    installed (``workerkit[speed]``)."""
+    if os.environ.get("WORKERKIT_UVLOOP", "") not in ("", "0"):
+        try:
+            import uvloop  # type: ignore[import-not-found, unused-ignore]
+        except ImportError:
+            print(
+                "LanguageWorkerConsoleLogWARNING: WORKERKIT_UVLOOP is set but uvloop is not"
+                " installed (pip install 'workerkit[speed]'); using asyncio's event loop",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+    return asyncio.new_event_loop()
 
 
 def _wind_down(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:

@@ -10,6 +10,15 @@ parameters are bound by name: an input binding gets the input, an output binding
 Everything that can be decided before a call is decided at load: the module is imported,
 the entry point found and every parameter's source fixed in a plan, so a call only builds
 its arguments from the plan and runs the function.
+
+A plain ``def`` runs in a thread pool, so a function that blocks does not stop the worker.
+The hop to a thread and back costs more than a small function itself, so one that keeps
+returning quickly there (`QUICK_UNDER`, `PROMOTE_AFTER` calls in a row) is called on the
+event loop instead. The first call there that holds the loop longer than `DEMOTE_OVER` sends
+it back to the pool for good (on Linux, a call slow only because the machine was busy and the
+thread was preempted does not count), as does reading ``context.cancelled``: a function that
+waits for the host's cancel must not wait on the loop, which cannot read the cancel meanwhile.
+``PYWORKER_INLINE=0`` keeps every plain ``def`` in the pool.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import traceback
 import typing
 from collections.abc import Callable, MutableSequence, Sequence
@@ -47,12 +57,34 @@ from workerkit import (
     MetadataRequest,
 )
 
+#: A plain def that returned within `QUICK_UNDER` seconds in each of its last `PROMOTE_AFTER`
+#: calls in the pool is called on the event loop from then on (no thread hop); one call on
+#: the loop that takes longer than `DEMOTE_OVER` seconds sends it back to the pool for good.
+QUICK_UNDER = 0.0005
+PROMOTE_AFTER = 16
+DEMOTE_OVER = 0.002
 APP_PACKAGE = "__app__"  # function modules are imported as __app__.<folder>[.<module>]
 INDEX_MODULE = "function_app"  # <app root>/function_app.py, for worker indexing
 #: Import tracebacks leave out frames of the import system and of this file.
 _MACHINERY = ("<frozen", os.path.dirname(importlib.__file__) + os.sep)
 _HERE = os.path.abspath(__file__)
-_import_lock = threading.Lock()  # loads run in parallel threads
+log = logging.getLogger("pyworker")
+_import_lock = threading.Lock()
+try:
+    import resource
+
+    _RUSAGE_THREAD: int | None = resource.RUSAGE_THREAD  # Linux
+except (ImportError, AttributeError):
+    _RUSAGE_THREAD = None
+
+
+def _voluntary_switches() -> int:
+    """How often this thread has given up the CPU by itself (sleeping, waiting for I/O or a
+    lock); -1 where the platform does not say."""
+    if _RUSAGE_THREAD is None:
+        return -1
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw  # loads run in parallel threads
+
 
 # Parameter sources in a plan.
 INPUT, OUTPUT, CONTEXT = 0, 1, 2
@@ -89,6 +121,12 @@ class PythonWorker(workerkit.Worker):
         self.plans: dict[str, Plan] = {}
         self.pool = ThreadPoolExecutor(self.options.threads, thread_name_prefix="function")
         self.index: dict[str, Callable[..., Any]] = {}
+        #: function id -> quick calls in a row in the pool (>= PROMOTE_AFTER: called on
+        #: the loop, unless in `pool_only`)
+        self.streaks: dict[str, int] = {}
+        #: functions that are never called on the loop (again); added to from any thread
+        self.pool_only: set[str] = set()
+        self.inline = os.environ.get("PYWORKER_INLINE", "1") != "0"
 
     # -- discovery and loading ---------------------------------------------------------------
     def on_functions_metadata(self, request: MetadataRequest) -> Sequence[FunctionMetadata] | None:
@@ -145,15 +183,16 @@ class PythonWorker(workerkit.Worker):
             elif source == OUTPUT:
                 kwargs[name] = outs[binding] = Out()
             else:
-                kwargs[name] = Context(invocation)
+                kwargs[name] = _Context(invocation, self.pool_only)
         if plan.is_async:
             result = await plan.call(**kwargs)
+        elif (
+            self.streaks.get(function_id := invocation.function.function_id, 0) >= PROMOTE_AFTER
+            and function_id not in self.pool_only
+        ):
+            result = self._call_inline(invocation, plan, kwargs)
         else:
-            # A copy of the context carries the invocation id, so logs are attributed.
-            run = functools.partial(contextvars.copy_context().run, _capture, plan.call, kwargs)
-            returned, result = await asyncio.get_running_loop().run_in_executor(self.pool, run)
-            if not returned:
-                raise result
+            result = await self._call_in_pool(invocation, plan, kwargs)
         if result is not None and not plan.has_return and not isinstance(result, HttpResponse):
             raise InvocationError(
                 f"{invocation.function.name} returned a value but has no '$return' binding"
@@ -162,6 +201,68 @@ class PythonWorker(workerkit.Worker):
             return result
         values = {name: out.get() for name, out in outs.items() if out.get() is not None}
         return InvocationResult(return_value=result, outputs=values)
+
+    async def _call_in_pool(
+        self, invocation: Invocation, plan: Plan, kwargs: dict[str, Any]
+    ) -> Any:
+        """Call a plain def in the thread pool, counting how often in a row it was quick."""
+        # A copy of the context carries the invocation id, so logs are attributed.
+        run = functools.partial(contextvars.copy_context().run, _timed, plan.call, kwargs)
+        returned, result, took = await asyncio.get_running_loop().run_in_executor(self.pool, run)
+        function_id = invocation.function.function_id
+        if self.inline and function_id not in self.pool_only:
+            quick = took < QUICK_UNDER
+            self.streaks[function_id] = self.streaks.get(function_id, 0) + 1 if quick else 0
+        if not returned:
+            raise result
+        return result
+
+    def _call_inline(self, invocation: Invocation, plan: Plan, kwargs: dict[str, Any]) -> Any:
+        """Call a plain def that has been quick on the event loop, in the invocation's task
+        (its context carries the invocation id); a slow call sends it back to the pool."""
+        began, cpu, switches = time.perf_counter(), time.thread_time(), _voluntary_switches()
+        try:
+            return plan.call(**kwargs)
+        finally:
+            took = time.perf_counter() - began
+            # Slow because it computed or waited (not only because it was preempted).
+            if took > DEMOTE_OVER and (
+                switches < 0
+                or time.thread_time() - cpu > DEMOTE_OVER
+                or _voluntary_switches() != switches
+            ):
+                self.pool_only.add(invocation.function.function_id)
+                # The worker's log, not the call's: logged outside the invocation's context.
+                contextvars.Context().run(
+                    log.warning,
+                    "%s took %.1f ms on the event loop; it runs in the thread pool from now on",
+                    invocation.function.name,
+                    took * 1000,
+                )
+
+
+class _Context(Context):
+    """`Context` that keeps a function reading `cancelled` in the thread pool: it may wait
+    for the host's cancel, which the event loop cannot read while the function runs there."""
+
+    __slots__ = ("_pool_only",)
+
+    def __init__(self, invocation: Invocation, pool_only: set[str]) -> None:
+        super().__init__(invocation)
+        self._pool_only = pool_only
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the host cancelled this call: long-running sync code should stop."""
+        self._pool_only.add(self._invocation.function.function_id)
+        return self._invocation.cancelled
+
+
+def _timed(call: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[bool, Any, float]:
+    """`_capture`, and how many seconds the call took."""
+    began = time.perf_counter()
+    returned, result = _capture(call, kwargs)
+    return returned, result, time.perf_counter() - began
 
 
 def _capture(call: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[bool, Any]:

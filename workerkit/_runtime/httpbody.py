@@ -10,7 +10,6 @@ what these return.
 from __future__ import annotations
 
 import datetime
-import email.utils
 import json
 import re
 import urllib.parse
@@ -179,6 +178,8 @@ def set_cookie(cookie: HttpCookie) -> str:
             raise ConversionError(f"cookie {name!r}: {what} {text!r} must be a str without ';'")
     parts = [f"{name}={urllib.parse.quote(value, safe='-_.~')}"]
     if cookie.expires is not None:
+        import email.utils  # here, not at start-up: it imports email, calendar, random
+
         if not isinstance(cookie.expires, datetime.datetime) or cookie.expires.tzinfo is None:
             raise ConversionError(f"cookie {name!r}: expires must be a timezone-aware datetime")
         when = cookie.expires.astimezone(datetime.UTC)

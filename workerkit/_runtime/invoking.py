@@ -180,8 +180,8 @@ class Invocations:
                     how = "was cancelled" if running.cancel.is_set() else "ended"
                     running.proxied.ended(f"invocation {invocation_id} {how}")
             answering = self.ledger.claim_answer(running)
-            if not answering or not isinstance(response, bytes):
-                self.session.shared.discard(invocation_id)  # its output maps, if any
+            kept = answering and isinstance(response, bytes)  # its output maps go with it
+            self.session.shared.finished(invocation_id, answered=kept)  # or now and later, deleted
             if not answering:  # answered Cancelled: one reply only
                 name = running.invocation.function.name if running.invocation else "?"
                 log.info(
@@ -248,16 +248,10 @@ class Invocations:
         running.invocation = invocation
         gone: str | None = None
         try:
-            hook = self.session.call("on_invocation", invocation, encode)
+            work = self._hook_and_body(invocation, encode, proxied)
             tracing = self.tracing
-            response: Any = await (hook if tracing is None else tracing.around(invocation, hook))
-            if proxied is not None:
-                response, http = response
-                gone = await proxied.respond(http, self._in_pool)
-            elif isinstance(response, _Gather):  # a streamed body, for the gRPC path
-                limit = self.session.args.max_message_length
-                result = await response.gathered(limit, self._in_pool)
-                response = await self._in_pool(functools.partial(encode, result))
+            # The trace's span covers a streamed body too: it is the function's code.
+            response, gone = await (work if tracing is None else tracing.around(invocation, work))
         except (asyncio.CancelledError, InvocationCancelled) as exc:
             if running.cancel.is_set() or task_cancelled():
                 if isinstance(exc, asyncio.CancelledError):
@@ -294,6 +288,21 @@ class Invocations:
             )
         return response
 
+    async def _hook_and_body(
+        self, invocation: Invocation, encode: Callable[[Any], Any], proxied: Proxied | None
+    ) -> tuple[Any, str | None]:
+        """``on_invocation``, then a streamed HTTP body (written to the proxied request, or
+        gathered for the gRPC reply): (the response, why the proxied client is gone)."""
+        response: Any = await self.session.call("on_invocation", invocation, encode)
+        if proxied is not None:
+            response, http = response
+            return response, await proxied.respond(http, self._in_pool)
+        if isinstance(response, _Gather):  # a streamed body, for the gRPC path
+            limit = self.session.args.max_message_length
+            result = await response.gathered(limit, self._in_pool)
+            response = await self._in_pool(functools.partial(encode, result))
+        return response, None
+
     def cancel_request(self, request_id: str, request: pb.InvocationCancel) -> None:
         running = self.ledger.get(request.invocation_id)
         if not isinstance(running, Running):
@@ -311,7 +320,11 @@ class Invocations:
                 CANCEL_GRACE, self.cancel_overdue, running
             )
         if running.invocation is not None and "on_cancel" in self.session._overridden:
-            self.session._spawn(self.session._quietly("on_cancel", running.invocation))
+            hook = functools.partial(self.session._quietly, "on_cancel", running.invocation)
+            if self.tracing is None:
+                self.session._spawn(hook())
+            else:  # a hook of this invocation: in its trace
+                self.session._spawn(self.tracing.within(running.invocation, hook))
 
     def _in_pool(self, call: Callable[[], Any]) -> Any:
         """Run `call` in the hook thread pool with this task's context (its logs)."""

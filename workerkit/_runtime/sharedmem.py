@@ -72,6 +72,7 @@ __all__ = [
     "read_inputs",
     "read_reference",
     "rpc_shared_memory",
+    "utf16_size",
 ]
 
 log = logging.getLogger("workerkit")
@@ -253,6 +254,18 @@ def encode_outputs(
     return inline, shared
 
 
+#: Characters beyond the Basic Multilingual Plane: two UTF-16 code units each.
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+def utf16_size(text: str) -> int:
+    """The size the host gives a string: UTF-16 code units times two (``sizeof(char)``)."""
+    size = 2 * len(text)
+    if text.isascii() or _ASTRAL.search(text) is None:
+        return size
+    return size + 2 * sum(1 for _ in _ASTRAL.finditer(text))
+
+
 class SharedMemory:
     """The maps this worker created for its outputs, until the host closes them."""
 
@@ -264,20 +277,30 @@ class SharedMemory:
         self._lock = threading.Lock()  # outputs are written in pool threads
         #: map name -> (invocation id, the map)
         self._maps: dict[str, tuple[str, CreatedMap]] = {}
+        #: invocation id -> the token of its writer, until its response is decided
+        self._live: dict[str, object] = {}
         self._closed = False  # the session is over: no new maps
 
     def writer(self, invocation_id: str) -> Callable[[Any], bytes | None] | None:
-        """What puts invocation `invocation_id`'s large outputs into maps; None when off."""
-        return functools.partial(self.put, invocation_id) if self._active() else None
+        """What puts invocation `invocation_id`'s large outputs into maps (until
+        `finished`); None when off."""
+        if not self._active():
+            return None
+        token = object()
+        with self._lock:
+            self._live[invocation_id] = token
+        return functools.partial(self.put, invocation_id, token=token)
 
-    def put(self, invocation_id: str, value: Any) -> bytes | None:
-        """Write `value` to a new map if it is bytes or text of 1 MiB to 2 GiB - 1; its
-        `RpcSharedMemory`, or None to send it inline (small, another type, or no map
-        could be made, which is logged)."""
+    def put(self, invocation_id: str, value: Any, *, token: object = None) -> bytes | None:
+        """Write `value` to a new map if it is bytes or text of 1 MiB to 2 GiB - 1 (text
+        measured as the host measures it, `utf16_size`); its `RpcSharedMemory`, or None to
+        send it inline (small, another type, or no map could be made, which is logged).
+
+        A map written after the invocation `finished` (by a plain ``def`` hook still running
+        after it was answered Cancelled) or after `close_all` is deleted at once."""
         if isinstance(value, str):
-            # The host's rule for strings: UTF-16 size (2 bytes a char) within the limits.
             if not (
-                _sharedmap.MIN_TRANSFER_BYTES <= 2 * len(value) <= _sharedmap.MAX_TRANSFER_BYTES
+                _sharedmap.MIN_TRANSFER_BYTES <= utf16_size(value) <= _sharedmap.MAX_TRANSFER_BYTES
             ):
                 return None
             try:
@@ -285,15 +308,18 @@ class SharedMemory:
             except UnicodeEncodeError:
                 return None  # inline encoding words the error
             kind = RPC_DATA_TYPE_STRING
+            smallest = 0  # the host's threshold is met; its UTF-8 may be smaller
         elif isinstance(value, bytes | bytearray | memoryview):
             data = memoryview(value)
             if not data.c_contiguous:
                 return None
             kind = RPC_DATA_TYPE_BYTES
+            smallest = _sharedmap.MIN_TRANSFER_BYTES
         else:
             return None
         size = memoryview(data).nbytes
-        if not _sharedmap.MIN_TRANSFER_BYTES <= size <= _sharedmap.MAX_TRANSFER_BYTES:
+        # The host reads the count as a 32-bit integer (RpcSharedMemoryDataExtensions.cs).
+        if not smallest <= size <= _sharedmap.MAX_TRANSFER_BYTES:
             return None
         try:
             created = _sharedmap.write_map(data)
@@ -301,10 +327,10 @@ class SharedMemory:
             log.warning("an output of %d bytes goes inline: %s", size, exc)
             return None
         with self._lock:
-            closed = self._closed
-            if not closed:
+            kept = not self._closed and (token is None or self._live.get(invocation_id) is token)
+            if kept:
                 self._maps[created.name] = (invocation_id, created)
-        if closed:  # written by a hook still running when the session ended
+        if not kept:  # its response is decided already, or the session is over
             self._delete(created)
             return None
         return rpc_shared_memory(created.name, size, kind)
@@ -326,10 +352,14 @@ class SharedMemory:
                 self._delete(entry[1])
         return pb.CloseSharedMemoryResourcesResponse(close_map_results=results)
 
-    def discard(self, invocation_id: str) -> None:
-        """Delete the maps of an invocation whose response will not reach the host (it
-        failed after its outputs were written, or was answered Cancelled first)."""
+    def finished(self, invocation_id: str, *, answered: bool) -> None:
+        """Invocation `invocation_id`'s response is decided: its maps go to the host with it
+        (`answered`), or are deleted (it failed after its outputs were written, or was
+        answered Cancelled first). Maps its hook writes from now on are deleted at once."""
         with self._lock:
+            self._live.pop(invocation_id, None)
+            if answered:
+                return
             names = [n for n, (owner, _) in self._maps.items() if owner == invocation_id]
             entries = [self._maps.pop(name)[1] for name in names]
         for created in entries:
@@ -341,6 +371,7 @@ class SharedMemory:
             self._closed = True
             entries = [created for _, created in self._maps.values()]
             self._maps.clear()
+            self._live.clear()
         for created in entries:
             self._delete(created)
 

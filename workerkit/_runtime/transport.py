@@ -4,16 +4,20 @@ Everything the worker sends goes through one bounded queue drained by a single w
 so frames never interleave and a host that stops reading slows the worker down instead of
 letting memory grow. Replies wait for room in the queue; log records never wait: when the
 queue is full they are dropped and counted, and the count is reported once there is room.
+The writer sends everything already queued when it wakes up in one HTTP/2 write (gRPC
+messages may share DATA frames): a burst of log records and the reply after them cost one
+socket write, not one each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +51,7 @@ from ..cli import HostArgs
 from ..errors import MessageTooLarge
 from .logs import WARNING, LogEntry
 
-__all__ = ["EVENT_STREAM_PATH", "Codec", "Transport"]
+__all__ = ["EVENT_STREAM_PATH", "Codec", "Transport", "batch_sender"]
 
 EVENT_STREAM_PATH = "/AzureFunctionsRpcMessages.FunctionRpc/EventStream"
 log = logging.getLogger("workerkit.transport")
@@ -61,6 +65,53 @@ if TYPE_CHECKING:
     #: Given a message that cannot be sent as it is (over the size limit, or not
     #: serialisable) and why, return a stand-in to send instead, or None to drop it.
     Replace = Callable[[Message, Exception], Message | None]
+
+
+#: The writer stops adding queued messages to a write once it holds this many bytes ...
+BATCH_BYTES = 256 * 1024
+#: ... or this many messages; the rest go in the next write.
+BATCH_MESSAGES = 256
+#: A gRPC message's prefix: not compressed, then its length (big-endian, 4 bytes).
+_PREFIX = struct.Struct(">?I").pack
+
+#: Sends several encoded messages on the call, in order.
+SendMany = Callable[[list[bytes]], Awaitable[None]]
+
+
+def batch_sender(stream: Any) -> SendMany | None:
+    """A function that sends several encoded messages on grpclib's client `stream` in one
+    HTTP/2 write (and empties the list it is given), or None if this grpclib lacks what it
+    uses.
+
+    grpclib sends one message per `send_message`; nothing public sends several. Under it
+    is the HTTP/2 stream's `send_data` (`grpclib.protocol.Stream`), which `send_message`
+    calls with the prefixed message: it waits for the transport to take data, splits the
+    data to the peer's flow-control window and maximum frame size, and waits for window
+    updates, so several prefixed messages joined go out as few DATA frames as the peer
+    allows. `send_message` runs it inside the call's `Wrapper`, which wakes a waiting send
+    with an error when the connection or the stream is lost; so does this. Left out: the
+    call's message counters (statistics only) and grpclib's `SendMessage` event (a hook for
+    listeners on the channel; workerkit registers none). tests/test_transport_batch.py
+    checks these parts are there, so a grpclib that moves them fails the tests instead of
+    only making the worker slower.
+    """
+    h2_stream = getattr(stream, "_stream", None)
+    send_data = getattr(h2_stream, "send_data", None)
+    wrapper: Any = getattr(stream, "_wrapper", None)
+    if not (callable(send_data) and hasattr(wrapper, "__enter__") and hasattr(wrapper, "__exit__")):
+        return None
+
+    async def send_many(messages: list[bytes]) -> None:
+        pieces: list[bytes] = []
+        for data in messages:
+            pieces += (_PREFIX(False, len(data)), data)
+        data = b"".join(pieces)  # one copy, as grpclib's own prefixing makes
+        del pieces
+        messages.clear()  # a large reply is held once while it waits for the window
+        with wrapper:
+            await send_data(data)
+
+    return send_many
 
 
 class DecodeError(ValueError):
@@ -438,17 +489,46 @@ class Transport:
                 await self.reading.wait()
 
     async def _write(self, stream: Any, replace: Replace) -> None:
+        """Send what is queued, in order: each wake-up takes the messages already queued
+        (up to `BATCH_BYTES` or `BATCH_MESSAGES`) and sends them in one HTTP/2 write. A
+        `send_and_wait` caller is told once its message has been written."""
         queue = self._queue
-        while True:
-            message, sent = await queue.get()
-            try:
-                data = self._serialise(message, replace)
-                del message  # let a large reply go as soon as it is serialised
-                if data is not None:
+        send_many = batch_sender(stream)
+        if send_many is None:
+            log.debug("this grpclib cannot send several messages at once; sending one by one")
+
+            async def send_many(messages: list[bytes]) -> None:
+                for data in messages:
                     await stream.send_message(data)
-                    del data
-                if sent is not None and not sent.done():
-                    sent.set_result(None)
+                messages.clear()
+
+        while True:
+            item = await queue.get()
+            taken = 1
+            try:
+                batch: list[bytes] = []
+                told: list[asyncio.Future[None]] = []
+                size = 0
+                while True:
+                    outgoing, sent = item
+                    del item
+                    data = self._serialise(outgoing, replace)
+                    del outgoing  # let a large reply go as soon as it is serialised
+                    if data is not None:
+                        batch.append(data)
+                        size += 5 + len(data)
+                        del data
+                    if sent is not None:
+                        told.append(sent)
+                    if size >= BATCH_BYTES or len(batch) >= BATCH_MESSAGES or queue.empty():
+                        break
+                    item = queue.get_nowait()
+                    taken += 1
+                if batch:
+                    await send_many(batch)
+                for sent in told:
+                    if not sent.done():
+                        sent.set_result(None)
                 if self.dropped_logs and not queue.full():
                     count, self.dropped_logs = self.dropped_logs, 0
                     note = LogEntry(
@@ -456,6 +536,7 @@ class Transport:
                         category="workerkit",
                         level=WARNING,
                     )
-                    await stream.send_message(rpc_log(note))
+                    await send_many([rpc_log(note)])
             finally:
-                queue.task_done()
+                for _ in range(taken):
+                    queue.task_done()

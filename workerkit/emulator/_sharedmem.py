@@ -50,6 +50,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
@@ -64,7 +65,7 @@ from workerkit._sharedmap import (
     SharedMapError,
     delete_map,
     directories,
-    open_map,
+    read_bytes,
     write_map,
 )
 from workerkit.testing import HostConnection, PendingInvocation
@@ -95,6 +96,36 @@ def setting_enabled(value: str | None) -> bool:
     return bool(_INTEGER.fullmatch(text)) and int(text) == 1
 
 
+def _delete(created: CreatedMap) -> None:
+    with contextlib.suppress(OSError, SharedMapError, BufferError):
+        created.delete()
+
+
+class _Batch:
+    """The input maps of one invocation being written. The writing threads add to it; once
+    abandoned (the invocation was cancelled while they wrote, or the emulator stops), a
+    map added is deleted at once, so none outlives its thread whatever the event loop does."""
+
+    def __init__(self) -> None:
+        self.maps: list[CreatedMap] = []
+        self._lock = threading.Lock()
+        self._abandoned = False
+
+    def add(self, created: CreatedMap) -> None:
+        with self._lock:
+            if not self._abandoned:
+                self.maps.append(created)
+                return
+        _delete(created)
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            maps, self.maps = self.maps, []
+        for created in maps:
+            _delete(created)
+
+
 def _utf16_bytes(text: str) -> int:
     """The size the host gives a string: UTF-16 code units times two."""
     if text.isascii():
@@ -116,6 +147,7 @@ class HostSharedMemory:
         self.folders: list[Path] = directories(environment)
         self.console = console
         self._inputs: dict[str, list[CreatedMap]] = {}  # by invocation id
+        self._writing: set[_Batch] = set()  # inputs being written
         self._unconfirmed: set[str] = set()  # worker maps asked to close, not confirmed yet
         self._created_folders: list[Path] = []
         self._warned = False
@@ -148,7 +180,29 @@ class HostSharedMemory:
         inputs: Sequence[tuple[str, pb.TypedData]],
     ) -> dict[str, InputValue]:
         """The invocation's inputs with the large ones written to maps (owned until
-        `free_inputs`) and nulls as empty references. Maps are written off the event loop."""
+        `free_inputs`) and nulls as empty references. Maps are written off the event loop.
+
+        Cancelled or failing part way, it deletes the maps it wrote (one being written in a
+        thread as soon as that thread is done) before it propagates."""
+        batch = _Batch()
+        self._writing.add(batch)
+        try:
+            values = await self._put_inputs(batch, bindings, inputs)
+        except BaseException:
+            batch.abandon()
+            raise
+        finally:
+            self._writing.discard(batch)
+        if batch.maps:
+            self._inputs.setdefault(invocation_id, []).extend(batch.maps)
+        return values
+
+    async def _put_inputs(
+        self,
+        batch: _Batch,
+        bindings: Sequence[Mapping[str, object]],
+        inputs: Sequence[tuple[str, pb.TypedData]],
+    ) -> dict[str, InputValue]:
         types = {str(b.get("name", "")).lower(): data_type_of(b) for b in bindings}
         values: dict[str, InputValue] = {}
         for name, data in inputs:
@@ -168,7 +222,7 @@ class HostSharedMemory:
                 continue
             as_bytes = types.get(name.lower(), "undefined") in ("binary", "stream")
             try:
-                created = await asyncio.to_thread(self._write, data)
+                created = await asyncio.to_thread(self._write, data, batch)
             except UnicodeEncodeError:  # a lone surrogate: not UTF-8, left to the inline path
                 values[name] = data
                 continue
@@ -181,7 +235,6 @@ class HostSharedMemory:
                     )
                 values[name] = data
                 continue
-            self._inputs.setdefault(invocation_id, []).append(created)
             values[name] = pb.RpcSharedMemory(
                 name=created.name,
                 offset=0,
@@ -194,15 +247,16 @@ class HostSharedMemory:
             )
         return values
 
-    def _write(self, data: pb.TypedData) -> CreatedMap:
+    def _write(self, data: pb.TypedData, batch: _Batch) -> CreatedMap:
         content = data.bytes if data.bytes is not None else (data.string or "").encode()
-        return write_map(content, self.folders)
+        created = write_map(content, self.folders)
+        batch.add(created)  # here, in the thread: a cancel cannot come between
+        return created
 
     def free_inputs(self, invocation_id: str) -> None:
         """Delete the invocation's input maps; never raises."""
         for created in self._inputs.pop(invocation_id, []):
-            with contextlib.suppress(OSError, SharedMapError, BufferError):
-                created.delete()
+            _delete(created)
 
     def free_when_answered(
         self,
@@ -272,10 +326,9 @@ class HostSharedMemory:
             raise SharedMapError(f"offset {reference.offset} is out of range")
         if not (0 <= reference.count <= MAX_TRANSFER_BYTES):
             raise SharedMapError(f"count {reference.count} is out of range")
-        with open_map(reference.name, self.folders) as reader:
-            view = reader.view(reference.offset, reference.count)
-            content = bytes(view)
-            view.release()
+        # Read, not mapped: a worker that cuts its map short meanwhile is an error here,
+        # where a mapping would kill the emulator with SIGBUS.
+        content = read_bytes(reference.name, reference.offset, reference.count, self.folders)
         return content, hashlib.sha256(content).hexdigest()
 
     def close_outputs(self, response: pb.InvocationResponse, connection: HostConnection) -> None:
@@ -322,6 +375,8 @@ class HostSharedMemory:
         empty. Never raises."""
         for task in list(self._tasks):
             task.cancel()
+        for batch in list(self._writing):
+            batch.abandon()  # and what their threads still write
         for invocation_id in list(self._inputs):
             self.free_inputs(invocation_id)
         self._delete_worker_maps(sorted(self._unconfirmed))
