@@ -46,13 +46,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from .._types import Invocation, TraceContext
-from .._wire.primitives import fields, read_string_entry, read_text
-from .._wire.schema import (
-    RPC_TRACE_CONTEXT_ATTRIBUTES,
-    RPC_TRACE_CONTEXT_BAGGAGE,
-    RPC_TRACE_CONTEXT_TRACE_PARENT,
-    RPC_TRACE_CONTEXT_TRACE_STATE,
-)
+from .._wire.messages import read_trace
 
 log = logging.getLogger("workerkit")
 
@@ -113,22 +107,7 @@ def wants_opentelemetry(option: bool | None, environ: Mapping[str, str]) -> bool
 def read_trace_context(view: memoryview) -> TraceContext:
     """An `RpcTraceContext` as read from the wire (baggage included, when a newer host sends
     it)."""
-    parent = state = ""
-    attributes: dict[str, str] = {}
-    baggage: dict[str, str] = {}
-    for number, wire_type, value in fields(view):
-        if wire_type != 2:
-            continue
-        if number == RPC_TRACE_CONTEXT_TRACE_PARENT:
-            parent = read_text(value)
-        elif number == RPC_TRACE_CONTEXT_TRACE_STATE:
-            state = read_text(value)
-        elif number == RPC_TRACE_CONTEXT_ATTRIBUTES:
-            key, text = read_string_entry(value)
-            attributes[key] = text
-        elif number == RPC_TRACE_CONTEXT_BAGGAGE:
-            key, text = read_string_entry(value)
-            baggage[key] = text
+    parent, state, attributes, baggage = read_trace(view)
     return TraceContext(parent, state, attributes, baggage or _EMPTY)
 
 

@@ -65,6 +65,7 @@ from .schema import (
     RPC_FUNCTION_METADATA_PROPERTIES,
     RPC_FUNCTION_METADATA_SCRIPT_FILE,
     RPC_TRACE_CONTEXT_ATTRIBUTES,
+    RPC_TRACE_CONTEXT_BAGGAGE,
     RPC_TRACE_CONTEXT_TRACE_PARENT,
     RPC_TRACE_CONTEXT_TRACE_STATE,
     STATUS_RESULT_STATUS_SUCCESS,
@@ -203,10 +204,14 @@ def read_invocation(request_id: str, data: Buffer) -> RawInvocation:
     return raw
 
 
-def read_trace(view: memoryview) -> tuple[str, str, dict[str, str]]:
-    """An `RpcTraceContext`: trace parent, trace state and attributes."""
+def read_trace(
+    view: memoryview,
+) -> tuple[str, str, dict[str, str], dict[str, str]]:
+    """An `RpcTraceContext`: trace parent, trace state, attributes and baggage (sent by newer
+    hosts only: empty otherwise)."""
     parent = state = ""
     attributes: dict[str, str] = {}
+    baggage: dict[str, str] = {}
     for number, wire_type, value in fields(view):
         if wire_type != 2:
             continue
@@ -217,7 +222,10 @@ def read_trace(view: memoryview) -> tuple[str, str, dict[str, str]]:
         elif number == RPC_TRACE_CONTEXT_ATTRIBUTES:
             key, text = read_string_entry(value)
             attributes[key] = text
-    return parent, state, attributes
+        elif number == RPC_TRACE_CONTEXT_BAGGAGE:
+            key, text = read_string_entry(value)
+            baggage[key] = text
+    return parent, state, attributes, baggage
 
 
 #: `InvocationResponse.result = {status: Success}`
