@@ -17,9 +17,10 @@ import collections
 import contextlib
 import json
 import os
+import statistics
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,45 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The `q` quantile of `values` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def echo_run(
+    scenario: str,
+    echo: Callable[[], Awaitable[float]],
+    calls: int,
+    in_flight: int,
+    worker_cpu: Callable[[], float],
+) -> dict[str, Any]:
+    """`calls` echoes, `in_flight` at a time (`echo` does one, checks it, and returns its
+    latency in seconds): the record of the run, with the worker's CPU per call as
+    `worker_cpu` (its CPU seconds so far) measures it."""
+    latencies: list[float] = []
+    slots = asyncio.Semaphore(in_flight)
+
+    async def one() -> None:
+        async with slots:
+            latencies.append(await echo())
+
+    cpu = worker_cpu()
+    began = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(calls)))
+    elapsed = time.perf_counter() - began
+    cpu = worker_cpu() - cpu
+    return {
+        "scenario": scenario,
+        "in_flight": in_flight,
+        "invocations": calls,
+        "per_second": round(calls / elapsed, 1),
+        "p50_ms": round(statistics.median(latencies) * 1000, 3),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 3),
+        "worker_cpu_us": round(cpu / calls * 1e6, 1),
+    }
 
 
 def memory_kib(pid: int) -> dict[str, int]:

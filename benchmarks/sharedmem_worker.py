@@ -9,12 +9,11 @@ on when the host's environment has ``FUNCTIONS_WORKER_SHARED_MEMORY_DATA_TRANSFE
 
 from __future__ import annotations
 
-import os
-import sys
+# workerkit_echo.py is beside this file, which is run as a script (its folder on sys.path)
+from workerkit_echo import serve  # type: ignore[import-not-found]
 
 import workerkit
 from workerkit import FunctionInfo, Invocation, InvocationResult
-from workerkit.cli import parse_host_args_or_exit
 
 
 class BlobEcho(workerkit.Worker):
@@ -28,23 +27,7 @@ class BlobEcho(workerkit.Worker):
 
 
 def main() -> None:
-    profile = os.environ.get("WORKERKIT_BENCH_PROFILE")
-    if not profile:
-        BlobEcho.main()
-        return
-    # workerkit.run may leave through os._exit; serve here so the profile gets written.
-    import asyncio
-    import cProfile
-
-    args = parse_host_args_or_exit(sys.argv[1:])
-    profiler = cProfile.Profile()
-    profiler.enable()
-    try:
-        code = asyncio.run(BlobEcho().serve(args))
-    finally:
-        profiler.disable()
-        profiler.dump_stats(profile)
-    os._exit(code)
+    serve(BlobEcho)
 
 
 if __name__ == "__main__":

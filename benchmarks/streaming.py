@@ -23,7 +23,6 @@ without ``WORKERKIT_HTTP_STREAMING`` (the gRPC path: the request inside the
 
 from __future__ import annotations
 
-import asyncio
 import os
 import statistics
 import sys
@@ -32,7 +31,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.host import cpu_seconds, memory_kib
+from benchmarks.host import cpu_seconds, echo_run, memory_kib
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "streaming_worker.py"
@@ -52,11 +51,6 @@ def available() -> str | None:
     except ImportError:
         return "aiohttp is not installed (workerkit[http])"
     return None
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class _Side:
@@ -107,27 +101,9 @@ class _Side:
 
 
 async def _echo_run(side: _Side, calls: int) -> dict[str, Any]:
-    latencies: list[float] = []
-    slots = asyncio.Semaphore(IN_FLIGHT)
-
-    async def one() -> None:
-        async with slots:
-            latencies.append(await side.echo())
-
-    cpu = cpu_seconds(side.pid)
-    began = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(calls)))
-    elapsed = time.perf_counter() - began
-    cpu = cpu_seconds(side.pid) - cpu
-    return {
-        "scenario": f"echo_{side.name}",
-        "in_flight": IN_FLIGHT,
-        "invocations": calls,
-        "per_second": round(calls / elapsed, 1),
-        "p50_ms": round(statistics.median(latencies) * 1000, 3),
-        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 3),
-        "worker_cpu_us": round(cpu / calls * 1e6, 1),
-    }
+    return await echo_run(
+        f"echo_{side.name}", side.echo, calls, IN_FLIGHT, lambda: cpu_seconds(side.pid)
+    )
 
 
 async def _body_run(side: _Side, size: int) -> dict[str, Any]:

@@ -17,7 +17,6 @@ only when asked for); without a configured SDK no span is started.
 
 from __future__ import annotations
 
-import asyncio
 import glob
 import os
 import secrets
@@ -28,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from benchmarks.host import cpu_seconds, echo_run
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "workerkit_echo.py"
@@ -85,14 +86,7 @@ def worker_cpu_seconds(pid: int) -> float:
             continue
     if found:
         return total / 1e9
-    from benchmarks.host import cpu_seconds
-
     return cpu_seconds(pid)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class _Side:
@@ -122,28 +116,10 @@ class _Side:
 
 
 async def _run(side: _Side, calls: int) -> dict[str, Any]:
-    latencies: list[float] = []
-    slots = asyncio.Semaphore(IN_FLIGHT)
-
-    async def one() -> None:
-        async with slots:
-            latencies.append(await side.echo())
-
     pid = int(side.process.process.pid)
-    cpu = worker_cpu_seconds(pid)
-    began = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(calls)))
-    elapsed = time.perf_counter() - began
-    cpu = worker_cpu_seconds(pid) - cpu
-    return {
-        "scenario": f"echo_{side.name}",
-        "in_flight": IN_FLIGHT,
-        "invocations": calls,
-        "per_second": round(calls / elapsed, 1),
-        "p50_ms": round(statistics.median(latencies) * 1000, 3),
-        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 3),
-        "worker_cpu_us": round(cpu / calls * 1e6, 1),
-    }
+    return await echo_run(
+        f"echo_{side.name}", side.echo, calls, IN_FLIGHT, lambda: worker_cpu_seconds(pid)
+    )
 
 
 async def _start(host: Any, name: str, hidden: bool) -> _Side:

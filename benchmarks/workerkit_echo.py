@@ -51,8 +51,9 @@ class SyncEchoWorker(EchoWorker):
         return self.echo(invocation)
 
 
-def main() -> None:
-    worker = SyncEchoWorker if os.environ.get("WORKERKIT_BENCH_SYNC") == "1" else EchoWorker
+def serve(worker: type[workerkit.Worker]) -> None:
+    """Serve `worker` as the host launched it; under cProfile into the file named by
+    ``WORKERKIT_BENCH_PROFILE`` when that is set."""
     profile = os.environ.get("WORKERKIT_BENCH_PROFILE")
     if not profile:
         worker.main()
@@ -70,6 +71,10 @@ def main() -> None:
         profiler.disable()
         profiler.dump_stats(profile)
     os._exit(code)
+
+
+def main() -> None:
+    serve(SyncEchoWorker if os.environ.get("WORKERKIT_BENCH_SYNC") == "1" else EchoWorker)
 
 
 if __name__ == "__main__":

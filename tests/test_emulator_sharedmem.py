@@ -309,7 +309,10 @@ def test_a_worker_crash_leaves_no_map_behind(shared: SharedHost) -> None:
     output = shared.host.output
     assert "input 'blob' sent through shared memory: 2097152 bytes" in output, output[-3000:]
     assert "Executed 'Functions.crash' (Failed" in output
-    assert "the worker process exited with status 3 during the invocation" in output
+    # Which the host sees first, the process's exit or its stream's end, is a race.
+    assert re.search(
+        r"the worker (process exited with status 3|'s stream ended) during the invocation", output
+    ), output[-3000:]
     shared.no_maps()
     # The restarted worker still gets maps, and they are still cleaned up.
     payload = _ascii(MIB + 1, 3)
