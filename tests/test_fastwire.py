@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from google_pb2 import PACKAGE, Pb2
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pb_strategies import pb_messages
 
@@ -437,3 +437,113 @@ def test_a_16_mib_body_is_read_without_building_messages() -> None:
     assert fast.inputs is not None
     [(name, view, _)] = fast.inputs
     assert name == "req" and decode_value(view).body == body
+
+
+# -- the one-byte shortcuts of the field reader (issue 18) -------------------------------------
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]  # IndexError past the end
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("overlong varint")
+
+
+def reference_fields(data: bytes) -> list[tuple[int, int, Any]]:
+    """Protobuf's wire format read the plain way: every varint through `_varint`."""
+    found: list[tuple[int, int, Any]] = []
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        wire_type = key & 7
+        if wire_type == 2:
+            length, pos = _varint(data, pos)
+            if pos + length > len(data):
+                raise ValueError("past the end")
+            found.append((key >> 3, 2, data[pos : pos + length]))
+            pos += length
+        elif wire_type == 0:
+            value, pos = _varint(data, pos)
+            found.append((key >> 3, 0, value))
+        elif wire_type in (1, 5):
+            width = 8 if wire_type == 1 else 4
+            if pos + width > len(data):
+                raise ValueError("truncated")
+            found.append((key >> 3, wire_type, int.from_bytes(data[pos : pos + width], "little")))
+            pos += width
+        else:
+            raise ValueError("wire type")
+    return found
+
+
+def reference_entry(data: bytes) -> tuple[str, bytes | None]:
+    key, value = "", None
+    for number, wire_type, item in reference_fields(data):
+        if wire_type == 2 and number == 1:
+            key = item.decode()
+        elif wire_type == 2 and number == 2:
+            value = item
+    return key, value
+
+
+def result(function: Any, data: bytes) -> Any:
+    try:
+        found = function(data)
+    except (ValueError, IndexError):
+        return "error"
+    if isinstance(found, list):
+        return [(n, w, bytes(v) if isinstance(v, memoryview) else v) for n, w, v in found]
+    key, value = found
+    return key, None if value is None else bytes(value)
+
+
+def _entry(key: bytes, value: bytes | None) -> bytes:
+    out = b"\x0a" + pb_varint(len(key)) + key
+    return out if value is None else out + b"\x12" + pb_varint(len(value)) + value
+
+
+def pb_varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+ENTRY_PARTS = st.binary(max_size=200) | st.text(max_size=150).map(str.encode)
+#: Map entries as encoders write them (lengths on both sides of 128), then cut, extended or
+#: with a byte changed, and arbitrary bytes.
+ENTRIES = st.one_of(
+    st.builds(_entry, ENTRY_PARTS, st.none() | ENTRY_PARTS),
+    st.tuples(
+        st.builds(_entry, ENTRY_PARTS, ENTRY_PARTS), st.integers(0, 400), st.binary(max_size=3)
+    ).map(lambda t: (t[0][: t[1]] + t[2]) if t[1] < len(t[0]) else t[0] + t[2]),
+    st.tuples(
+        st.builds(_entry, ENTRY_PARTS, ENTRY_PARTS), st.integers(0, 400), st.integers(0, 255)
+    ).map(lambda t: t[0][: t[1] % len(t[0])] + bytes([t[2]]) + t[0][t[1] % len(t[0]) + 1 :]),
+    st.binary(max_size=40),
+)
+
+
+@PROPERTY
+@given(data=ENTRIES)
+# a value of 129 bytes, one missing: its length's first byte (0x81) would fit the rest
+@example(data=_entry(b"k", bytes(129))[:-1])
+@example(data=_entry(bytes(200), b"v"))
+def test_fields_and_read_entry_agree_with_the_plain_reader(data: bytes) -> None:
+    from workerkit._wire.primitives import fields, read_entry
+
+    assert result(lambda d: list(fields(d)), data) == result(reference_fields, data)
+    assert result(lambda d: read_entry(memoryview(d)), data) == result(reference_entry, data)
+
+
+@given(value=st.integers(0, 2**64 - 1))
+def test_varint_bytes_agrees_with_the_plain_writer(value: int) -> None:
+    from workerkit._wire.primitives import varint_bytes
+
+    assert varint_bytes(value) == pb_varint(value)

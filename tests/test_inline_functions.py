@@ -26,12 +26,21 @@ PROMOTION_BOUND = 400
 DEMOTED_NOTE = "runs in the thread pool from now on"
 
 FLIP = """\
+import gc
 import logging
 import sys
 import threading
 import time
 
 from workerkit import HttpResponse, current_invocation_id
+
+calm = threading.Event()
+heap = []  # filled by "grow": objects a full collection must look at
+
+
+def spin():
+    while not calm.is_set():
+        pass
 
 
 def main(req, context):
@@ -47,6 +56,14 @@ def main(req, context):
     elif mode == "wait":  # until the host cancels the call
         while not context.cancelled:
             time.sleep(0.005)
+    elif mode == "busy":  # a thread that computes until "calm": the others wait for the GIL
+        threading.Thread(target=spin, daemon=True).start()
+    elif mode == "calm":
+        calm.set()
+    elif mode == "grow":
+        heap.extend([] for _ in range(500_000))
+    elif mode == "collect":  # milliseconds in the collector, with the heap grown
+        gc.collect()
     elif mode == "fail":
         raise ValueError("as asked")
     elif mode == "exit":
@@ -151,6 +168,61 @@ def test_one_slow_call_on_the_loop_demotes_for_good_and_cancel_works_in_the_pool
             assert (await waiting.result(30)).result.status == CANCELLED
             await until(lambda: len(conn.logs_for(waiting.invocation_id)) == 2)
             assert conn.logs_for(waiting.invocation_id)[1].message.startswith("ran in function")
+
+    arun(scenario(), timeout=120)
+
+
+def test_a_quick_def_is_promoted_though_the_pool_waits_for_the_gil(tmp_path: Path) -> None:
+    """Quick is the CPU a call uses, not the time it takes: with a thread computing beside
+    it, every call in the pool waits milliseconds for the GIL (as under load, when the loop
+    is busy), yet the function itself is as quick as ever."""
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            conn = await loaded(host, app(tmp_path))
+            await call(conn, mode="busy")
+            try:
+                assert await promote(conn) >= PROMOTE_AFTER
+            finally:
+                await call(conn, mode="calm")
+
+    arun(scenario(), timeout=120)
+
+
+def test_a_def_that_waits_on_the_loop_is_demoted_after_one_call(tmp_path: Path) -> None:
+    """A short wait on every call (1 ms asleep: little CPU, so promoted) is demoted by the
+    first call on the loop, though it is under the 2 ms a computing call may take there."""
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            conn = await loaded(host, app(tmp_path))
+            nap = {"mode": "sleep", "s": "0.001"}
+            for _ in range(PROMOTION_BOUND):
+                if await call(conn, **nap) == "MainThread":
+                    break
+            else:
+                raise AssertionError(f"not promoted in {PROMOTION_BOUND} calls")
+            (note,) = demotion_notes(conn)
+            assert note.message.startswith("flip took ")
+            for _ in range(3 * PROMOTE_AFTER):
+                assert (await call(conn, **nap)).startswith("function")
+
+    arun(scenario(), timeout=120)
+
+
+def test_time_in_the_garbage_collector_does_not_demote(tmp_path: Path) -> None:
+    """A full collection can run during any call (here the call starts one, on a heap of
+    half a million objects): its milliseconds are not the function's."""
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            conn = await loaded(host, app(tmp_path))
+            assert (await call(conn, mode="grow")).startswith("function")  # in the pool
+            await promote(conn)
+            for _ in range(3):
+                where = await call(conn, mode="collect")
+                assert where == "MainThread", [n.message for n in demotion_notes(conn)]
+            assert not demotion_notes(conn)
 
     arun(scenario(), timeout=120)
 

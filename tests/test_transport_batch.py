@@ -333,26 +333,71 @@ def test_a_slow_host_with_a_tiny_window_gets_a_burst_of_logs_and_replies() -> No
         max_size=60,
     ),
     window=st.sampled_from([100, 16_384, 65_535, 1 << 20]),
-    waited=st.lists(st.booleans(), min_size=60, max_size=60),
+    how=st.lists(st.sampled_from(["send", "wait", "alone"]), min_size=60, max_size=60),
 )
 def test_any_mix_of_message_sizes_arrives_intact_and_in_order(
-    sizes: list[int], window: int, waited: list[bool]
+    sizes: list[int], window: int, how: list[str]
 ) -> None:
+    """Queued (`send`), queued and waited for, or `alone` (written directly when nothing is
+    queued or being written): whatever the sizes and the window, in order and whole."""
     messages = [
         i.to_bytes(2, "big") * (size // 2) + b"!" * (size % 2) for i, size in enumerate(sizes)
     ]
 
     async def body(transport: Transport, host: H2Host) -> None:
         tasks = []
-        for message, wait in zip(messages, waited, strict=False):
-            if wait:
-                tasks.append(asyncio.create_task(transport.send_and_wait(message)))
-                await asyncio.sleep(0)
-            else:
+        for message, way in zip(messages, how, strict=False):
+            if way == "send":
                 await transport.send(message)
+            else:
+                sent = transport.send_and_wait(message, alone=way == "alone")
+                tasks.append(asyncio.create_task(sent))
+                await asyncio.sleep(0)
         await asyncio.gather(*tasks)
         await until(lambda: len(host.messages) == 1 + len(messages), 30)
 
     host = arun(with_transport(window, body), timeout=120)
     assert host.messages[1:] == messages
     assert max(host.frames) <= min(window, MAX_FRAME)
+
+
+# -- a reply written directly (alone) ---------------------------------------------------------
+
+
+def test_a_reply_alone_is_written_at_once_but_never_ahead_of_what_is_being_written() -> None:
+    """With nothing queued or being written, `send_and_wait(alone=True)` writes the reply
+    itself (the writer's queue is never used); while the writer is stuck on a message the
+    host has no window for, a reply alone waits its turn behind it, and so does a log
+    offered after it."""
+    window = 1000
+    big = bytes(range(256)) * 40  # 10 kB: ten windows
+
+    async def body(transport: Transport, host: H2Host) -> None:
+        queue = transport._queue
+        puts = 0
+        put_nowait = queue.put_nowait
+
+        def counting(item: Any) -> None:
+            nonlocal puts
+            puts += 1
+            put_nowait(item)
+
+        queue.put_nowait = counting  # type: ignore[method-assign]
+        await transport.send_and_wait(b"direct", alone=True)
+        await until(lambda: len(host.messages) == 2, 10)
+        assert host.messages[1] == b"direct" and puts == 0  # not through the queue
+
+        host.reading.clear()
+        await transport.send(big)
+        await until(lambda: host.received() >= window, 10)  # the writer waits for window
+        reply = asyncio.create_task(transport.send_and_wait(b"reply", alone=True))
+        await asyncio.sleep(0.05)
+        transport.offer_log(entry("after"))
+        assert not reply.done()
+        host.reading.set()
+        await reply
+        await until(lambda: len(host.messages) == 5, 10)
+
+    host = arun(with_transport(window, body), timeout=60)
+    assert host.messages[1:4] == [b"direct", big, b"reply"]
+    assert log_text(host.messages[4]) == "after"

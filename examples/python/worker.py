@@ -13,11 +13,19 @@ its arguments from the plan and runs the function.
 
 A plain ``def`` runs in a thread pool, so a function that blocks does not stop the worker.
 The hop to a thread and back costs more than a small function itself, so one that keeps
-returning quickly there (`QUICK_UNDER`, `PROMOTE_AFTER` calls in a row) is called on the
-event loop instead. The first call there that holds the loop longer than `DEMOTE_OVER` sends
-it back to the pool for good (on Linux, a call slow only because the machine was busy and the
-thread was preempted does not count), as does reading ``context.cancelled``: a function that
-waits for the host's cancel must not wait on the loop, which cannot read the cancel meanwhile.
+returning quickly there is called on the event loop instead: after `PROMOTE_AFTER` calls in
+a row that each used under `QUICK_UNDER` of CPU and returned within `PROMOTE_WAIT`. (CPU,
+not time taken: under load a pool thread waits for the GIL far longer than a small
+function runs.) On the loop, the first call that computes longer than `DEMOTE_OVER`, or
+waits for anything (sleep, I/O, a lock: the thread gives up the CPU by itself) and spends
+over `QUICK_UNDER` not computing, sends it back to the pool for good; a function that waits a
+little on every call so costs the loop that wait once. While other calls run in the pool,
+the loop's thread also waits for the GIL they hold, so a wait counts there only past
+`PROMOTE_WAIT`. A call slow only because the thread was preempted does not count, nor
+does time the garbage collector spends during a call; where the platform does not say
+whether a thread waited (not Linux), a call taking longer than `DEMOTE_OVER` demotes.
+Reading ``context.cancelled`` also keeps a function in the pool: one that waits for the
+host's cancel must not wait on the loop, which cannot read it meanwhile.
 ``PYWORKER_INLINE=0`` keeps every plain ``def`` in the pool.
 """
 
@@ -26,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import gc
 import importlib
 import inspect
 import json
@@ -57,11 +66,13 @@ from workerkit import (
     MetadataRequest,
 )
 
-#: A plain def that returned within `QUICK_UNDER` seconds in each of its last `PROMOTE_AFTER`
-#: calls in the pool is called on the event loop from then on (no thread hop); one call on
-#: the loop that takes longer than `DEMOTE_OVER` seconds sends it back to the pool for good.
+#: A plain def whose last `PROMOTE_AFTER` calls in the pool each used under `QUICK_UNDER`
+#: seconds of CPU and returned within `PROMOTE_WAIT` seconds is called on the event loop from
+#: then on (no thread hop); one call on the loop that computes longer than `DEMOTE_OVER`, or
+#: waits and takes longer than `QUICK_UNDER`, sends it back to the pool for good.
 QUICK_UNDER = 0.0005
 PROMOTE_AFTER = 16
+PROMOTE_WAIT = 0.02
 DEMOTE_OVER = 0.002
 APP_PACKAGE = "__app__"  # function modules are imported as __app__.<folder>[.<module>]
 INDEX_MODULE = "function_app"  # <app root>/function_app.py, for worker indexing
@@ -76,6 +87,24 @@ try:
     _RUSAGE_THREAD: int | None = resource.RUSAGE_THREAD  # Linux
 except (ImportError, AttributeError):
     _RUSAGE_THREAD = None
+
+
+#: Time spent collecting garbage so far, in seconds and in CPU seconds of the collecting
+#: thread, then when the collection under way began: a collection that happens to run during
+#: a call (a full one can take milliseconds) is not the call's.
+_collecting = [0.0, 0.0, 0.0, 0.0]
+
+
+def _time_collections(phase: str, info: dict[str, int]) -> None:
+    now, cpu = time.perf_counter(), time.thread_time()
+    if phase == "start":
+        _collecting[2:] = now, cpu
+    else:
+        _collecting[0] += now - _collecting[2]
+        _collecting[1] += cpu - _collecting[3]
+
+
+gc.callbacks.append(_time_collections)
 
 
 def _voluntary_switches() -> int:
@@ -127,6 +156,8 @@ class PythonWorker(workerkit.Worker):
         #: functions that are never called on the loop (again); added to from any thread
         self.pool_only: set[str] = set()
         self.inline = os.environ.get("PYWORKER_INLINE", "1") != "0"
+        #: plain defs of this worker running in the pool now (counted on the loop)
+        self.in_pool = 0
 
     # -- discovery and loading ---------------------------------------------------------------
     def on_functions_metadata(self, request: MetadataRequest) -> Sequence[FunctionMetadata] | None:
@@ -208,10 +239,15 @@ class PythonWorker(workerkit.Worker):
         """Call a plain def in the thread pool, counting how often in a row it was quick."""
         # A copy of the context carries the invocation id, so logs are attributed.
         run = functools.partial(contextvars.copy_context().run, _timed, plan.call, kwargs)
-        returned, result, took = await asyncio.get_running_loop().run_in_executor(self.pool, run)
+        loop = asyncio.get_running_loop()
+        self.in_pool += 1
+        try:
+            returned, result, took, cpu = await loop.run_in_executor(self.pool, run)
+        finally:
+            self.in_pool -= 1
         function_id = invocation.function.function_id
         if self.inline and function_id not in self.pool_only:
-            quick = took < QUICK_UNDER
+            quick = cpu < QUICK_UNDER and took < PROMOTE_WAIT
             self.streaks[function_id] = self.streaks.get(function_id, 0) + 1 if quick else 0
         if not returned:
             raise result
@@ -220,17 +256,25 @@ class PythonWorker(workerkit.Worker):
     def _call_inline(self, invocation: Invocation, plan: Plan, kwargs: dict[str, Any]) -> Any:
         """Call a plain def that has been quick on the event loop, in the invocation's task
         (its context carries the invocation id); a slow call sends it back to the pool."""
+        # With calls running in the pool, this thread also gives the CPU up to wait for the
+        # GIL they hold (for up to sys.getswitchinterval() each): not a wait of the function.
+        waits_over = QUICK_UNDER if self.in_pool == 0 else PROMOTE_WAIT
+        collected, collected_cpu = _collecting[0], _collecting[1]
         began, cpu, switches = time.perf_counter(), time.thread_time(), _voluntary_switches()
         try:
             return plan.call(**kwargs)
         finally:
-            took = time.perf_counter() - began
-            # Slow because it computed or waited (not only because it was preempted).
-            if took > DEMOTE_OVER and (
-                switches < 0
-                or time.thread_time() - cpu > DEMOTE_OVER
-                or _voluntary_switches() != switches
-            ):
+            took = time.perf_counter() - began - (_collecting[0] - collected)
+            # Slow because it computed, or because it waited for something (not only
+            # because the thread was preempted).
+            if switches < 0:  # whether it waited is unknown here
+                slow = took > DEMOTE_OVER
+            else:
+                computed = time.thread_time() - cpu - (_collecting[1] - collected_cpu)
+                slow = computed > DEMOTE_OVER or (
+                    took - computed > waits_over and _voluntary_switches() != switches
+                )
+            if slow:
                 self.pool_only.add(invocation.function.function_id)
                 # The worker's log, not the call's: logged outside the invocation's context.
                 contextvars.Context().run(
@@ -258,11 +302,11 @@ class _Context(Context):
         return self._invocation.cancelled
 
 
-def _timed(call: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[bool, Any, float]:
-    """`_capture`, and how many seconds the call took."""
-    began = time.perf_counter()
+def _timed(call: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[bool, Any, float, float]:
+    """`_capture`, how many seconds the call took and how many of CPU it used."""
+    began, cpu = time.perf_counter(), time.thread_time()
     returned, result = _capture(call, kwargs)
-    return returned, result, time.perf_counter() - began
+    return returned, result, time.perf_counter() - began, time.thread_time() - cpu
 
 
 def _capture(call: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[bool, Any]:

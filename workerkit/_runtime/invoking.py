@@ -194,7 +194,9 @@ class Invocations:
             # The slot is held until the response is on the wire: with a host that reads
             # slowly, at most `max_in_flight` responses wait in memory.
             if isinstance(response, bytes):
-                await self.session.transport.send_and_wait(response)
+                # Alone: no other invocation's reply can join this one in a write.
+                alone = len(self.tasks) == 1
+                await self.session.transport.send_and_wait(response, alone=alone)
             else:  # a Failure or Cancelled: uncommon, built with the generated messages
                 await self.session.transport.send_and_wait(
                     pb.StreamingMessage(request_id=request.request_id, invocation_response=response)

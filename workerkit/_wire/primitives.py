@@ -58,10 +58,19 @@ def fields(data: Buffer) -> Iterator[tuple[int, int, Any]]:
     view = data if isinstance(data, memoryview) else memoryview(data)
     pos, size = 0, len(view)
     while pos < size:
-        key, pos = read_varint(view, pos)
+        # Keys and lengths are mostly one byte: read those without a call.
+        key = view[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = read_varint(view, pos)
         wire_type = key & 7
         if wire_type == 2:
-            length, pos = read_varint(view, pos)
+            length = view[pos] if pos < size else 0x80  # past the end: read_varint raises
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = read_varint(view, pos)
             end = pos + length
             if end > size:
                 raise ValueError("a field runs past the end of its message")
@@ -91,6 +100,19 @@ def read_text(view: memoryview) -> str:
 
 def read_entry(view: memoryview) -> tuple[str, memoryview | None]:
     """A map entry's key and its raw value (None when the value is absent)."""
+    # What every encoder writes: the key, then the value, each shorter than 128 bytes.
+    size = len(view)
+    if size > 3 and view[0] == _KEY_TAG and (length := view[1]) < 0x80:
+        end = 2 + length
+        if end == size:
+            return str(view[2:end], "utf-8"), None
+        if (
+            end + 2 <= size
+            and view[end] == _VALUE_TAG
+            and (value_length := view[end + 1]) < 0x80
+            and end + 2 + value_length == size
+        ):
+            return str(view[2:end], "utf-8"), view[end + 2 :]
     key, value = "", None
     for number, wire_type, item in fields(view):
         if wire_type == 2:
@@ -121,8 +143,19 @@ def int32(value: int) -> int:
     return value - (1 << 32) if value & 0x80000000 else value
 
 
+#: The one-byte tags of a map entry's key (field 1) and value (field 2), length-delimited.
+_KEY_TAG = TAG_MAP_ENTRY_KEY[0]
+_VALUE_TAG = TAG_MAP_ENTRY_VALUE[0]
+
+
 # -- writing -----------------------------------------------------------------------------------
+#: The varints of 0-127: one byte each.
+_ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))
+
+
 def varint_bytes(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
