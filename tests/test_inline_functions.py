@@ -5,6 +5,10 @@ test_examples_python.py."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +28,7 @@ PROMOTE_AFTER = 16  # examples/python/worker.py
 #: machine that makes a few calls slow (each resets the count) still gets there.
 PROMOTION_BOUND = 400
 DEMOTED_NOTE = "runs in the thread pool from now on"
+WORKER = Path(__file__).resolve().parent.parent / "examples" / "python" / "worker.py"
 
 FLIP = """\
 import gc
@@ -189,25 +194,72 @@ def test_a_quick_def_is_promoted_though_the_pool_waits_for_the_gil(tmp_path: Pat
     arun(scenario(), timeout=120)
 
 
-def test_a_def_that_waits_on_the_loop_is_demoted_after_one_call(tmp_path: Path) -> None:
-    """A short wait on every call (1 ms asleep: little CPU, so promoted) is demoted by the
-    first call on the loop, though it is under the 2 ms a computing call may take there."""
+def test_a_def_that_waits_on_every_call_is_never_promoted(tmp_path: Path) -> None:
+    """1 ms asleep per call: little CPU, but a wait (no other thread computing meanwhile),
+    so it stays in the pool, where waiting costs the loop nothing."""
 
     async def scenario() -> None:
         async with TestHost() as host:
             conn = await loaded(host, app(tmp_path))
-            nap = {"mode": "sleep", "s": "0.001"}
-            for _ in range(PROMOTION_BOUND):
-                if await call(conn, **nap) == "MainThread":
-                    break
-            else:
-                raise AssertionError(f"not promoted in {PROMOTION_BOUND} calls")
-            (note,) = demotion_notes(conn)
-            assert note.message.startswith("flip took ")
-            for _ in range(3 * PROMOTE_AFTER):
-                assert (await call(conn, **nap)).startswith("function")
+            for _ in range(4 * PROMOTE_AFTER):
+                assert (await call(conn, mode="sleep", s="0.001")).startswith("function")
 
     arun(scenario(), timeout=120)
+
+
+def test_a_promoted_def_that_waits_on_the_loop_is_demoted_by_that_call(tmp_path: Path) -> None:
+    """A quick function promoted, then a call that sleeps 1 ms: under the 2 ms a computing
+    call may take on the loop, but a wait, so that call sends it back to the pool."""
+
+    async def scenario() -> None:
+        async with TestHost() as host:
+            conn = await loaded(host, app(tmp_path))
+            await promote(conn)
+            assert await call(conn, mode="sleep", s="0.001") == "MainThread"
+            (note,) = demotion_notes(conn)
+            assert note.message.startswith("flip took ")
+            for _ in range(2 * PROMOTE_AFTER):
+                assert (await call(conn)).startswith("function")
+
+    arun(scenario(), timeout=120)
+
+
+def test_only_the_calling_threads_collections_are_left_out_of_its_computing() -> None:
+    """The example's clocks, in-process: a collection in this thread is not computing; one
+    in another thread (its CPU is another thread's) changes nothing here."""
+    spec = importlib.util.spec_from_file_location("pyworker_clocks", WORKER)
+    assert spec is not None and spec.loader is not None
+    sys.path.insert(0, str(WORKER.parent))
+    worker = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = worker  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(worker)
+    finally:
+        sys.path.remove(str(WORKER.parent))
+        del sys.modules[spec.name]
+
+    def compute(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    def collecting(seconds: float) -> None:  # as gc.callbacks calls it around a collection
+        worker._time_collections("start", {})
+        compute(seconds)
+        worker._time_collections("stop", {})
+
+    since = worker._clocks()
+    collecting(0.02)
+    _, computed, _, _ = worker._spent(since)
+    assert computed < 0.01  # the 20 ms were collecting
+
+    since = worker._clocks()
+    compute(0.02)
+    elsewhere = threading.Thread(target=collecting, args=(0.02,))
+    elsewhere.start()
+    elsewhere.join()
+    _, computed, _, _ = worker._spent(since)
+    assert computed >= 0.02  # its own 20 ms, whatever the other thread collected
 
 
 def test_time_in_the_garbage_collector_does_not_demote(tmp_path: Path) -> None:

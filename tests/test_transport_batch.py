@@ -19,6 +19,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import pytest
 from conftest import arun, until
 from grpclib.client import Channel
 from grpclib.const import Cardinality
@@ -33,6 +34,7 @@ from workerkit._runtime.transport import (
     Codec,
     Transport,
     batch_sender,
+    room_now,
 )
 from workerkit.cli import HostArgs
 
@@ -211,6 +213,9 @@ def test_grpclib_still_has_the_parts_batched_writes_use() -> None:
                 await stream.send_request()
                 send_many = batch_sender(stream)
                 assert send_many is not None, "grpclib changed: batched writes are off"
+                room = room_now(stream)
+                assert room is not None, "grpclib changed: replies are never written directly"
+                assert room(100) and not room(10**9)
                 await send_many([b"one", b"", b"three"])
                 await until(lambda: len(hosts[0].messages) == 3, 10)
                 assert hosts[0].messages == [b"one", b"", b"three"]
@@ -401,3 +406,28 @@ def test_a_reply_alone_is_written_at_once_but_never_ahead_of_what_is_being_writt
     host = arun(with_transport(window, body), timeout=60)
     assert host.messages[1:4] == [b"direct", big, b"reply"]
     assert log_text(host.messages[4]) == "after"
+
+
+@pytest.mark.parametrize("alone", [False, True])
+def test_a_caller_cancelled_while_its_reply_waits_for_window_leaves_whole_messages(
+    alone: bool,
+) -> None:
+    """A reply bigger than the host's window, its caller cancelled meanwhile: the host still
+    reads whole messages only (the reply, then what follows). Alone, it is not written
+    directly: a direct write must never wait, or a cancel could cut it short."""
+    window = 1000
+    big = bytes(range(256)) * 40  # 10 kB: ten windows
+
+    async def body(transport: Transport, host: H2Host) -> None:
+        host.reading.clear()  # no window given back: the write stops after 1000 bytes
+        reply = asyncio.create_task(transport.send_and_wait(big, alone=alone))
+        await until(lambda: host.received() >= window, 10)
+        assert not reply.done()
+        reply.cancel()
+        await asyncio.gather(reply, return_exceptions=True)
+        host.reading.set()
+        await transport.send_and_wait(b"after", alone=True)
+        await until(lambda: host.messages[-1:] == [b"after"], 10)
+
+    host = arun(with_transport(window, body), timeout=60)
+    assert host.messages[1:] in ([big, b"after"], [b"after"])

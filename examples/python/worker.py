@@ -14,18 +14,18 @@ its arguments from the plan and runs the function.
 A plain ``def`` runs in a thread pool, so a function that blocks does not stop the worker.
 The hop to a thread and back costs more than a small function itself, so one that keeps
 returning quickly there is called on the event loop instead: after `PROMOTE_AFTER` calls in
-a row that each used under `QUICK_UNDER` of CPU and returned within `PROMOTE_WAIT`. (CPU,
-not time taken: under load a pool thread waits for the GIL far longer than a small
-function runs.) On the loop, the first call that computes longer than `DEMOTE_OVER`, or
-waits for anything (sleep, I/O, a lock: the thread gives up the CPU by itself) and spends
-over `QUICK_UNDER` not computing, sends it back to the pool for good; a function that waits a
-little on every call so costs the loop that wait once. While other calls run in the pool,
-the loop's thread also waits for the GIL they hold, so a wait counts there only past
-`PROMOTE_WAIT`. A call slow only because the thread was preempted does not count, nor
-does time the garbage collector spends during a call; where the platform does not say
-whether a thread waited (not Linux), a call taking longer than `DEMOTE_OVER` demotes.
-Reading ``context.cancelled`` also keeps a function in the pool: one that waits for the
-host's cancel must not wait on the loop, which cannot read it meanwhile.
+a row that each computed under `QUICK_UNDER`, waited under `QUICK_UNDER` and returned within
+`PROMOTE_WAIT`. Computed is the thread's CPU time, garbage collection left out; waited is the
+time it neither computed nor left the CPU to the process's other threads computing. (Under
+load a pool thread waits for the GIL far longer than a small function runs: that is not the
+function's wait, and counting it kept quick functions in the pool exactly when it mattered.)
+On the loop, the first call that computes longer than `DEMOTE_OVER`, or waits (sleep, I/O, a
+lock: the thread gave the CPU up by itself) longer than `QUICK_UNDER`, sends it back to the
+pool for good; so does reading ``context.cancelled``: a function that waits for the host's
+cancel must not wait on the loop, which cannot read it meanwhile. Being preempted (waiting
+for a CPU, from Linux's schedstat) counts as neither; where the platform does not say whether
+a thread gave the CPU up (not Linux), a call on the loop taking longer than `DEMOTE_OVER`
+demotes.
 ``PYWORKER_INLINE=0`` keeps every plain ``def`` in the pool.
 """
 
@@ -66,10 +66,10 @@ from workerkit import (
     MetadataRequest,
 )
 
-#: A plain def whose last `PROMOTE_AFTER` calls in the pool each used under `QUICK_UNDER`
-#: seconds of CPU and returned within `PROMOTE_WAIT` seconds is called on the event loop from
-#: then on (no thread hop); one call on the loop that computes longer than `DEMOTE_OVER`, or
-#: waits and takes longer than `QUICK_UNDER`, sends it back to the pool for good.
+#: A plain def whose last `PROMOTE_AFTER` calls in the pool each computed under `QUICK_UNDER`
+#: seconds, waited under `QUICK_UNDER` and returned within `PROMOTE_WAIT` is called on the
+#: event loop from then on (no thread hop); one call on the loop that computes longer than
+#: `DEMOTE_OVER`, or waits longer than `QUICK_UNDER`, sends it back to the pool for good.
 QUICK_UNDER = 0.0005
 PROMOTE_AFTER = 16
 PROMOTE_WAIT = 0.02
@@ -89,22 +89,70 @@ except (ImportError, AttributeError):
     _RUSAGE_THREAD = None
 
 
-#: Time spent collecting garbage so far, in seconds and in CPU seconds of the collecting
-#: thread, then when the collection under way began: a collection that happens to run during
-#: a call (a full one can take milliseconds) is not the call's.
-_collecting = [0.0, 0.0, 0.0, 0.0]
+#: CPU seconds each thread (by ident) has spent collecting garbage: a collection that happens
+#: to run during a call (a full one can take milliseconds) is not the call's computing.
+_collected: dict[int, float] = {}
+_collection_began = [0.0]  # the collecting thread's CPU clock when the one under way began
 
 
 def _time_collections(phase: str, info: dict[str, int]) -> None:
-    now, cpu = time.perf_counter(), time.thread_time()
+    # Collections never overlap: each runs in one thread, holding the GIL throughout.
     if phase == "start":
-        _collecting[2:] = now, cpu
+        _collection_began[0] = time.thread_time()
     else:
-        _collecting[0] += now - _collecting[2]
-        _collecting[1] += cpu - _collecting[3]
+        ident = threading.get_ident()
+        spent = time.thread_time() - _collection_began[0]
+        _collected[ident] = _collected.get(ident, 0.0) + spent
 
 
-gc.callbacks.append(_time_collections)
+_schedstat = threading.local()  # per thread: its /proc/thread-self/schedstat, opened once
+
+
+def _run_delay() -> float:
+    """Seconds this thread has spent ready to run but waiting for a CPU (preempted), from
+    Linux's schedstat; 0 where the platform does not say."""
+    fd = getattr(_schedstat, "fd", None)
+    if fd is None:
+        try:
+            fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            fd = -1
+        _schedstat.fd = fd
+    if fd < 0:
+        return 0.0
+    try:
+        return int(os.pread(fd, 64, 0).split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _clocks() -> tuple[float, float, float, float, float]:
+    """Now: seconds, this thread's CPU, the whole process's CPU, this thread's CPU spent
+    collecting garbage so far, and its time preempted so far."""
+    return (
+        time.perf_counter(),
+        time.thread_time(),
+        time.process_time(),
+        _collected.get(threading.get_ident(), 0.0),
+        _run_delay(),
+    )
+
+
+def _spent(
+    since: tuple[float, float, float, float, float],
+) -> tuple[float, float, float, float]:
+    """Since `since` (`_clocks()`, in this thread): seconds taken, seconds computed (garbage
+    collection left out), seconds waited and seconds blocked. Blocked is the time this
+    thread neither computed nor was preempted (waiting for a CPU); waited is that, less what
+    the process's other threads computed meanwhile: a thread waiting for the GIL waits for
+    one that computes, and that wait is not the function's. Another thread computing outside
+    the GIL meanwhile hides as much of a real wait: blocked bounds it."""
+    now, cpu, process, collected, delayed = _clocks()
+    took = now - since[0]
+    own = cpu - since[1]
+    others = process - since[2] - own
+    blocked = took - own - (delayed - since[4])
+    return took, own - (collected - since[3]), blocked - others, blocked
 
 
 def _voluntary_switches() -> int:
@@ -156,8 +204,8 @@ class PythonWorker(workerkit.Worker):
         #: functions that are never called on the loop (again); added to from any thread
         self.pool_only: set[str] = set()
         self.inline = os.environ.get("PYWORKER_INLINE", "1") != "0"
-        #: plain defs of this worker running in the pool now (counted on the loop)
-        self.in_pool = 0
+        if self.inline and _time_collections not in gc.callbacks:
+            gc.callbacks.append(_time_collections)
 
     # -- discovery and loading ---------------------------------------------------------------
     def on_functions_metadata(self, request: MetadataRequest) -> Sequence[FunctionMetadata] | None:
@@ -240,14 +288,10 @@ class PythonWorker(workerkit.Worker):
         # A copy of the context carries the invocation id, so logs are attributed.
         run = functools.partial(contextvars.copy_context().run, _timed, plan.call, kwargs)
         loop = asyncio.get_running_loop()
-        self.in_pool += 1
-        try:
-            returned, result, took, cpu = await loop.run_in_executor(self.pool, run)
-        finally:
-            self.in_pool -= 1
+        returned, result, (took, computed, waited, _) = await loop.run_in_executor(self.pool, run)
         function_id = invocation.function.function_id
         if self.inline and function_id not in self.pool_only:
-            quick = cpu < QUICK_UNDER and took < PROMOTE_WAIT
+            quick = computed < QUICK_UNDER and waited < QUICK_UNDER and took < PROMOTE_WAIT
             self.streaks[function_id] = self.streaks.get(function_id, 0) + 1 if quick else 0
         if not returned:
             raise result
@@ -256,32 +300,31 @@ class PythonWorker(workerkit.Worker):
     def _call_inline(self, invocation: Invocation, plan: Plan, kwargs: dict[str, Any]) -> Any:
         """Call a plain def that has been quick on the event loop, in the invocation's task
         (its context carries the invocation id); a slow call sends it back to the pool."""
-        # With calls running in the pool, this thread also gives the CPU up to wait for the
-        # GIL they hold (for up to sys.getswitchinterval() each): not a wait of the function.
-        waits_over = QUICK_UNDER if self.in_pool == 0 else PROMOTE_WAIT
-        collected, collected_cpu = _collecting[0], _collecting[1]
-        began, cpu, switches = time.perf_counter(), time.thread_time(), _voluntary_switches()
+        since, switches = _clocks(), _voluntary_switches()
         try:
             return plan.call(**kwargs)
         finally:
-            took = time.perf_counter() - began - (_collecting[0] - collected)
-            # Slow because it computed, or because it waited for something (not only
-            # because the thread was preempted).
+            took, computed, waited, blocked = _spent(since)
+            # Slow because it computed, or because it waited for something: not because the
+            # thread was preempted, collected garbage, or let other threads compute.
             if switches < 0:  # whether it waited is unknown here
                 slow = took > DEMOTE_OVER
             else:
-                computed = time.thread_time() - cpu - (_collecting[1] - collected_cpu)
                 slow = computed > DEMOTE_OVER or (
-                    took - computed > waits_over and _voluntary_switches() != switches
+                    (waited > QUICK_UNDER or blocked > PROMOTE_WAIT)
+                    and _voluntary_switches() != switches
                 )
             if slow:
                 self.pool_only.add(invocation.function.function_id)
                 # The worker's log, not the call's: logged outside the invocation's context.
                 contextvars.Context().run(
                     log.warning,
-                    "%s took %.1f ms on the event loop; it runs in the thread pool from now on",
+                    "%s took %.1f ms on the event loop (computing %.1f, waiting %.1f); it runs"
+                    " in the thread pool from now on",
                     invocation.function.name,
                     took * 1000,
+                    computed * 1000,
+                    waited * 1000,
                 )
 
 
@@ -302,11 +345,14 @@ class _Context(Context):
         return self._invocation.cancelled
 
 
-def _timed(call: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[bool, Any, float, float]:
-    """`_capture`, how many seconds the call took and how many of CPU it used."""
-    began, cpu = time.perf_counter(), time.thread_time()
+def _timed(
+    call: Callable[..., Any], kwargs: dict[str, Any]
+) -> tuple[bool, Any, tuple[float, float, float, float]]:
+    """`_capture`, and the seconds the call took, computed, waited and was blocked
+    (`_spent`)."""
+    since = _clocks()
     returned, result = _capture(call, kwargs)
-    return returned, result, time.perf_counter() - began, time.thread_time() - cpu
+    return returned, result, _spent(since)
 
 
 def _capture(call: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[bool, Any]:

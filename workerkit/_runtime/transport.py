@@ -114,6 +114,28 @@ def batch_sender(stream: Any) -> SendMany | None:
     return send_many
 
 
+def room_now(stream: Any) -> Callable[[int], bool] | None:
+    """A test of whether `size` bytes can go on grpclib's client `stream` at once: the
+    transport takes data and the peer's flow-control window holds them, so `send_data` will
+    not wait (and so cannot be interrupted mid-message). None if this grpclib lacks what it
+    reads (the same internals as `batch_sender`)."""
+    h2_stream: Any = getattr(stream, "_stream", None)
+    connection = getattr(h2_stream, "connection", None)
+    h2_connection = getattr(h2_stream, "_h2_connection", None)
+    write_ready: Any = getattr(connection, "write_ready", None)
+    window = getattr(h2_connection, "local_flow_control_window", None)
+    if not (callable(window) and hasattr(write_ready, "is_set")):
+        return None
+
+    def room(size: int) -> bool:
+        try:
+            return bool(write_ready.is_set()) and window(h2_stream.id) >= size
+        except Exception:  # the stream is closed, or not open yet
+            return False
+
+    return room
+
+
 class DecodeError(ValueError):
     """A frame from the peer is not a valid `StreamingMessage`."""
 
@@ -276,9 +298,9 @@ class Transport:
         #: Held while something is written to the stream: by the writer for each batch,
         #: and by `send_and_wait` writing a reply itself.
         self._writing = asyncio.Lock()
-        #: How to write directly (the stream's `SendMany` and the writer's `Replace`), set by
-        #: the writer once the stream is open.
-        self._direct: tuple[SendMany, Replace] | None = None
+        #: How to write directly (the stream's `SendMany`, the writer's `Replace`, and
+        #: `room_now`), set by the writer once the stream is open.
+        self._direct: tuple[SendMany, Replace, Callable[[int], bool]] | None = None
 
     # -- sending ----------------------------------------------------------------------------
     async def send(self, message: Message | bytes) -> None:
@@ -290,9 +312,11 @@ class Transport:
         that hold a resource until then bound the memory replies can pin.
 
         `alone`: the caller knows of no other reply on its way (one invocation in flight).
-        Then, with nothing queued and nothing being written, the reply is written here,
-        without waking the writer task: one turn of the event loop sooner. (With replies
-        on their way, they wait for the writer, which sends them together.)"""
+        Then, with nothing queued, nothing being written and room for the whole reply in
+        the host's flow-control window, the reply is written here, without waking the
+        writer task: one turn of the event loop sooner, and a write that never waits, so
+        cancelling the caller cannot cut a message short. (With replies on their way, they
+        wait for the writer, which sends them together.)"""
         direct = self._direct
         if (
             alone
@@ -301,16 +325,19 @@ class Transport:
             and self._queue.empty()
             and not self._writing.locked()
         ):
-            send_many, replace = direct
-            async with self._writing:  # taken at once: it is free
-                try:
-                    data = self._serialise(message, replace)
-                    del message
-                    if data is not None:
+            send_many, replace, room = direct
+            data = self._serialise(message, replace)
+            del message
+            if data is None:  # dropped, and said so
+                return
+            if room(len(data) + 5):
+                async with self._writing:  # taken at once: it is free
+                    try:
                         await send_many([data])
-                except Exception as exc:  # the stream broke: the reader ends the session
-                    log.warning("could not send a reply: %r", exc)
-            return
+                    except Exception as exc:  # the stream broke: the reader ends the session
+                        log.error("could not send a reply: %r", exc)
+                return
+            message = data  # already encoded: through the queue after all
         sent = self._loop.create_future()
         await self._queue.put((message, sent))
         await sent
@@ -536,7 +563,9 @@ class Transport:
                     await stream.send_message(data)
                 messages.clear()
 
-        self._direct = (send_many, replace)
+        room = room_now(stream)
+        if room is not None:
+            self._direct = (send_many, replace, room)
         writing = self._writing
         while True:
             item = await queue.get()
