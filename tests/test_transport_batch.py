@@ -27,14 +27,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workerkit._generated import AzureFunctionsRpcMessages as pb
+from workerkit._runtime.h2write import batch_sender, room_now
 from workerkit._runtime.logs import INFORMATION, LogEntry
 from workerkit._runtime.transport import (
     BATCH_BYTES,
     EVENT_STREAM_PATH,
     Codec,
     Transport,
-    batch_sender,
-    room_now,
 )
 from workerkit.cli import HostArgs
 
