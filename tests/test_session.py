@@ -745,6 +745,9 @@ def test_terminate_cancels_what_is_still_running_when_the_grace_period_runs_out(
             await conn.terminate(grace_period=1.0)
             assert (await stuck).result.status == CANCELLED
             await exited_after_terminate(conn, started, worker, stuck)
+            # The function's thread was told; it notices in its own time (the worker does
+            # not wait for a plain def it answered Cancelled).
+            await until(lambda: worker.cancelled)
             assert worker.cancelled == [stuck.invocation_id]
 
     arun(scenario())
