@@ -949,9 +949,11 @@ def worker_cpu_seconds(pid: int) -> float:
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the worker's CPU time in /proc")
 def test_a_process_functions_stdout_is_read_in_linear_time_and_capped(tmp_path: Path) -> None:
     """60 MiB of stdout at once must cost the worker about the CPU time of 4 calls printing
-    15 MiB each (the same bytes), not 4 times that: a ratio of two measurements on the same
-    machine, whatever its speed (the least of two rounds, against noise). Past MAX_STDOUT
-    (64 MiB) the call fails, saying so."""
+    15 MiB each (the same bytes), not 4 times that (reading that grows quadratically): a
+    ratio of two measurements on the same machine, whatever its speed (the least of three
+    rounds, against noise; under 3, between the 1 expected and the 4 of quadratic reading:
+    a CI run once measured 2.2, the fresh 60 MiB of memory costing more page faults than
+    15). Past MAX_STDOUT (64 MiB) the call fails, saying so."""
     app = process_app(tmp_path / "app")
 
     async def scenario() -> None:
@@ -967,11 +969,11 @@ def test_a_process_functions_stdout_is_read_in_linear_time_and_capped(tmp_path: 
                     assert decode_output(reply.return_value) == "ok"
                 return worker_cpu_seconds(worker.process.pid) - before
 
-            rounds = [(await cpu_for(15, 15, 15, 15), await cpu_for(60)) for _ in range(2)]
+            rounds = [(await cpu_for(15, 15, 15, 15), await cpu_for(60)) for _ in range(3)]
             spread, whole = (min(costs) for costs in zip(*rounds, strict=True))
             print(f"\nprocess stdout: 4 x 15 MiB read in {spread:.2f} s of worker CPU,"
                   f" 60 MiB at once in {whole:.2f} s")  # fmt: skip
-            assert whole < 2 * max(spread, 0.05), rounds
+            assert whole < 3 * max(spread, 0.05), rounds
 
             reply = await conn.invoke("endless", {"msg": "x"}, timeout=60)
             assert reply.result.status == FAILURE
