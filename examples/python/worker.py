@@ -20,8 +20,9 @@ time it neither computed nor left the CPU to the process's other threads computi
 load a pool thread waits for the GIL far longer than a small function runs: that is not the
 function's wait, and counting it kept quick functions in the pool exactly when it mattered.)
 On the loop, the first call that computes longer than `DEMOTE_OVER`, or waits (sleep, I/O, a
-lock: the thread gave the CPU up by itself) longer than `QUICK_UNDER`, sends it back to the
-pool for good; so does reading ``context.cancelled``: a function that waits for the host's
+lock: the thread gave the CPU up by itself) longer than `QUICK_UNDER` (or is blocked over
+`PROMOTE_WAIT` in all, since other threads computing meanwhile hide a wait), sends it back to
+the pool for good; so does reading ``context.cancelled``: a function that waits for the host's
 cancel must not wait on the loop, which cannot read it meanwhile. Being preempted (waiting
 for a CPU, from Linux's schedstat) counts as neither; where the platform does not say whether
 a thread gave the CPU up (not Linux), a call on the loop taking longer than `DEMOTE_OVER`
