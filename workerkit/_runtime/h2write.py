@@ -33,9 +33,7 @@ def batch_sender(stream: Any) -> SendMany | None:
     allows. `send_message` runs it inside the call's `Wrapper`, which wakes a waiting send
     with an error when the connection or the stream is lost; so does this. Left out: the
     call's message counters (statistics only) and grpclib's `SendMessage` event (a hook for
-    listeners on the channel; workerkit registers none). tests/test_transport_batch.py
-    checks these parts are there, so a grpclib that moves them fails the tests instead of
-    only making the worker slower.
+    listeners on the channel; workerkit registers none).
     """
     h2_stream = getattr(stream, "_stream", None)
     send_data = getattr(h2_stream, "send_data", None)
