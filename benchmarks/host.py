@@ -34,6 +34,10 @@ PATH = "/AzureFunctionsRpcMessages.FunctionRpc/EventStream"
 WINDOW = 16 * 1024 * 1024
 SUCCESS = 1
 USER = 0
+#: `RpcLog.Level.Warning`: worker logs at this level and above are kept (`Connection.warnings`).
+WARNING = 3
+#: How many of them are kept per connection.
+KEPT_WARNINGS = 20
 #: An invocation id is this wide, always; the template has this placeholder in its place.
 ID_PLACEHOLDER = "ffffffff-ffff-4fff-bfff-ffffffffffff"
 HOST_CAPABILITIES = {"MultiStream": "10"}
@@ -233,6 +237,9 @@ class Connection:
         self.capabilities: dict[str, str] = {}
         self.scenario: Scenario | None = None
         self.system_logs = 0
+        #: The first `KEPT_WARNINGS` warnings the worker logged outside an invocation (the
+        #: example's note that a function went back to the thread pool, for one).
+        self.warnings: list[str] = []
         self.closed = asyncio.Event()
         self._waiting: dict[tuple[str, str], collections.deque[asyncio.Future[Any]]] = {}
 
@@ -261,6 +268,8 @@ class Connection:
                         scenario.log_counts[entry.invocation_id] += 1
                     else:
                         self.system_logs += 1
+                        if entry.level >= WARNING and len(self.warnings) < KEPT_WARNINGS:
+                            self.warnings.append(entry.message)
                 else:
                     key = ""
                     if kind == "function_load_response":

@@ -8,8 +8,11 @@ the worker bundles), started the way the host starts it: ``node dist/src/nodejsW
 and the host's arguments (its ``worker.config.json``: ``defaultExecutablePath`` and
 ``defaultWorkerPath``).
 
-The cold-start floor is ``python -c pass`` with the interpreter and environment the
-workerkit targets get: spawn to exit, launched in the same rounds as the workers.
+The cold-start floors are ``python -c pass`` and ``python -c "import asyncio, grpclib.client"``
+(what any worker on asyncio and grpclib, workerkit's two foundations, loads before it can dial
+the host) with the interpreter and environment the workerkit targets get: spawn to the byte the
+process writes when the code has run (like ready, this leaves out the interpreter's exit),
+launched in the same rounds as the workers.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from pathlib import Path
 
 ENV = "WORKERKIT_NODE_WORKER"
 APP = Path(__file__).resolve().parent / "apps" / "node"
-#: The name the floor's figures go under, for the ratio records.
+#: The names the floors' figures go under, for the ratio records, and their code.
 FLOOR = "python -c pass"
+STACK_FLOOR = "python -c 'import asyncio, grpclib.client'"
+FLOORS = {FLOOR: "pass", STACK_FLOOR: "import asyncio, grpclib.client"}
 
 
 def problem(directory: Path) -> str | None:
@@ -87,23 +92,26 @@ def env() -> dict[str, str]:
     return {"FUNCTIONS_WORKER_RUNTIME": "node", "AzureWebJobsScriptRoot": str(APP)}
 
 
-async def floor_launch(cwd: Path, env: Mapping[str, str]) -> float:
-    """Spawn → exit of ``python -c pass``, in ms."""
+async def floor_launch(cwd: Path, env: Mapping[str, str], code: str = "pass") -> float:
+    """Spawn → ``python -c CODE`` done, in ms: the time to the byte the process writes after
+    `code` ran, so that, like a worker's ready, it leaves out the interpreter's exit."""
     spawned_at = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "pass",
+        f"{code}\nimport os\nos.write(1, b'.')",
         cwd=cwd,
         env=dict(env),
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
-    code = await process.wait()
+    assert process.stdout is not None
+    done = await process.stdout.read(1)
     elapsed = (time.perf_counter() - spawned_at) * 1000
-    if code != 0:
-        raise RuntimeError(f"python -c pass exited with {code}")
+    returncode = await process.wait()
+    if done != b"." or returncode != 0:
+        raise RuntimeError(f"python -c {code!r} exited with {returncode}")
     return elapsed
 
 
@@ -129,4 +137,12 @@ RATIOS: tuple[tuple[str, str, str, str, float | None, bool], ...] = (
     ("16 MiB MB/s vs node", "workerkit", "node", "payload16_mb_s", None, True),
     ("cold start (ready) vs floor, python -c pass", "workerkit", FLOOR, "ready_ms", None, False),
     ("floor (python -c pass) vs official ready", FLOOR, "official", "ready_ms", None, False),
+    (
+        "floor (import asyncio, grpclib.client) vs official ready",
+        STACK_FLOOR,
+        "official",
+        "ready_ms",
+        None,
+        False,
+    ),
 )

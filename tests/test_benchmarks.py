@@ -41,6 +41,13 @@ def test_quick_run_against_bare_grpclib() -> None:
     launches = [r for r in records if r["kind"] == "cold_launch"]
     assert len(launches) == 3
     assert all(0 < r["start_ms"] <= r["ready_ms"] for r in launches)
+    # The floors, each round: the interpreter alone, and with asyncio and grpclib loaded.
+    floors = [r for r in records if r["kind"] == "cold_floor"]
+    assert sorted(r["what"] for r in floors) == sorted(
+        ["python -c pass", "python -c 'import asyncio, grpclib.client'"] * 3
+    )
+    assert all(r["done_ms"] > 0 for r in floors)
+    assert "spawn → python -c 'import asyncio, grpclib.client' done" in done.stderr
 
     runs = [r for r in records if r["kind"] == "run"]
     assert {r["scenario"] for r in runs} == EXPECTED_SCENARIOS
@@ -54,6 +61,9 @@ def test_quick_run_against_bare_grpclib() -> None:
         assert summary[key] is not None, key
     assert summary["rss_idle_mib"] > 0
     assert summary["peak_after_payloads_mib"] >= summary["rss_idle_mib"]
+
+    # Warnings a worker logs outside invocations are kept as records: the bare worker has none.
+    assert not [r for r in records if r["kind"] == "worker_warning"]
 
     ratios = [r for r in records if r["kind"] == "ratio"]
     assert ratios and all(r["verdict"] == "n/a" for r in ratios if r["numerator"] == "workerkit")

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workerkit._generated import AzureFunctionsRpcMessages as pb
-from workerkit._runtime.h2write import batch_sender, room_now
+from workerkit._runtime.h2write import READ_SIZE, batch_sender, read_in_heap_sized_pieces, room_now
 from workerkit._runtime.logs import INFORMATION, LogEntry
 from workerkit._runtime.transport import (
     BATCH_BYTES,
@@ -228,6 +228,49 @@ def test_grpclib_still_has_the_parts_batched_writes_use() -> None:
             server.close()
 
     arun(scenario(), timeout=30)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_connection_is_read_in_pieces_below_the_mmap_threshold(loop: str) -> None:
+    """asyncio's socket transport reads 256 KiB at a time unless told otherwise (each read of
+    a small message then maps and unmaps fresh pages): the worker tells it READ_SIZE, through
+    the grpclib internals this finds. uvloop's transport reads into its own buffer: left as
+    it is. If grpclib moves its transport, this fails instead of the worker getting slower."""
+    assert READ_SIZE < 128 * 1024  # glibc's default mmap threshold
+
+    async def scenario() -> None:
+        server, hosts = await serve(65_535)
+        port = server.sockets[0].getsockname()[1]
+        channel = Channel("127.0.0.1", port, codec=Codec(1 << 20))
+        try:
+            async with channel.request(
+                EVENT_STREAM_PATH, Cardinality.STREAM_STREAM, bytes, object
+            ) as stream:
+                await stream.send_request()
+                transport = stream._stream.connection._transport
+                if loop == "asyncio":
+                    assert transport.max_size == 256 * 1024  # asyncio's, before
+                    assert read_in_heap_sized_pieces(stream)
+                    assert transport.max_size == READ_SIZE
+                else:
+                    assert not hasattr(transport, "max_size")
+                    assert not read_in_heap_sized_pieces(stream)
+                await stream.send_message(b"after")  # the connection works on
+                await until(lambda: hosts[0].messages == [b"after"], 10)
+                await stream.end()
+                await stream.recv_initial_metadata()
+                await stream.recv_trailing_metadata()
+        finally:
+            channel.close()
+            hosts[0].reader and hosts[0].reader.cancel()
+            server.close()
+
+    if loop == "asyncio":
+        arun(scenario(), timeout=30)
+    else:
+        uvloop = pytest.importorskip("uvloop")  # workerkit[speed], in the dev extras
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(asyncio.wait_for(scenario(), 30))
 
 
 # -- order, integrity, fewer writes --------------------------------------------------------------

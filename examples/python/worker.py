@@ -26,7 +26,8 @@ the pool for good; so does reading ``context.cancelled``: a function that waits 
 cancel must not wait on the loop, which cannot read it meanwhile. Being preempted (waiting
 for a CPU, from Linux's schedstat) counts as neither; where the platform does not say whether
 a thread gave the CPU up (not Linux), a call on the loop taking longer than `DEMOTE_OVER`
-demotes.
+demotes. A call on the loop that returns within `QUICK_UNDER` is over no bound: only the
+clock is read after it (the CPU clocks and schedstat cost a system call each).
 ``PYWORKER_INLINE=0`` keeps every plain ``def`` in the pool.
 """
 
@@ -305,28 +306,37 @@ class PythonWorker(workerkit.Worker):
         try:
             return plan.call(**kwargs)
         finally:
-            took, computed, waited, blocked = _spent(since)
-            # Slow because it computed, or because it waited for something: not because the
-            # thread was preempted, collected garbage, or let other threads compute.
-            if switches < 0:  # whether it waited is unknown here
-                slow = took > DEMOTE_OVER
-            else:
-                slow = computed > DEMOTE_OVER or (
-                    (waited > QUICK_UNDER or blocked > PROMOTE_WAIT)
-                    and _voluntary_switches() != switches
-                )
-            if slow:
-                self.pool_only.add(invocation.function.function_id)
-                # The worker's log, not the call's: logged outside the invocation's context.
-                contextvars.Context().run(
-                    log.warning,
-                    "%s took %.1f ms on the event loop (computing %.1f, waiting %.1f); it runs"
-                    " in the thread pool from now on",
-                    invocation.function.name,
-                    took * 1000,
-                    computed * 1000,
-                    waited * 1000,
-                )
+            # Computing and waiting are parts of the time taken: a call within QUICK_UNDER
+            # is over neither bound, and the other clocks (system calls) need not be read.
+            if time.perf_counter() - since[0] > QUICK_UNDER:
+                self._judge_inline(invocation, since, switches)
+
+    def _judge_inline(
+        self, invocation: Invocation, since: tuple[float, float, float, float, float], switches: int
+    ) -> None:
+        """After a call on the event loop that took over QUICK_UNDER: was it slow?"""
+        took, computed, waited, blocked = _spent(since)
+        # Slow because it computed, or because it waited for something: not because the
+        # thread was preempted, collected garbage, or let other threads compute.
+        if switches < 0:  # whether it waited is unknown here
+            slow = took > DEMOTE_OVER
+        else:
+            slow = computed > DEMOTE_OVER or (
+                (waited > QUICK_UNDER or blocked > PROMOTE_WAIT)
+                and _voluntary_switches() != switches
+            )
+        if slow:
+            self.pool_only.add(invocation.function.function_id)
+            # The worker's log, not the call's: logged outside the invocation's context.
+            contextvars.Context().run(
+                log.warning,
+                "%s took %.1f ms on the event loop (computing %.1f, waiting %.1f); it runs"
+                " in the thread pool from now on",
+                invocation.function.name,
+                took * 1000,
+                computed * 1000,
+                waited * 1000,
+            )
 
 
 class _Context(Context):

@@ -1,9 +1,10 @@
 """Writing to grpclib's client stream below its one-message-per-call API: several encoded
 messages in one HTTP/2 write (`batch_sender`), and whether a write can go at once, without
-waiting for the transport or the peer's flow-control window (`room_now`). Both read grpclib
-internals; each returns None when they are not there, and the transport then does without.
-tests/test_transport_batch.py checks they are there, so a grpclib that moves them fails the
-tests instead of only making the worker slower."""
+waiting for the transport or the peer's flow-control window (`room_now`); and reading the
+connection in pieces the C allocator serves from its heap (`read_in_heap_sized_pieces`). All
+read grpclib internals; each does nothing (returns None or False) when they are not there,
+and the transport then does without. tests/test_transport_batch.py checks they are there, so
+a grpclib that moves them fails the tests instead of only making the worker slower."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["SendMany", "batch_sender", "room_now"]
+__all__ = ["READ_SIZE", "SendMany", "batch_sender", "read_in_heap_sized_pieces", "room_now"]
 
 #: A gRPC message's prefix: not compressed, then its length (big-endian, 4 bytes).
 _PREFIX = struct.Struct(">?I").pack
+
+#: The most an asyncio socket transport asks `recv` for at once, once set by
+#: `read_in_heap_sized_pieces`: below glibc's default mmap threshold (128 KiB).
+READ_SIZE = 64 * 1024
 
 #: Sends several encoded messages on the call, in order.
 SendMany = Callable[[list[bytes]], Awaitable[None]]
@@ -74,3 +79,23 @@ def room_now(stream: Any) -> Callable[[int], bool] | None:
             return False
 
     return room
+
+
+def read_in_heap_sized_pieces(stream: Any) -> bool:
+    """Make the transport under grpclib's client `stream` read at most `READ_SIZE` bytes per
+    `recv`; True if it did, False if the transport is not asyncio's socket transport (uvloop's
+    reads into a buffer of its own) or grpclib keeps it elsewhere.
+
+    asyncio's selector transport calls ``recv(max_size)`` with a class-wide 256 KiB, and
+    CPython allocates the whole size before it shrinks the result to what arrived. At 256 KiB
+    glibc's malloc maps fresh pages for it (its default threshold is 128 KiB), so every read
+    of a small message paid ``mmap``, a page fault, ``mremap`` and ``munmap``: about 15 µs
+    beside the 3 µs of the read itself, on the machine of benchmarks/README.md. 64 KiB comes
+    from the heap. A large body is read in more, smaller pieces, each copied once as before.
+    """
+    connection = getattr(getattr(stream, "_stream", None), "connection", None)
+    transport: Any = getattr(connection, "_transport", None)
+    if not isinstance(getattr(type(transport), "max_size", None), int):
+        return False
+    transport.max_size = READ_SIZE
+    return True

@@ -48,7 +48,7 @@ from .._wire.schema import (
 )
 from ..cli import HostArgs
 from ..errors import MessageTooLarge
-from .h2write import SendMany, batch_sender, room_now
+from .h2write import SendMany, batch_sender, read_in_heap_sized_pieces, room_now
 from .logs import WARNING, LogEntry
 
 __all__ = ["EVENT_STREAM_PATH", "Codec", "Transport"]
@@ -349,6 +349,7 @@ class Transport:
                 EVENT_STREAM_PATH, Cardinality.STREAM_STREAM, bytes, object
             ) as stream:
                 await stream.send_request()
+                read_in_heap_sized_pieces(stream)
                 await stream.send_message(first)
                 writer = asyncio.create_task(self._write(stream, replace), name="workerkit-writer")
                 reader = asyncio.create_task(
