@@ -19,15 +19,19 @@ a row that each computed under `QUICK_UNDER`, waited under `QUICK_UNDER` and ret
 time it neither computed nor left the CPU to the process's other threads computing. (Under
 load a pool thread waits for the GIL far longer than a small function runs: that is not the
 function's wait, and counting it kept quick functions in the pool exactly when it mattered.)
-On the loop, the first call that computes longer than `DEMOTE_OVER`, or waits (sleep, I/O, a
-lock: the thread gave the CPU up by itself) longer than `QUICK_UNDER` (or is blocked over
-`PROMOTE_WAIT` in all, since other threads computing meanwhile hide a wait), sends it back to
-the pool for good; so does reading ``context.cancelled``: a function that waits for the host's
-cancel must not wait on the loop, which cannot read it meanwhile. Being preempted (waiting
-for a CPU, from Linux's schedstat) counts as neither; where the platform does not say whether
-a thread gave the CPU up (not Linux), a call on the loop taking longer than `DEMOTE_OVER`
-demotes. A call on the loop that returns within `QUICK_UNDER` is over no bound: only the
-clock is read after it (the CPU clocks and schedstat cost a system call each).
+On the loop, the first call that computes, or is blocked (sleep, I/O, a lock: the thread gave
+the CPU up by itself), over `PROMOTE_WAIT` sends it back to the pool for good; so does reading
+``context.cancelled``: a function that waits for the host's cancel must not wait on the loop,
+which cannot read it meanwhile. A call that computes longer than `DEMOTE_OVER` or waits
+longer than `QUICK_UNDER`, but not that long, sends it back until it is quick in the pool
+again, `RETURNS` times, then for good: a few milliseconds can also be the machine's (the GIL
+held by another thread a busy machine preempted, as calls still finishing in the pool right
+after a promotion; CPU time charged under heavy load), while a function that is slow on
+every call is not quick in the pool and stays there. Being preempted (waiting for a CPU, from
+Linux's schedstat) counts as neither; where the platform does not say whether a thread gave
+the CPU up (not Linux), a call on the loop taking longer than `DEMOTE_OVER` demotes it for
+good. A call on the loop that returns within `QUICK_UNDER` is over no bound: only the clock
+is read after it (the CPU clocks and schedstat cost a system call each).
 ``PYWORKER_INLINE=0`` keeps every plain ``def`` in the pool.
 """
 
@@ -70,12 +74,15 @@ from workerkit import (
 
 #: A plain def whose last `PROMOTE_AFTER` calls in the pool each computed under `QUICK_UNDER`
 #: seconds, waited under `QUICK_UNDER` and returned within `PROMOTE_WAIT` is called on the
-#: event loop from then on (no thread hop); one call on the loop that computes longer than
-#: `DEMOTE_OVER`, or waits longer than `QUICK_UNDER`, sends it back to the pool for good.
+#: event loop from then on (no thread hop); one call on the loop that computes or is blocked
+#: longer than `PROMOTE_WAIT` sends it back to the pool for good; one that computes longer
+#: than `DEMOTE_OVER` or waits longer than `QUICK_UNDER` (but not that long) sends it back
+#: until it is quick there again, `RETURNS` times at most.
 QUICK_UNDER = 0.0005
 PROMOTE_AFTER = 16
 PROMOTE_WAIT = 0.02
 DEMOTE_OVER = 0.002
+RETURNS = 2
 APP_PACKAGE = "__app__"  # function modules are imported as __app__.<folder>[.<module>]
 INDEX_MODULE = "function_app"  # <app root>/function_app.py, for worker indexing
 #: Import tracebacks leave out frames of the import system and of this file.
@@ -205,6 +212,8 @@ class PythonWorker(workerkit.Worker):
         self.streaks: dict[str, int] = {}
         #: functions that are never called on the loop (again); added to from any thread
         self.pool_only: set[str] = set()
+        #: function id -> how often a slow call on the loop sent it back to the pool
+        self.returns: dict[str, int] = {}
         self.inline = os.environ.get("PYWORKER_INLINE", "1") != "0"
         if self.inline and _time_collections not in gc.callbacks:
             gc.callbacks.append(_time_collections)
@@ -319,24 +328,39 @@ class PythonWorker(workerkit.Worker):
         # Slow because it computed, or because it waited for something: not because the
         # thread was preempted, collected garbage, or let other threads compute.
         if switches < 0:  # whether it waited is unknown here
-            slow = took > DEMOTE_OVER
+            slow = for_good = took > DEMOTE_OVER
         else:
-            slow = computed > DEMOTE_OVER or (
-                (waited > QUICK_UNDER or blocked > PROMOTE_WAIT)
-                and _voluntary_switches() != switches
-            )
-        if slow:
-            self.pool_only.add(invocation.function.function_id)
-            # The worker's log, not the call's: logged outside the invocation's context.
-            contextvars.Context().run(
-                log.warning,
-                "%s took %.1f ms on the event loop (computing %.1f, waiting %.1f); it runs"
-                " in the thread pool from now on",
-                invocation.function.name,
-                took * 1000,
-                computed * 1000,
-                waited * 1000,
-            )
+            switched = _voluntary_switches() != switches
+            for_good = computed > PROMOTE_WAIT or (blocked > PROMOTE_WAIT and switched)
+            slow = for_good or computed > DEMOTE_OVER or (waited > QUICK_UNDER and switched)
+        if not slow:
+            return
+        function_id = invocation.function.function_id
+        returns = self.returns.get(function_id, 0)
+        # A few ms once can be the machine's, not the function's: a wait for the GIL held by
+        # another thread the machine preempted (right after a promotion, calls still
+        # finishing in the pool), CPU time charged under heavy load. The function goes back
+        # to the pool until it is quick there again (one slow on every call never is),
+        # RETURNS times at most.
+        if for_good or returns >= RETURNS:
+            self.pool_only.add(function_id)
+            level, then = logging.WARNING, "it runs in the thread pool from now on"
+        else:
+            self.returns[function_id] = returns + 1
+            self.streaks[function_id] = 0
+            level = logging.INFO
+            then = f"back to the thread pool until it is quick there ({returns + 1} of {RETURNS})"
+        # The worker's log, not the call's: logged outside the invocation's context.
+        contextvars.Context().run(
+            log.log,
+            level,
+            "%s took %.1f ms on the event loop (computing %.1f, waiting %.1f); %s",
+            invocation.function.name,
+            took * 1000,
+            computed * 1000,
+            waited * 1000,
+            then,
+        )
 
 
 class _Context(Context):
