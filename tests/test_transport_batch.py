@@ -201,33 +201,38 @@ def test_grpclib_still_has_the_parts_batched_writes_use() -> None:
     parameters = inspect.signature(grpclib.protocol.Stream.send_data).parameters
     assert list(parameters)[:3] == ["self", "data", "end_stream"]
 
-    async def scenario() -> None:
-        server, hosts = await serve(65_535)
-        port = server.sockets[0].getsockname()[1]
-        channel = Channel("127.0.0.1", port, codec=Codec(1 << 20))
-        try:
-            async with channel.request(
-                EVENT_STREAM_PATH, Cardinality.STREAM_STREAM, bytes, object
-            ) as stream:
-                await stream.send_request()
-                send_many = batch_sender(stream)
-                assert send_many is not None, "grpclib changed: batched writes are off"
-                room = room_now(stream)
-                assert room is not None, "grpclib changed: replies are never written directly"
-                assert room(100) and not room(10**9)
-                await send_many([b"one", b"", b"three"])
-                await until(lambda: len(hosts[0].messages) == 3, 10)
-                assert hosts[0].messages == [b"one", b"", b"three"]
-                assert hosts[0].frames == [5 + 3 + 5 + 0 + 5 + 5]  # one DATA frame
-                await stream.end()
-                await stream.recv_initial_metadata()
-                await stream.recv_trailing_metadata()
-        finally:
-            channel.close()
-            hosts[0].reader and hosts[0].reader.cancel()
-            server.close()
+    async def check(stream: Any, host: H2Host) -> None:
+        send_many = batch_sender(stream)
+        assert send_many is not None, "grpclib changed: batched writes are off"
+        room = room_now(stream)
+        assert room is not None, "grpclib changed: replies are never written directly"
+        assert room(100) and not room(10**9)
+        await send_many([b"one", b"", b"three"])
+        await until(lambda: len(host.messages) == 3, 10)
+        assert host.messages == [b"one", b"", b"three"]
+        assert host.frames == [5 + 3 + 5 + 0 + 5 + 5]  # one DATA frame
 
-    arun(scenario(), timeout=30)
+    arun(on_a_raw_stream(check), timeout=30)
+
+
+async def on_a_raw_stream(check: Callable[[Any, H2Host], Awaitable[None]]) -> None:
+    """`check` a grpclib client stream opened on the test's host, then end the call."""
+    server, hosts = await serve(65_535)
+    port = server.sockets[0].getsockname()[1]
+    channel = Channel("127.0.0.1", port, codec=Codec(1 << 20))
+    try:
+        async with channel.request(
+            EVENT_STREAM_PATH, Cardinality.STREAM_STREAM, bytes, object
+        ) as stream:
+            await stream.send_request()
+            await check(stream, hosts[0])
+            await stream.end()
+            await stream.recv_initial_metadata()
+            await stream.recv_trailing_metadata()
+    finally:
+        channel.close()
+        hosts[0].reader and hosts[0].reader.cancel()
+        server.close()
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -238,39 +243,24 @@ def test_the_connection_is_read_in_pieces_below_the_mmap_threshold(loop: str) ->
     it is. If grpclib moves its transport, this fails instead of the worker getting slower."""
     assert READ_SIZE < 128 * 1024  # glibc's default mmap threshold
 
-    async def scenario() -> None:
-        server, hosts = await serve(65_535)
-        port = server.sockets[0].getsockname()[1]
-        channel = Channel("127.0.0.1", port, codec=Codec(1 << 20))
-        try:
-            async with channel.request(
-                EVENT_STREAM_PATH, Cardinality.STREAM_STREAM, bytes, object
-            ) as stream:
-                await stream.send_request()
-                transport = stream._stream.connection._transport
-                if loop == "asyncio":
-                    assert transport.max_size == 256 * 1024  # asyncio's, before
-                    assert read_in_heap_sized_pieces(stream)
-                    assert transport.max_size == READ_SIZE
-                else:
-                    assert not hasattr(transport, "max_size")
-                    assert not read_in_heap_sized_pieces(stream)
-                await stream.send_message(b"after")  # the connection works on
-                await until(lambda: hosts[0].messages == [b"after"], 10)
-                await stream.end()
-                await stream.recv_initial_metadata()
-                await stream.recv_trailing_metadata()
-        finally:
-            channel.close()
-            hosts[0].reader and hosts[0].reader.cancel()
-            server.close()
+    async def check(stream: Any, host: H2Host) -> None:
+        transport = stream._stream.connection._transport
+        if loop == "asyncio":
+            assert transport.max_size == 256 * 1024  # asyncio's, before
+            assert read_in_heap_sized_pieces(stream)
+            assert transport.max_size == READ_SIZE
+        else:
+            assert not hasattr(transport, "max_size")
+            assert not read_in_heap_sized_pieces(stream)
+        await stream.send_message(b"after")  # the connection works on
+        await until(lambda: host.messages == [b"after"], 10)
 
     if loop == "asyncio":
-        arun(scenario(), timeout=30)
+        arun(on_a_raw_stream(check), timeout=30)
     else:
         uvloop = pytest.importorskip("uvloop")  # workerkit[speed], in the dev extras
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(asyncio.wait_for(scenario(), 30))
+            runner.run(asyncio.wait_for(on_a_raw_stream(check), 30))
 
 
 # -- order, integrity, fewer writes --------------------------------------------------------------
