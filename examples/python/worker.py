@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import gc
 import importlib
 import inspect
@@ -135,7 +134,11 @@ def _run_delay() -> float:
         return 0.0
 
 
-def _clocks() -> tuple[float, float, float, float, float]:
+#: `_clocks()`: seconds, thread CPU, process CPU, thread CPU collecting garbage, preempted.
+_Clocks = tuple[float, float, float, float, float]
+
+
+def _clocks() -> _Clocks:
     """Now: seconds, this thread's CPU, the whole process's CPU, this thread's CPU spent
     collecting garbage so far, and its time preempted so far."""
     return (
@@ -147,9 +150,7 @@ def _clocks() -> tuple[float, float, float, float, float]:
     )
 
 
-def _spent(
-    since: tuple[float, float, float, float, float],
-) -> tuple[float, float, float, float]:
+def _spent(since: _Clocks) -> tuple[float, float, float, float]:
     """Since `since` (`_clocks()`, in this thread): seconds taken, seconds computed (garbage
     collection left out), seconds waited and seconds blocked. Blocked is the time this
     thread neither computed nor was preempted (waiting for a CPU); waited is that, less what
@@ -297,13 +298,21 @@ class PythonWorker(workerkit.Worker):
     ) -> Any:
         """Call a plain def in the thread pool, counting how often in a row it was quick."""
         # A copy of the context carries the invocation id, so logs are attributed.
-        run = functools.partial(contextvars.copy_context().run, _timed, plan.call, kwargs)
+        run = contextvars.copy_context().run
         loop = asyncio.get_running_loop()
-        returned, result, (took, computed, waited, _) = await loop.run_in_executor(self.pool, run)
         function_id = invocation.function.function_id
-        if self.inline and function_id not in self.pool_only:
-            quick = computed < QUICK_UNDER and waited < QUICK_UNDER and took < PROMOTE_WAIT
-            self.streaks[function_id] = self.streaks.get(function_id, 0) + 1 if quick else 0
+        if not self.inline or function_id in self.pool_only:
+            # Never called on the loop: its clocks (system calls) are not read.
+            returned, result = await loop.run_in_executor(
+                self.pool, run, _capture, plan.call, kwargs
+            )
+        else:
+            returned, result, (took, computed, waited, _) = await loop.run_in_executor(
+                self.pool, run, _timed, plan.call, kwargs
+            )
+            if function_id not in self.pool_only:  # (reading context.cancelled adds it)
+                quick = computed < QUICK_UNDER and waited < QUICK_UNDER and took < PROMOTE_WAIT
+                self.streaks[function_id] = self.streaks.get(function_id, 0) + 1 if quick else 0
         if not returned:
             raise result
         return result
@@ -320,9 +329,7 @@ class PythonWorker(workerkit.Worker):
             if time.perf_counter() - since[0] > QUICK_UNDER:
                 self._judge_inline(invocation, since, switches)
 
-    def _judge_inline(
-        self, invocation: Invocation, since: tuple[float, float, float, float, float], switches: int
-    ) -> None:
+    def _judge_inline(self, invocation: Invocation, since: _Clocks, switches: int) -> None:
         """After a call on the event loop that took over QUICK_UNDER: was it slow?"""
         took, computed, waited, blocked = _spent(since)
         # Slow because it computed, or because it waited for something: not because the
