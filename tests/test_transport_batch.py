@@ -9,6 +9,7 @@ is recorded.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -261,6 +262,30 @@ def test_the_connection_is_read_in_pieces_below_the_mmap_threshold(loop: str) ->
         uvloop = pytest.importorskip("uvloop")  # workerkit[speed], in the dev extras
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(asyncio.wait_for(on_a_raw_stream(check), 30))
+
+
+def test_the_worker_transport_reads_its_connection_in_pieces() -> None:
+    """`Transport.run` itself applies READ_SIZE once the call is open: the worker's end of the
+    connection (found as the socket whose address the host sees as its peer) reads at most
+    READ_SIZE per `recv`, and the call works on."""
+
+    async def body(transport: Transport, host: H2Host) -> None:
+        peer = host.transport.get_extra_info("peername")
+        ours = [
+            candidate
+            for candidate in gc.get_objects()
+            if isinstance(candidate, asyncio.Transport)
+            and hasattr(candidate, "max_size")
+            and not candidate.is_closing()
+            and candidate.get_extra_info("sockname") == peer
+        ]
+        assert len(ours) == 1, ours
+        assert ours[0].max_size == READ_SIZE
+        await transport.send(b"after")
+        await until(lambda: host.messages[-1:] == [b"after"], 10)
+
+    host = arun(with_transport(65_535, body), timeout=60)
+    assert host.messages == [b"first", b"after"]
 
 
 # -- order, integrity, fewer writes --------------------------------------------------------------
