@@ -150,6 +150,7 @@ async def _start(
     environment.update(env or {})
     environment[SETTING] = "1"
     process = await host.spawn(command or [sys.executable, str(WORKER)], env=environment)
+    process.connection.record = False  # as in tracing.py: the driver keeps no message
     init = await process.connection.init()
     if init.result.status != 1:
         raise RuntimeError(f"init failed: {init.result}")

@@ -208,6 +208,7 @@ async def _start(host: Any, name: str, streaming: bool) -> _Side:
         env["WORKERKIT_HTTP_STREAMING"] = "true"
     process = await host.spawn([sys.executable, str(WORKER)], env=env)
     conn = process.connection
+    conn.record = False  # as in tracing.py: the driver keeps no message
     init = await conn.init()
     if init.result.status != 1:
         raise RuntimeError(f"{name}: init failed: {init.result}")

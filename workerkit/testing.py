@@ -20,7 +20,9 @@ Replies are matched the way the real host matches them: status by ``request_id``
 ``function_id``, invocations by ``invocation_id``, the rest in order per kind; so overlapping
 invocations can be started with `HostConnection.start_invocation` and awaited in any order
 (`HostConnection.call_result` reads a response typed). Everything the worker sent is kept in
-`HostConnection.messages`, in arrival order.
+`HostConnection.messages`, in arrival order (its logs also in `HostConnection.logs`); a long
+run, such as a load test, sets ``connection.record = False`` to keep none of it (the driver's
+heap would grow with every call, and its garbage collections take longer with it).
 
 A worker that exits before opening its stream is reported at once by `TestHost.spawn`
 (`StreamNotOpened`, with its exit status and the end of its stderr).
